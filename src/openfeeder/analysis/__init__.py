@@ -1,0 +1,1 @@
+"""Pure computations on a grid model: no I/O, no clocks, no messaging."""

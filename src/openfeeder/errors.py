@@ -1,0 +1,117 @@
+"""The one exception tree of OpenFeeder.
+
+Every error the package raises on purpose derives from :class:`OpenFeederError`, so a caller can
+catch them all; below it, the branches follow what the caller can do about it::
+
+    OpenFeederError
+    +-- CaseError                 a case (file or model) is invalid; carries file, component, id, field
+    |   +-- CaseValidationError   one or more CaseIssue found by validation (all of them attached)
+    +-- AnalysisError             a calculation could not produce a result
+    |   +-- NotConvergedError     iterative solver gave up; carries iterations and the worst bus
+    +-- ConfigError               settings or command-line options are unusable
+    +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
+
+Exceptions carry structured attributes, and code that translates a library error raises one of these
+``from`` the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AnalysisError",
+    "CaseError",
+    "CaseIssue",
+    "CaseValidationError",
+    "ConfigError",
+    "DependencyError",
+    "NotConvergedError",
+    "OpenFeederError",
+]
+
+
+class OpenFeederError(Exception):
+    """Root of every error OpenFeeder raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseIssue:
+    """One problem found in a case: where it is and what is wrong.
+
+    ``component`` is the table name (``"line"``), ``component_id`` the id of the offending row (None
+    when the problem is not tied to one row), ``field`` the column (None for row-level problems).
+    """
+
+    message: str
+    component: str | None = None
+    component_id: int | None = None
+    field: str | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.component:
+            label = self.component
+            if self.component_id is not None:
+                label += f" {self.component_id}"
+            where.append(label)
+        if self.field:
+            where.append(f"field '{self.field}'")
+        prefix = ": ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class CaseError(OpenFeederError):
+    """A case file or grid model is unusable; says where."""
+
+    def __init__(self, issue: CaseIssue) -> None:
+        super().__init__(str(issue))
+        self.issue = issue
+        self.file = issue.file
+        self.component = issue.component
+        self.component_id = issue.component_id
+        self.field = issue.field
+
+
+class CaseValidationError(CaseError):
+    """Validation found problems; ``issues`` holds all of them, the message names the first."""
+
+    def __init__(self, issues: list[CaseIssue]) -> None:
+        if not issues:
+            raise ValueError("CaseValidationError needs at least one issue")
+        super().__init__(issues[0])
+        self.issues = list(issues)
+        if len(issues) > 1:
+            self.args = (f"{issues[0]} (and {len(issues) - 1} more problems)",)
+
+
+class AnalysisError(OpenFeederError):
+    """A calculation could not produce a result."""
+
+
+class NotConvergedError(AnalysisError):
+    """An iterative calculation stopped without converging."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        iterations: int | None,
+        max_deviation: float | None,
+        worst_bus: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.iterations = iterations
+        self.max_deviation = max_deviation
+        self.worst_bus = worst_bus
+
+
+class ConfigError(OpenFeederError):
+    """Settings or options are unusable."""
+
+
+class DependencyError(OpenFeederError):
+    """An optional dependency is needed for this operation and is not installed."""
