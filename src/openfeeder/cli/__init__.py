@@ -1,0 +1,56 @@
+"""The ``openfeeder`` command: parses arguments and calls the library; no domain logic here.
+
+Exit codes: 0 success, 1 failure (one clear line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from openfeeder import __version__
+from openfeeder.cli.analysis_cmd import pf_command, topology_command
+from openfeeder.cli.case_cmd import case_group, cases_command
+from openfeeder.cli.demo_cmd import demo_command
+from openfeeder.errors import OpenFeederError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="openfeeder")
+def cli() -> None:
+    """OpenFeeder: open distribution automation platform."""
+
+
+cli.add_command(cases_command)
+cli.add_command(case_group)
+cli.add_command(topology_command)
+cli.add_command(pf_command)
+cli.add_command(demo_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (used by the console script)."""
+    try:
+        cli.main(args=argv, prog_name="openfeeder", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except OpenFeederError as err:
+        click.echo(f"error: {err}", err=True)
+        return 1
+    except click.exceptions.Exit as err:
+        return int(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
