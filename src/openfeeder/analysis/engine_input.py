@@ -15,7 +15,13 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from power_grid_model import ComponentType, DatasetType, LoadGenType, initialize_array
+from power_grid_model import (
+    ComponentType,
+    DatasetType,
+    LoadGenType,
+    initialize_array,
+    power_grid_meta_data,
+)
 
 from openfeeder.model.components import TapSide, enum_code
 from openfeeder.model.grid import GridModel, lookup
@@ -34,13 +40,13 @@ def to_engine_input(
     """power-grid-model input data for ``model``."""
     data: EngineInput = {}
     bus = model.bus
-    node = initialize_array(DatasetType.input, ComponentType.node, bus.size)
+    node = _uninitialized(ComponentType.node, bus.size)
     node["id"] = bus["id"]
     node["u_rated"] = bus["u_rated_kv"] * 1e3
     data[ComponentType.node] = node
 
     line = model.line
-    pgm_line = initialize_array(DatasetType.input, ComponentType.line, line.size)
+    pgm_line = _uninitialized(ComponentType.line, line.size)
     length = line["length_km"]
     pgm_line["id"] = line["id"]
     pgm_line["from_node"] = line["from_bus"]
@@ -87,7 +93,7 @@ def to_engine_input(
     data[ComponentType.transformer] = pgm_trafo
 
     switch = model.switch
-    link = initialize_array(DatasetType.input, ComponentType.link, switch.size)
+    link = _uninitialized(ComponentType.link, switch.size)
     link["id"] = switch["id"]
     link["from_node"] = switch["from_bus"]
     link["to_node"] = switch["to_bus"]
@@ -97,7 +103,7 @@ def to_engine_input(
 
     load = model.load
     load_type = ComponentType.sym_load if symmetric else ComponentType.asym_load
-    pgm_load = initialize_array(DatasetType.input, load_type, load.size)
+    pgm_load = _uninitialized(load_type, load.size)
     pgm_load["id"] = load["id"]
     pgm_load["node"] = load["bus"]
     pgm_load["status"] = load["in_service"]
@@ -145,6 +151,16 @@ def to_engine_input(
     return {k: v for k, v in data.items() if v.size > 0}
 
 
+def _uninitialized(component: ComponentType, size: int) -> npt.NDArray[np.void]:
+    """An input array for a component whose every attribute is set by the caller.
+
+    Skips the NaN fill of ``initialize_array``, which is measurable on 100,000-row tables; only for
+    components where :func:`to_engine_input` writes every field.
+    """
+    dtype = power_grid_meta_data[DatasetType.input][component].dtype
+    return np.empty(size, dtype=dtype)
+
+
 def _or(values: npt.NDArray[np.float64], fallback: npt.NDArray[np.float64]) -> Any:
     return np.where(np.isnan(values), fallback, values)
 
@@ -158,4 +174,5 @@ def _per_phase(
     if load is None:
         return np.repeat(total[:, None] / 3.0, 3, axis=1)
     shares = np.stack([load["share_a"], load["share_b"], load["share_c"]], axis=1)
-    return total[:, None] * shares
+    split: npt.NDArray[np.float64] = total[:, None] * shares
+    return split

@@ -86,7 +86,9 @@ def summarize_power_flow(model: GridModel, result: PowerFlowResult) -> PowerFlow
 
 def _clean(values: np.ndarray[Any, Any]) -> list[Any]:
     """Round to 9 significant digits for JSON, NaN as null."""
-    out: list[Any] = np.where(np.isnan(values), None, np.round(values, 9)).tolist()
+    rounded = np.round(values, 9).astype(object)
+    rounded[np.isnan(values)] = None
+    out: list[Any] = rounded.tolist()
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,7 +20,7 @@ __all__ = ["case_group", "cases_command"]
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def cases_command(as_json: bool) -> None:
     """List the built-in cases."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for case in BUILTIN_CASES.values():
         model = case.build()
         rows.append({"name": case.name, "description": case.description, **model.size})

@@ -48,9 +48,7 @@ def print_power_flow(
     )
     table.add_row("load", f"{summary.load_mw:.3f} MW")
     table.add_row("DER generation", f"{summary.generation_mw:.3f} MW")
-    table.add_row(
-        "from sources", f"{summary.source_p_mw:.3f} MW, {summary.source_q_mvar:.3f} Mvar"
-    )
+    table.add_row("from sources", f"{summary.source_p_mw:.3f} MW, {summary.source_q_mvar:.3f} Mvar")
     table.add_row("losses", f"{summary.losses_mw * 1e3:.1f} kW")
     out.print(table)
 
@@ -75,7 +73,9 @@ def print_power_flow(
     loading = np.nan_to_num(branch["loading_percent"], nan=-1.0)
     top = np.argsort(-loading, kind="stable")[:5]
     kinds = [k.name.lower() for k in BranchKind]
-    busiest = Table("branch", "kind", "i_ka", "loading %", "P from MW", "Q from Mvar", title="most loaded")
+    busiest = Table(
+        "branch", "kind", "i_ka", "loading %", "P from MW", "Q from Mvar", title="most loaded"
+    )
     for row in top:
         busiest.add_row(
             str(branch["id"][row]),

@@ -94,7 +94,9 @@ def case_to_dict(model: GridModel) -> dict[str, Any]:
         columns = {c.name: _column_to_json(c, table[c.name]) for c in spec.columns}
         if table.size <= ROWS_LAYOUT_MAX_ROWS:
             names = list(columns)
-            components[name] = [dict(zip(names, row, strict=True)) for row in zip(*columns.values())]
+            components[name] = [
+                dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)
+            ]
         else:
             components[name] = columns
     return {
@@ -179,6 +181,7 @@ def _with_file(issue: CaseIssue, file: str | None) -> CaseIssue:
 def _parse_table(spec: TableSpec, raw: object, file: str | None) -> npt.NDArray[np.void]:
     """Parse one table in either layout into a structured array, checking field types."""
     name = spec.name
+    ids: list[Any] | None
     if isinstance(raw, list):
         columns, ids = _columns_from_rows(spec, raw, file)
     elif isinstance(raw, dict):
@@ -192,9 +195,7 @@ def _parse_table(spec: TableSpec, raw: object, file: str | None) -> npt.NDArray[
                 )
         if len(set(lengths.values())) > 1:
             raise CaseError(
-                CaseIssue(
-                    f"columns have different lengths: {lengths}", component=name, file=file
-                )
+                CaseIssue(f"columns have different lengths: {lengths}", component=name, file=file)
             )
     else:
         raise CaseError(
@@ -287,7 +288,7 @@ def _parse_column(
 
     if column.enum is not None:
         filled = [column.default if v is None else v for v in values]
-        codes = enum_codes(column.enum, filled)
+        codes = enum_codes(column.enum, np.asarray(filled, dtype=object))
         wrong = np.flatnonzero(codes < 0)
         if wrong.size:
             allowed = ", ".join(m.value for m in column.enum)
@@ -370,7 +371,10 @@ def case_json_schema() -> dict[str, Any]:
             "required": required,
             "additionalProperties": False,
         }
-        tables[name] = {"description": spec.doc, "oneOf": [{"type": "array", "items": row}, columns]}
+        tables[name] = {
+            "description": spec.doc,
+            "oneOf": [{"type": "array", "items": row}, columns],
+        }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "OpenFeeder case file",

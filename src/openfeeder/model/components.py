@@ -372,7 +372,7 @@ def empty_table(name: str, size: int = 0) -> npt.NDArray[np.void]:
         if col.default is None:
             continue
         if col.enum is not None:
-            arr[col.name] = list(col.enum).index(col.enum(col.default))
+            arr[col.name] = list(col.enum).index(col.enum(str(col.default)))
         else:
             arr[col.name] = col.default
     return arr

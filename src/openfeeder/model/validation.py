@@ -130,7 +130,11 @@ def _check_references(model: GridModel) -> list[CaseIssue]:
         )
     trafo = model.transformer
     issues += _issues(
-        trafo["hv_bus"] == trafo["lv_bus"], "transformer", trafo, "lv_bus", "connects a bus to itself"
+        trafo["hv_bus"] == trafo["lv_bus"],
+        "transformer",
+        trafo,
+        "lv_bus",
+        "connects a bus to itself",
     )
     return issues
 
@@ -207,16 +211,19 @@ def _check_values(model: GridModel) -> list[CaseIssue]:
         "pk_kw",
         "copper losses imply a resistance above the short-circuit impedance (uk_percent)",
     )
-    low, high = np.minimum(trafo["tap_min"], trafo["tap_max"]), np.maximum(
-        trafo["tap_min"], trafo["tap_max"]
+    low, high = (
+        np.minimum(trafo["tap_min"], trafo["tap_max"]),
+        np.maximum(trafo["tap_min"], trafo["tap_max"]),
     )
     issues += _issues(
         (trafo["tap_pos"] < low) | (trafo["tap_pos"] > high),
         "transformer",
         trafo,
         "tap_pos",
-        lambda r: f"tap position {trafo['tap_pos'][r]} outside "
-        f"{trafo['tap_min'][r]}..{trafo['tap_max'][r]}",
+        lambda r: (
+            f"tap position {trafo['tap_pos'][r]} outside "
+            f"{trafo['tap_min'][r]}..{trafo['tap_max'][r]}"
+        ),
     )
     issues += _issues(
         (trafo["tap_nom"] < low) | (trafo["tap_nom"] > high),
@@ -247,7 +254,7 @@ def _check_values(model: GridModel) -> list[CaseIssue]:
     )
     shares = np.stack([load["share_a"], load["share_b"], load["share_c"]], axis=1)
     issues += _issues(
-        (shares < 0).any(axis=1), "load", load, "share_a", "phase shares must be >= 0"
+        np.asarray((shares < 0).any(axis=1)), "load", load, "share_a", "phase shares must be >= 0"
     )
     issues += _issues(
         np.abs(shares.sum(axis=1) - 1.0) > 1e-6,
@@ -312,8 +319,9 @@ def _check_voltage_levels(model: GridModel) -> list[CaseIssue]:
             name,
             t,
             "to_bus",
-            lambda r, a=u_from, b=u_to: f"joins buses of different voltage ({a[r]:g} kV and "
-            f"{b[r]:g} kV)",
+            lambda r, a=u_from, b=u_to: (
+                f"joins buses of different voltage ({a[r]:g} kV and {b[r]:g} kV)"
+            ),
         )
     trafo = model.transformer
     for side in ("hv", "lv"):
@@ -324,8 +332,10 @@ def _check_voltage_levels(model: GridModel) -> list[CaseIssue]:
             "transformer",
             trafo,
             f"u_{side}_kv",
-            lambda r, b=bus_u, u=rated, s=side: f"rated {u[r]:g} kV does not match its "
-            f"{s.upper()} bus ({b[r]:g} kV): check the side or the units",
+            lambda r, b=bus_u, u=rated, s=side: (
+                f"rated {u[r]:g} kV does not match its "
+                f"{s.upper()} bus ({b[r]:g} kV): check the side or the units"
+            ),
         )
     return issues
 

@@ -42,7 +42,8 @@ def test_non_convergence_names_iterations_and_worst_bus() -> None:
     with pytest.raises(NotConvergedError) as info:
         run_power_flow(model.replace(load=load))
     err = info.value
-    assert err.iterations is not None and err.iterations > 0
+    assert err.iterations is not None
+    assert err.iterations > 0
     assert err.worst_bus in set(model.bus["id"].tolist())
     assert f"bus {err.worst_bus}" in str(err)
 
@@ -54,7 +55,9 @@ def test_asymmetric_with_balanced_loads_equals_symmetric() -> None:
     balanced = model.replace(load=load)
     sym = run_power_flow(balanced)
     asym = run_power_flow(balanced, symmetric=False)
-    np.testing.assert_allclose(asym.bus["u_pu"], np.repeat(sym.bus["u_pu"][:, None], 3, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        asym.bus["u_pu"], np.repeat(sym.bus["u_pu"][:, None], 3, 1), atol=1e-6
+    )
     np.testing.assert_allclose(asym.branch["i_ka"], sym.branch["i_ka"], rtol=1e-5, atol=1e-9)
 
 

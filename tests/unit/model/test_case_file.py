@@ -77,7 +77,8 @@ def test_defaults_fill_optional_fields() -> None:
     assert model.line["in_service"][0]
     assert np.isnan(model.line["r0_ohm_per_km"][0])
     assert model.source["sk_mva"][0] == 1000.0
-    assert model.bus["x_m"].size == 2 and np.isnan(model.bus["x_m"]).all()
+    assert model.bus["x_m"].size == 2
+    assert np.isnan(model.bus["x_m"]).all()
 
 
 def test_json_schema_lists_every_table() -> None:
@@ -119,7 +120,7 @@ def test_duplicate_id_across_tables(turin_doc: dict[str, Any], tmp_path: Path) -
     err = _error(turin_doc, tmp_path)
     assert isinstance(err, CaseValidationError)
     assert (err.component, err.component_id, err.field) == ("load", 101, "id")
-    assert "duplicate id" in str(err) and "line" in str(err)
+    assert "duplicate id (also used by a line" in str(err)
 
 
 def test_negative_length(turin_doc: dict[str, Any], tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ def test_bad_enum_value(turin_doc: dict[str, Any], tmp_path: Path) -> None:
     _find(turin_doc, "switch", 301)["kind"] = "circuit_breaker"
     err = _error(turin_doc, tmp_path)
     assert (err.component, err.component_id, err.field) == ("switch", 301, "kind")
-    assert "'circuit_breaker'" in str(err) and "breaker" in str(err)
+    assert "unknown value 'circuit_breaker' (allowed: breaker," in str(err)
 
 
 def test_wrong_type(turin_doc: dict[str, Any], tmp_path: Path) -> None:

@@ -112,16 +112,12 @@ def build_turin() -> GridModel:
             is_open_point = feeder == 1 and k == SECONDARIES_PER_FEEDER - 1
             lbs = enum_code(SwitchKind.LOAD_BREAK)
             switches.append((new("switch"), cable_in, rmu, lbs, True, False))
-            switches.append(
-                (new("switch"), rmu, cable_out, lbs, not is_open_point, is_open_point)
-            )
+            switches.append((new("switch"), rmu, cable_out, lbs, not is_open_point, is_open_point))
             trafos.append((new("trafo"), rmu, lv, False))
             index = feeder * SECONDARIES_PER_FEEDER + k
             load_id = new("load")
             loads.append((load_id, lv, _CUSTOMERS[index], _SHARES[index % 3]))
-            meters.append(
-                (new("meas"), enum_code(MeasurementKind.METER), lv, load_id, NO_ID)
-            )
+            meters.append((new("meas"), enum_code(MeasurementKind.METER), lv, load_id, NO_ID))
             upstream = cable_out
         last_out.append(upstream)
         last_rmu.append(rmu)
