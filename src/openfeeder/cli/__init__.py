@@ -34,7 +34,8 @@ cli.add_command(demo_command)
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (used by the console script)."""
     try:
-        cli.main(args=argv, prog_name="openfeeder", standalone_mode=False)
+        # without standalone mode click returns the code of a click.exceptions.Exit
+        code = cli.main(args=argv, prog_name="openfeeder", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from openfeeder.model import GridModel, SwitchKind, empty_table, enum_code
+
+
+def _table(
+    name: str, rows: Sequence[tuple[int | bool, ...]], columns: tuple[str, ...]
+) -> npt.NDArray[np.void]:
+    """A table of ``len(rows)`` rows with ``columns`` taken from the tuples, defaults elsewhere."""
+    table = empty_table(name, len(rows))
+    for position, column in enumerate(columns):
+        table[column] = [row[position] for row in rows]
+    return table
 
 
 @dataclass
@@ -66,38 +78,22 @@ class CaseBuilder:
         bus["id"] = self.buses
         bus["u_rated_kv"] = 10.0
 
-        line = empty_table("line", len(self.lines))
-        if self.lines:
-            ids, a, b, on = zip(*self.lines, strict=True)
-            line["id"], line["from_bus"], line["to_bus"], line["in_service"] = ids, a, b, on
+        line = _table("line", self.lines, ("id", "from_bus", "to_bus", "in_service"))
         line["length_km"] = 1.0
         line["r1_ohm_per_km"] = 0.2
         line["x1_ohm_per_km"] = 0.1
         line["i_rated_ka"] = 0.3
-
-        trafo = empty_table("transformer", len(self.transformers))
-        if self.transformers:
-            ids, a, b, on = zip(*self.transformers, strict=True)
-            trafo["id"], trafo["hv_bus"], trafo["lv_bus"], trafo["in_service"] = ids, a, b, on
+        trafo = _table("transformer", self.transformers, ("id", "hv_bus", "lv_bus", "in_service"))
         trafo["sn_mva"] = 40.0
         trafo["u_hv_kv"] = 110.0
         trafo["u_lv_kv"] = 10.0
         trafo["uk_percent"] = 12.0
-
-        switch = empty_table("switch", len(self.switches))
-        for row, (sid, a, b, kind, closed, normally_open) in enumerate(self.switches):
-            switch[row]["id"] = sid
-            switch[row]["from_bus"] = a
-            switch[row]["to_bus"] = b
-            switch[row]["kind"] = enum_code(kind)
-            switch[row]["closed"] = closed
-            switch[row]["normally_open"] = normally_open
-
-        source = empty_table("source", len(self.sources))
-        if self.sources:
-            ids, at, on = zip(*self.sources, strict=True)
-            source["id"], source["bus"], source["in_service"] = ids, at, on
-
+        switch = _table(
+            "switch",
+            [(i, a, b, enum_code(k), c, no) for i, a, b, k, c, no in self.switches],
+            ("id", "from_bus", "to_bus", "kind", "closed", "normally_open"),
+        )
+        source = _table("source", self.sources, ("id", "bus", "in_service"))
         return GridModel(
             name="topology-test",
             bus=bus,
@@ -170,8 +166,9 @@ def large_feeder_tree(n_buses: int, n_feeders: int, *, seed: int = 0) -> LargeTr
     """A substation busbar (row 0, with the source) and ``n_feeders`` random trees below breakers.
 
     Bus ``i`` of a feeder hangs below a random earlier bus of the same feeder, through a line or,
-    one time in ten, through a closed load-break switch; every tenth feeder starts with a recloser
-    below its breaker, which must not become a feeder head of its own.
+    one time in ten, through a closed switch (oriented either way); about a third of those switches
+    are reclosers, which must not become feeder heads since a breaker is above them. Bus ids and
+    element ids differ from row numbers.
     """
     rng = np.random.default_rng(seed)
     bus_row = np.arange(n_buses)
@@ -213,7 +210,7 @@ def large_feeder_tree(n_buses: int, n_feeders: int, *, seed: int = 0) -> LargeTr
     head_rows = first_row - 1
     is_head = np.isin(switch_rows, head_rows)
     kind[is_head] = enum_code(SwitchKind.BREAKER)
-    # A recloser directly below every tenth breaker, and breakers deep in the feeders: not heads.
+    # Reclosers deep in the feeders: below a breaker, so not heads.
     deep = ~is_head & (rng.random(switch_rows.size) < 0.3)
     kind[deep] = enum_code(SwitchKind.RECLOSER)
     switch["kind"] = kind
