@@ -240,16 +240,18 @@ def run_time_series(
         )
     except PowerGridError as err:
         raise AnalysisError(f"time-series power flow failed: {err}") from err
-    node = output[ComponentType.node]
-    branches = [output[t] for t in _BRANCH_TYPES if t in output]
+    node = output.pop(ComponentType.node)
+    branches = [output.pop(t) for t in _BRANCH_TYPES if t in output]
     branch_rows = _branch_ratings(model)
-    i_ka = _cat([np.maximum(b["i_from"], b["i_to"]) for b in branches], steps) / 1e3
-    p_from = _cat([b["p_from"] for b in branches], steps) / 1e6
-    p_loss = _cat([b["p_from"] + b["p_to"] for b in branches], steps) / 1e6
+    # Convert column by column and drop each engine array once used, so that peak memory stays
+    # close to the engine's own output (these arrays are steps x branches, 100s of MB at 100k).
+    i_ka = _stack([_pop_max(b, "i_from", "i_to") for b in branches], steps, 1e-3)
+    p_loss = _stack([_pop_sum(b, "p_to", "p_from") for b in branches], steps, 1e-6)
+    p_from = _stack([b.pop("p_from") for b in branches], steps, 1e-6)
+    loading = _stack([b.pop("loading") for b in branches], steps, 100.0)
     if not symmetric:
         i_ka = i_ka.max(axis=-1)
         p_from, p_loss = p_from.sum(axis=-1), p_loss.sum(axis=-1)
-    loading = _cat([b["loading"] for b in branches], steps) * 100.0
     is_switch = branch_rows["kind"] == BranchKind.SWITCH
     loading[:, is_switch] = i_ka[:, is_switch] / branch_rows["i_rated_ka"][is_switch] * 100.0
     src = output.get(ComponentType.source)
@@ -263,7 +265,7 @@ def run_time_series(
         branch_id=branch_rows["id"],
         source_id=model.source["id"],
         u_pu=node["u_pu"],
-        u_angle_deg=np.rad2deg(node["u_angle"]),
+        u_angle_deg=np.rad2deg(node["u_angle"], out=node["u_angle"]),
         i_ka=i_ka,
         loading_percent=loading,
         p_from_mw=p_from,
@@ -304,10 +306,31 @@ def _batch_update(
     }
 
 
-def _cat(arrays: list[Any], steps: int) -> FloatArray:
-    if not arrays:
+def _stack(parts: list[Any], steps: int, scale: float) -> FloatArray:
+    """Concatenate (steps, n_i, ...) arrays along axis 1, scaled, into one new array."""
+    if not parts:
         return np.zeros((steps, 0))
-    return np.concatenate(arrays, axis=1).astype(np.float64, copy=False)
+    total = sum(p.shape[1] for p in parts)
+    out = np.empty((steps, total, *parts[0].shape[2:]))
+    column = 0
+    for part in parts:
+        np.multiply(part, scale, out=out[:, column : column + part.shape[1]])
+        column += part.shape[1]
+    return out
+
+
+def _pop_max(columns: dict[str, Any], a: str, b: str) -> Any:
+    """Element-wise maximum of two engine columns, computed in place; both leave ``columns``."""
+    first = columns.pop(a)
+    np.maximum(first, columns.pop(b), out=first)
+    return first
+
+
+def _pop_sum(columns: dict[str, Any], a: str, b: str) -> Any:
+    """Sum of two engine columns; ``a`` leaves ``columns``, ``b`` stays (it is needed again)."""
+    first = columns.pop(a)
+    np.add(first, columns[b], out=first)
+    return first
 
 
 def _branch_ratings(model: GridModel) -> Table:
