@@ -10,7 +10,12 @@ import click
 
 from openfeeder.cli.render import console, model_size_line
 from openfeeder.errors import CaseValidationError
-from openfeeder.model.case_file import case_json_schema, load_case, save_case
+from openfeeder.model.case_file import (
+    case_json_schema,
+    case_tables_markdown,
+    load_case,
+    save_case,
+)
 from openfeeder.model.cases import BUILTIN_CASES, resolve_case
 
 __all__ = ["case_group", "cases_command"]
@@ -58,8 +63,12 @@ def validate_command(file: Path) -> None:
 
 
 @case_group.command("schema")
-def schema_command() -> None:
+@click.option("--markdown", is_flag=True, help="Print the column reference as Markdown instead.")
+def schema_command(markdown: bool) -> None:
     """Print the JSON Schema of the case format."""
+    if markdown:
+        click.echo(case_tables_markdown(), nl=False)
+        return
     click.echo(json.dumps(case_json_schema(), indent=1))
 
 

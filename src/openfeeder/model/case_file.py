@@ -46,6 +46,7 @@ __all__ = [
     "CASE_VERSION",
     "case_from_dict",
     "case_json_schema",
+    "case_tables_markdown",
     "case_to_dict",
     "load_case",
     "save_case",
@@ -394,3 +395,33 @@ def case_json_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+def case_tables_markdown() -> str:
+    """The column reference of every table as Markdown (the body of ``docs/case-format.md``)."""
+    lines: list[str] = []
+    for name, spec in TABLES.items():
+        lines += [f"### `{name}`", "", spec.doc[0].upper() + spec.doc[1:] + ".", ""]
+        lines += ["| field | type | required | default | meaning |", "|---|---|---|---|---|"]
+        for column in spec.columns:
+            if column.enum is not None:
+                kind = " / ".join(f"`{m.value}`" for m in column.enum)
+            elif column.refers_to:
+                kind = "id of " + " / ".join(column.refers_to)
+            else:
+                kind = {"b": "boolean", "i": "integer"}.get(np.dtype(column.dtype).kind, "number")
+            default = column.default
+            if isinstance(default, float) and math.isnan(default):
+                shown = "null"
+            elif default is None:
+                shown = ""
+            elif isinstance(default, bool):
+                shown = str(default).lower()
+            elif isinstance(default, float):
+                shown = f"{default:.6g}"
+            else:
+                shown = str(default)
+            required = "yes" if column.required else ""
+            lines.append(f"| `{column.name}` | {kind} | {required} | {shown} | {column.doc} |")
+        lines.append("")
+    return "\n".join(lines)
