@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -161,7 +161,7 @@ def run_power_flow(
 ) -> PowerFlowResult:
     """Solve the power flow of ``model`` (Newton-Raphson)."""
     engine_input = to_engine_input(model, symmetric=symmetric, source_impedance=source_impedance)
-    engine = _engine(engine_input)
+    engine = _engine(engine_input, model.frequency_hz)
     try:
         output = engine.calculate_power_flow(
             symmetric=symmetric,
@@ -213,7 +213,7 @@ def run_time_series(
         if load_q.shape != load_p.shape:
             raise AnalysisError(f"load_q_mvar must have shape {load_p.shape}, got {load_q.shape}")
     engine_input = to_engine_input(model, symmetric=symmetric, source_impedance=source_impedance)
-    engine = _engine(engine_input)
+    engine = _engine(engine_input, model.frequency_hz)
     update: dict[ComponentType, Any] = {}
     load_type = ComponentType.sym_load if symmetric else ComponentType.asym_load
     if load.size:
@@ -240,8 +240,10 @@ def run_time_series(
         )
     except PowerGridError as err:
         raise AnalysisError(f"time-series power flow failed: {err}") from err
-    node = output.pop(ComponentType.node)
-    branches = [output.pop(t) for t in _BRANCH_TYPES if t in output]
+    # with a columnar attribute filter every component comes back as a dict of columns
+    columns = cast(dict[ComponentType, dict[str, npt.NDArray[Any]]], output)
+    node = columns.pop(ComponentType.node)
+    branches = [columns.pop(t) for t in _BRANCH_TYPES if t in columns]
     branch_rows = _branch_ratings(model)
     # Convert column by column and drop each engine array once used, so that peak memory stays
     # close to the engine's own output (these arrays are steps x branches, 100s of MB at 100k).
@@ -275,9 +277,9 @@ def run_time_series(
     )
 
 
-def _engine(engine_input: EngineInput) -> PowerGridModel:
+def _engine(engine_input: EngineInput, frequency_hz: float) -> PowerGridModel:
     try:
-        return PowerGridModel(engine_input)
+        return PowerGridModel(engine_input, system_frequency=frequency_hz)
     except PowerGridError as err:
         raise AnalysisError(f"the engine rejected the model: {err}") from err
 

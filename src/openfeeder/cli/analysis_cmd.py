@@ -36,11 +36,17 @@ def print_topology(name: str, size_line: str, summary: dict[str, Any]) -> None:
     out.print(f"[bold]Topology[/bold] {name}: {size_line}")
     islands = summary["islands"]
     energized = sum(1 for i in islands if i["energized"])
-    out.print(
-        f"{len(islands)} islands ({energized} energized), {len(summary['feeders'])} feeders, "
-        f"{len(summary['sections'])} switching sections, {len(summary['ties'])} ties; "
-        + ("radial" if summary["radial"] else f"NOT radial (loops via {summary['loops']})")
+    counts = ", ".join(
+        _count(n, word)
+        for n, word in (
+            (len(islands), "island"),
+            (len(summary["feeders"]), "feeder"),
+            (len(summary["sections"]), "switching section"),
+            (len(summary["ties"]), "tie"),
+        )
     )
+    state = "radial" if summary["radial"] else f"NOT radial (loops via {summary['loops']})"
+    out.print(f"{counts} ({energized} energized islands); {state}")
     if summary["deenergized_buses"]:
         out.print(f"de-energized buses: {_ids(summary['deenergized_buses'])}")
     feeders = Table("feeder (head switch)", "source", "buses", "sections", title="feeders")
@@ -57,6 +63,10 @@ def print_topology(name: str, size_line: str, summary: dict[str, Any]) -> None:
             a, b = tie["feeders"]
             ties.add_row(str(tie["switch"]), str(a), str(b))
         out.print(ties)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _ids(ids: list[int], limit: int = 12) -> str:
