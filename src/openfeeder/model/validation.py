@@ -47,11 +47,11 @@ def validate_model(model: GridModel) -> list[CaseIssue]:
     issues: list[CaseIssue] = []
     issues += _check_ids(model)
     issues += _check_references(model)
-    if issues:  # value checks below index through references, so stop at broken structure
-        return issues
+    structure_ok = not issues
     issues += _check_values(model)
-    issues += _check_voltage_levels(model)
-    issues += _check_measurements(model)
+    if structure_ok:  # these checks index through references, so they need them intact
+        issues += _check_voltage_levels(model)
+        issues += _check_measurements(model)
     if not (model.source["in_service"]).any():
         issues.append(CaseIssue("the model has no in-service source (external grid)", "source"))
     return issues

@@ -102,6 +102,7 @@ def test_validate_good_and_bad(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, _, err = run(capsys, "case", "validate", str(bad))
     assert code == 1
     assert "line 101: field 'to_bus': refers to unknown bus 12345" in err
+    assert "line 100: field 'length_km': must be > 0, got -1" in err
 
 
 def test_missing_case_file_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
