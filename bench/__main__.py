@@ -72,7 +72,9 @@ def powerflow(
             rows.append({"engine": engine, "mode": mode, "buses": size, "skipped": "too slow"})
             continue
         err.print(f"[{number}/{len(plan)}] {engine:>10} {mode:>6} {size:>7} buses ...", end=" ")
-        reps = repeat if mode == "single" else max(1, repeat // 3)
+        reps = repeat if mode == "single" or size <= PANDAPOWER_BATCH_MAX_BUSES else 2
+        if engine == "pandapower" and mode == "batch":
+            reps = 1  # minutes per run; one is enough to show the order of magnitude
         row = _job(engine, mode, size, steps, reps)
         err.print(row.get("error") or _fmt_s(row.get("seconds")))
         rows.append(row)
