@@ -1,0 +1,205 @@
+"""Settings: one TOML file configures every service, environment variables override it.
+
+The file (``openfeeder.toml`` by default, or ``--config FILE``) has one table per concern::
+
+    [brokers.grid_ops]            # commands, topology, reconfiguration, fault events
+    url = "mqtt://127.0.0.1:1883"
+    [brokers.monitoring]          # measurements, algorithm outputs (may be the same broker)
+    url = "mqtt://127.0.0.1:1883"
+    [storage]
+    url = "sqlite:///openfeeder.db"   # or "postgresql://user@host:5432/db"
+    [logging]
+    level = "INFO"
+
+Every key can be overridden by an environment variable ``OPENFEEDER_<TABLE>__<KEY>`` with ``__``
+between levels, e.g. ``OPENFEEDER_BROKERS__GRID_OPS__URL=mqtts://broker:8883``. The environment wins
+over the file, the file over the defaults. Settings are passed to what needs them; there is no global.
+Secrets are never written in the file: a broker password is read from the file named by
+``password_file`` (or from the environment).
+
+Errors name the file and the dotted key: ``openfeeder.toml: brokers.grid_ops.url: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from openfeeder.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "ENV_PREFIX",
+    "BrokerSettings",
+    "BrokersSettings",
+    "LoggingSettings",
+    "Settings",
+    "StorageSettings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_FILE: Final = Path("openfeeder.toml")
+ENV_PREFIX: Final = "OPENFEEDER_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Section):
+    """One MQTT broker context."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            _ = parts.port
+        except ValueError as err:
+            raise ValueError("has an invalid port") from err
+        return url
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        """The password from ``password_file`` (first line), if one is configured."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as err:
+            raise ConfigError(f"cannot read password_file {self.password_file}") from err
+
+
+class BrokersSettings(_Section):
+    """The two broker contexts of seed 003; one broker may serve both in a small install."""
+
+    grid_ops: BrokerSettings = BrokerSettings()
+    monitoring: BrokerSettings = BrokerSettings()
+
+
+class StorageSettings(_Section):
+    url: str = "sqlite:///openfeeder.db"
+
+    @field_validator("url")
+    @classmethod
+    def _storage_url(cls, url: str) -> str:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("sqlite", "postgresql"):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return url
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.url.startswith("postgresql") else "sqlite"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = True
+
+
+class Settings(_Section):
+    brokers: BrokersSettings = BrokersSettings()
+    storage: StorageSettings = StorageSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, with credentials masked (for display)."""
+        data = self.model_dump(mode="json")
+        for broker in data["brokers"].values():
+            parts = urlsplit(broker["url"])
+            if parts.password:
+                broker["url"] = broker["url"].replace(parts.password, "***", 1)
+        return data
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from ``path`` (or ``openfeeder.toml`` if it exists) and the environment.
+
+    A ``path`` given explicitly must exist; the default file is optional.
+    """
+    source = str(path) if path is not None else str(DEFAULT_CONFIG_FILE)
+    data: dict[str, Any] = {}
+    file = path if path is not None else DEFAULT_CONFIG_FILE
+    if path is not None or file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError(f"{source}: no such file") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{source}: not valid TOML: {err}") from err
+    overrides = _environment_overrides(os.environ if environ is None else environ)
+    _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        origin = "environment" if _from_environment(first["loc"], overrides) else source
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise ConfigError(f"{origin}: {key}: {message}") from err
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name.removeprefix(ENV_PREFIX).split("__") if part]
+        if not path:
+            continue
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _from_environment(loc: tuple[int | str, ...], overrides: Mapping[str, Any]) -> bool:
+    node: Any = overrides
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
