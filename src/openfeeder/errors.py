@@ -8,6 +8,8 @@ catch them all; below it, the branches follow what the caller can do about it::
     |   +-- CaseValidationError   one or more CaseIssue found by validation (all of them attached)
     +-- AnalysisError             a calculation could not produce a result
     |   +-- NotConvergedError     iterative solver gave up; carries iterations and the worst bus
+    +-- MessagingError            a topic or payload is outside the messaging contract; carries topic,
+    |                             reason (a StrEnum from openfeeder.iot) and the failing field
     +-- ConfigError               settings or command-line options are unusable
     +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
 
@@ -26,6 +28,7 @@ __all__ = [
     "CaseValidationError",
     "ConfigError",
     "DependencyError",
+    "MessagingError",
     "NotConvergedError",
     "OpenFeederError",
 ]
@@ -107,6 +110,21 @@ class NotConvergedError(AnalysisError):
         self.iterations = iterations
         self.max_deviation = max_deviation
         self.worst_bus = worst_bus
+
+
+class MessagingError(OpenFeederError):
+    """A topic or payload is outside the messaging contract (``openfeeder.iot``).
+
+    ``topic`` is the MQTT topic (or topic filter) concerned, ``reason`` a machine-readable code (a
+    ``StrEnum`` member such as ``openfeeder.iot.RejectReason.OVERSIZE`` or ``TopicFault``, compared as
+    its string value), ``field`` the payload field or topic level that failed, when there is one.
+    """
+
+    def __init__(self, message: str, *, topic: str, reason: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.reason = reason
+        self.field = field
 
 
 class ConfigError(OpenFeederError):
