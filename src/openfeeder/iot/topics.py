@@ -410,42 +410,24 @@ class ParsedTopic:
         spec = MESSAGE_SPECS[self.message_class]
         parts = (TOPIC_PREFIX, self.message_class, self.device_id, self.algorithm)
         where = "/".join(part for part in parts if part is not None)
-        if spec.has_device:
-            if self.device_id is None:
-                raise _fail(
-                    f"'{self.message_class}' topics need a device id",
-                    topic=where,
-                    reason=TopicFault.INVALID_DEVICE_ID,
-                    field="device_id",
-                )
-            _check_id(
-                self.device_id, topic=where, reason=TopicFault.INVALID_DEVICE_ID, field="device_id"
-            )
-        elif self.device_id is not None:
-            raise _fail(
-                f"'{self.message_class}' topics have no device id",
-                topic=where,
-                reason=TopicFault.INVALID_DEVICE_ID,
-                field="device_id",
-            )
-        if spec.has_algorithm:
-            if self.algorithm is None:
-                raise _fail(
-                    f"'{self.message_class}' topics need an algorithm name",
-                    topic=where,
-                    reason=TopicFault.INVALID_ALGORITHM,
-                    field="algorithm",
-                )
-            _check_id(
-                self.algorithm, topic=where, reason=TopicFault.INVALID_ALGORITHM, field="algorithm"
-            )
-        elif self.algorithm is not None:
-            raise _fail(
-                f"'{self.message_class}' topics have no algorithm name",
-                topic=where,
-                reason=TopicFault.INVALID_ALGORITHM,
-                field="algorithm",
-            )
+        _check_level(
+            self.device_id,
+            needed=spec.has_device,
+            what="a device id",
+            message_class=self.message_class,
+            topic=where,
+            reason=TopicFault.INVALID_DEVICE_ID,
+            field="device_id",
+        )
+        _check_level(
+            self.algorithm,
+            needed=spec.has_algorithm,
+            what="an algorithm name",
+            message_class=self.message_class,
+            topic=where,
+            reason=TopicFault.INVALID_ALGORITHM,
+            field="algorithm",
+        )
 
     @property
     def spec(self) -> MessageSpec:
@@ -636,3 +618,29 @@ def shared(topic_filter: TopicFilter | str, group: str) -> TopicFilter:
         )
     _check_id(group, topic=inner.value, reason=TopicFault.INVALID_GROUP, field="group")
     return TopicFilter(f"{SHARE_PREFIX}/{group}/{inner.value}")
+
+
+def _check_level(
+    value: str | None,
+    *,
+    needed: bool,
+    what: str,
+    message_class: MessageClass,
+    topic: str,
+    reason: TopicFault,
+    field: str,
+) -> None:
+    """A device or algorithm level must be present and valid where the class has it, else absent."""
+    if needed and value is None:
+        raise _fail(
+            f"'{message_class}' topics need {what}", topic=topic, reason=reason, field=field
+        )
+    if not needed and value is not None:
+        raise _fail(
+            f"'{message_class}' topics have no {what.split(' ', 1)[1]}",
+            topic=topic,
+            reason=reason,
+            field=field,
+        )
+    if value is not None:
+        _check_id(value, topic=topic, reason=reason, field=field)
