@@ -39,7 +39,7 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-	.venv-lock/bin/python -m pip install --quiet -e '.[pandapower,dev]'
+	.venv-lock/bin/python -m pip install --quiet -e '.[pandapower,postgresql,dev]'
 	.venv-lock/bin/python -m pip freeze --exclude-editable --all | grep -v '^openfeeder' > requirements.lock
 	rm -rf .venv-lock
 

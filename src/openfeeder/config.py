@@ -10,6 +10,12 @@ The file (``openfeeder.toml`` by default, or ``--config FILE``) has one table pe
     url = "sqlite:///openfeeder.db"   # or "postgresql://user@host:5432/db"
     [logging]
     level = "INFO"
+    [catalog]                     # device catalog (REST): where it listens, where clients find it
+    listen_port = 8700
+    [historian]
+    listen_port = 8701
+    [agent]
+    state_dir = "agent-state"     # store-and-forward buffers, one file per meter
 
 Every key can be overridden by an environment variable ``OPENFEEDER_<TABLE>__<KEY>`` with ``__``
 between levels, e.g. ``OPENFEEDER_BROKERS__GRID_OPS__URL=mqtts://broker:8883``. The environment wins
@@ -36,8 +42,11 @@ from openfeeder.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "ENV_PREFIX",
+    "AgentSettings",
     "BrokerSettings",
     "BrokersSettings",
+    "CatalogSettings",
+    "HistorianSettings",
     "LoggingSettings",
     "Settings",
     "StorageSettings",
@@ -106,16 +115,16 @@ class BrokersSettings(_Section):
     monitoring: BrokerSettings = BrokerSettings()
 
 
+def _storage_url(url: str) -> str:
+    if urlsplit(url).scheme not in ("sqlite", "postgresql"):
+        raise ValueError("must start with sqlite:/// or postgresql://")
+    return url
+
+
 class StorageSettings(_Section):
     url: str = "sqlite:///openfeeder.db"
 
-    @field_validator("url")
-    @classmethod
-    def _storage_url(cls, url: str) -> str:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("sqlite", "postgresql"):
-            raise ValueError("must start with sqlite:/// or postgresql://")
-        return url
+    _url = field_validator("url")(_storage_url)
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -127,10 +136,76 @@ class LoggingSettings(_Section):
     json_lines: bool = True
 
 
+def _optional_storage_url(url: str) -> str:
+    return url if not url else _storage_url(url)
+
+
+class CatalogSettings(_Section):
+    """The device catalog service (REST) and how devices reach it."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8700, ge=0, le=65535)
+    url: str = "http://127.0.0.1:8700"
+    """Where devices and services find the catalog (behind a proxy this differs from listen_*)."""
+    storage_url: str = ""
+    """Empty: use ``[storage] url``."""
+    poll_interval_s: float = Field(default=10.0, gt=0, le=86400)
+    """How often devices poll for new settings (the value is handed to them in their settings)."""
+    disconnect_timeout_s: float = Field(default=30.0, gt=0, le=86400)
+    """A device silent this long is marked disconnected (and that is announced on MQTT)."""
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url.rstrip("/")
+
+    _storage = field_validator("storage_url")(_optional_storage_url)
+
+
+class HistorianSettings(_Section):
+    """The historian: what it subscribes to, how it writes, how long it keeps data."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8701, ge=0, le=65535)
+    storage_url: str = ""
+    """Empty: use ``[storage] url``."""
+    shared_group: str = "historian"
+    """MQTT v5 shared-subscription group: historians in one group split the measurements."""
+    batch_max_messages: int = Field(default=2000, ge=1, le=1_000_000)
+    batch_max_delay_ms: int = Field(default=100, ge=1, le=60_000)
+    retention_days: float = Field(default=0, ge=0)
+    """Readings older than this are deleted (0: keep everything)."""
+
+    _storage = field_validator("storage_url")(_optional_storage_url)
+
+
+class AgentSettings(_Section):
+    """Meter agents: local state and the store-and-forward bound."""
+
+    state_dir: Path = Path("agent-state")
+    buffer_max_messages: int = Field(default=100_000, ge=10, le=100_000_000)
+    """Store-and-forward bound per meter; beyond it the oldest unconfirmed readings are dropped."""
+    resend_after_s: float = Field(default=5.0, gt=0, le=3600)
+    """Resend unconfirmed readings when the historian's committed mark has not moved for this long."""
+
+
 class Settings(_Section):
     brokers: BrokersSettings = BrokersSettings()
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    historian: HistorianSettings = HistorianSettings()
+    agent: AgentSettings = AgentSettings()
+
+    def catalog_storage_url(self) -> str:
+        return self.catalog.storage_url or self.storage.url
+
+    def historian_storage_url(self) -> str:
+        return self.historian.storage_url or self.storage.url
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, with credentials masked (for display)."""

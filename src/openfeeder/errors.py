@@ -11,6 +11,7 @@ catch them all; below it, the branches follow what the caller can do about it::
     +-- MessagingError            a topic or payload is outside the messaging contract; carries topic,
     |                             reason (a StrEnum from openfeeder.iot) and the failing field
     +-- ConfigError               settings or command-line options are unusable
+    +-- StorageError              a database cannot be opened or written; carries the (redacted) url
     +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
 
 Exceptions carry structured attributes, and code that translates a library error raises one of these
@@ -31,6 +32,7 @@ __all__ = [
     "MessagingError",
     "NotConvergedError",
     "OpenFeederError",
+    "StorageError",
 ]
 
 
@@ -129,6 +131,14 @@ class MessagingError(OpenFeederError):
 
 class ConfigError(OpenFeederError):
     """Settings or options are unusable."""
+
+
+class StorageError(OpenFeederError):
+    """A database (SQLite file or PostgreSQL server) cannot be opened, read or written."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class DependencyError(OpenFeederError):

@@ -10,6 +10,9 @@ Every payload carries the envelope:
   ``topology``, which has no device level, the id of the publishing service).
 - ``seq``: per topic, counting from 0 at each birth of the publisher (each new session), so that
   :class:`~openfeeder.iot.sequence.SequenceTracker` can tell loss, duplicates, reordering and restarts apart.
+  Measurements are the exception: a meter keeps counting across sessions and restarts (the counter
+  is stored with its store-and-forward buffer), because the historian stores each reading once under
+  ``(device_id, seq)`` and a meter re-sends what the historian has not yet committed.
 - ``t_ns``: UTC nanoseconds since the epoch when the message's content was produced.
 
 Values travel as :class:`Reading` (channel, value, unit, quality); the quality flag is required on
