@@ -154,6 +154,12 @@ class CatalogSettings(_Section):
     disconnect_timeout_s: float = Field(default=30.0, gt=0, le=86400)
     """A device silent this long is marked disconnected (and that is announced on MQTT)."""
     request_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    case: str = "turin"
+    """The grid model (built-in case name or case file) device locations refer to; empty: none."""
+    sampling_rate_hz: float = Field(default=6400.0, gt=0, le=1_000_000)
+    """Default waveform sampling rate handed to meters (a device record may override it)."""
+    reporting_interval_s: float = Field(default=1.0, gt=0, le=86_400)
+    """Default interval between a meter's measurement messages (a device record may override it)."""
 
     @field_validator("url")
     @classmethod
