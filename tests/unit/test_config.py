@@ -87,3 +87,32 @@ def test_config_show_masks_credentials(tmp_path: Path, capsys: pytest.CaptureFix
     shown = json.loads(capsys.readouterr().out)
     assert shown["brokers"]["monitoring"]["url"] == "mqtt://user:***@mon:1883"
     assert "hunter2" not in json.dumps(shown)
+
+
+def test_service_sections_and_storage_fallback(tmp_path: Path) -> None:
+    path = tmp_path / "of.toml"
+    path.write_text(
+        '[storage]\nurl = "sqlite:///shared.db"\n'
+        '[catalog]\nurl = "http://catalog.example:8700/"\ndisconnect_timeout_s = 5\n'
+        '[historian]\nstorage_url = "postgresql://of@db/of"\nretention_days = 30\n'
+        "[agent]\nbuffer_max_messages = 5000\n"
+    )
+    settings = load_settings(path, environ={})
+    assert settings.catalog.url == "http://catalog.example:8700"
+    assert settings.catalog_storage_url() == "sqlite:///shared.db"
+    assert settings.historian_storage_url() == "postgresql://of@db/of"
+    assert settings.historian.retention_days == 30
+    assert settings.agent.buffer_max_messages == 5000
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OPENFEEDER_CATALOG__URL", "ftp://x", "environment: catalog.url: must be an http"),
+        ("OPENFEEDER_HISTORIAN__STORAGE_URL", "mysql://x", "historian.storage_url: must start"),
+        ("OPENFEEDER_AGENT__BUFFER_MAX_MESSAGES", "3", "agent.buffer_max_messages"),
+    ],
+)
+def test_service_section_errors_name_the_key(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={variable: value})
