@@ -12,8 +12,8 @@ from typing import Final
 from openfeeder.errors import MessagingError
 
 __all__ = [
-    "MQTT_311",
     "MQTT_5",
+    "MQTT_311",
     "PacketType",
     "ProtocolError",
     "ReasonCode",
