@@ -1,0 +1,824 @@
+"""The meter agent: self-configuration, the measurement loop, store-and-forward, plug-ins, health.
+
+``MeterAgent(settings, device_id=..., source=..., catalog=...)``; :meth:`MeterAgent.start` returns
+at once, :meth:`MeterAgent.stop` shuts down cleanly. Two threads of its own (plus paho's network
+thread per broker connection and one per algorithm):
+
+- **control**: boots against the catalog (``POST /v1/devices/boot``; retried with back-off 0.5 s ..
+  30 s while the catalog is unreachable; with settings cached from an earlier run in
+  ``<state_dir>/<device>/settings.json`` the agent starts on those meanwhile), then polls every
+  ``poll_interval_s`` with its ``config_version`` as ETag (which also keeps it marked connected) and
+  applies new settings from a poll or from a ``ConfigChange`` pushed on its retained config topic:
+  rates, broker endpoints, subscriptions, and the algorithm set (hot swap, see
+  :mod:`openfeeder.iot.agent.algorithm_host`);
+- **loop**: every ``reporting_interval_s`` on a monotonic schedule (tick ``k`` at ``t0 + k *
+  interval``, so no drift accumulates; ticks missed by more than one interval are skipped and
+  counted), acquire -> compute -> append to the on-disk buffer -> publish from the buffer ->
+  hand the readings to the algorithms. It also applies committed marks, re-publishes the birth
+  after each reconnect, and runs the algorithms' deadline watchdog. It never waits for the control
+  thread, so a swap or a slow catalog never delays a measurement.
+
+Seq: the next measurement seq is persisted in the buffer; at boot the agent waits up to
+``retained_wait_s`` for the historian's retained ``Committed`` mark and continues at
+``max(stored next seq, mark + 1)``.
+
+Health: a retained ``Status`` birth (ONLINE, firmware, capabilities) on both brokers after every
+connect, the last will ``Status(OFFLINE)`` per connection, a ``Status(OFFLINE, reason="shutdown")``
+on a clean stop, and :meth:`MeterAgent.stats`. Commands (``cmd``) are answered ``rejected``: a
+meter has nothing to operate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Protocol
+
+from pydantic import ValidationError
+
+from openfeeder import __version__
+from openfeeder.config import BrokerSettings, BrokersSettings, Settings
+from openfeeder.errors import MessagingError
+from openfeeder.iot.agent.algorithm_host import AlgorithmHost
+from openfeeder.iot.agent.metering import MeteringLimits, compute, to_readings
+from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginRunner, PluginStats
+from openfeeder.iot.agent.source import DataSource
+from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore, PublishTracker
+from openfeeder.iot.device_settings import (
+    AlgorithmRef,
+    BootRequest,
+    DeviceSettings,
+    Location,
+)
+from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.schema import (
+    AckStatus,
+    AlgorithmOutput,
+    Command,
+    CommandAck,
+    Committed,
+    ConfigChange,
+    Event,
+    LinkState,
+    Measurement,
+    Payload,
+    Quality,
+    Reading,
+    RejectCounter,
+    Severity,
+    Status,
+    TopologyChange,
+    Unit,
+    encode,
+)
+from openfeeder.iot.topics import (
+    MESSAGE_SPECS,
+    BrokerContext,
+    MessageClass,
+    QoS,
+    command_filter,
+    committed_filter,
+    config_filter,
+    measurement_topic,
+    parse_topic,
+    status_topic,
+    topology_filter,
+)
+
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "AgentState",
+    "AgentStats",
+    "MeterAgent",
+    "SettingsSource",
+]
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_CAPABILITIES: Final = ("waveforms", "algorithms", "store_and_forward")
+FIRMWARE: Final = f"openfeeder-agent {__version__}"
+_BOOT_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+_MAX_WAIT_S: Final = 0.5
+"""Longest sleep of the loop: bounds how late a reconnect or a mark is noticed."""
+
+
+class SettingsSource(Protocol):
+    """The device catalog as a meter uses it (:class:`openfeeder.iot.catalog_client.CatalogClient`)."""
+
+    def boot(self, request: BootRequest) -> DeviceSettings: ...
+
+    def poll(self, device_id: str, config_version: int) -> DeviceSettings | None: ...
+
+    def download_algorithm(self, ref: AlgorithmRef) -> bytes: ...
+
+
+class AgentState(StrEnum):
+    NEW = "new"
+    BOOTING = "booting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """A snapshot of a meter agent's health counters."""
+
+    device_id: str
+    state: AgentState
+    config_version: int | None
+    next_seq: int
+    """The seq the next measurement will carry."""
+    produced: int
+    """Measurements produced (and buffered) since start."""
+    buffered: int
+    """Messages in the on-disk buffer (not yet confirmed by the historian)."""
+    in_flight: int
+    """Published, not yet acknowledged by the broker."""
+    published: int
+    committed_seq: int | None
+    resends: int
+    dropped: int
+    """Messages dropped from a full buffer (all time, persisted)."""
+    skipped_ticks: int
+    source_errors: int
+    rejected: int
+    """Incoming messages refused by the codec."""
+    connected: Mapping[str, bool]
+    plugins: tuple[PluginStats, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    settings: DeviceSettings
+    origin: str
+
+
+class MeterAgent:
+    """A smart meter of seed 003 in software (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        device_id: str,
+        source: DataSource,
+        catalog: SettingsSource,
+        location: Location | None = None,
+        device_type: str = "meter",
+        capabilities: Sequence[str] = DEFAULT_CAPABILITIES,
+        limits: MeteringLimits | None = None,
+        retained_wait_s: float = 1.0,
+        call_deadline_s: float = DEFAULT_CALL_DEADLINE_S,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.device_id = device_id
+        self._settings = settings
+        self._source = source
+        self._catalog = catalog
+        self._boot_request = BootRequest(
+            device_id=device_id,
+            device_type=device_type,
+            firmware=FIRMWARE,
+            capabilities=tuple(capabilities),
+            location=location,
+        )
+        self._limits = limits
+        self._retained_wait_s = retained_wait_s
+        self._clock_ns = clock_ns
+        self._dir = settings.agent.state_dir / device_id
+        self._state = AgentState.NEW
+        self._current: DeviceSettings | None = None
+        self._stopping = threading.Event()
+        self._running = threading.Event()
+        self._wake = threading.Event()
+        self._control_queue: queue.Queue[_Pending | None] = queue.Queue()  # None: wake up
+        self._boot_pending = False
+        self._control_thread = threading.Thread(
+            target=self._control_main, name=f"agent-{device_id}", daemon=True
+        )
+        self._loop_thread = threading.Thread(
+            target=self._loop_main, name=f"agent-loop-{device_id}", daemon=True
+        )
+        self._messenger_lock = threading.RLock()
+        self._messenger: Messenger | None = None
+        self._subscribed: set[tuple[BrokerContext, str]] = set()
+        self._seen_connects: dict[BrokerContext, int] = {}
+        self._store: MeasurementStore | None = None
+        self._forwarder: Forwarder | None = None
+        self._mark_lock = threading.Lock()
+        self._pending_mark: int | None = None
+        self._mark_seen = threading.Event()
+        self._awaiting_acks = False
+        self._rejects = RejectCounter(logger=_LOG)
+        self._event_seq = itertools.count()
+        self._status_seq = itertools.count()
+        self._ack_seq = itertools.count()
+        self._algo_seq: dict[str, itertools.count[int]] = {}
+        self._seen_commands: deque[str] = deque(maxlen=256)
+        self._host = AlgorithmHost(
+            device_id=device_id,
+            root=self._dir,
+            download=catalog.download_algorithm,
+            on_outputs=self._publish_outputs,
+            emit_event=self.emit_event,
+            deadline_s=call_deadline_s,
+        )
+        self.produced = 0
+        self.skipped_ticks = 0
+        self.source_errors = 0
+        self.outputs_dropped = 0
+        self.topology_version: int | None = None
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @property
+    def device_settings(self) -> DeviceSettings | None:
+        """The settings in force (None before the first boot)."""
+        return self._current
+
+    def start(self) -> None:
+        """Boot and run in the background; returns at once (see :meth:`wait_running`)."""
+        if self._state is not AgentState.NEW:
+            raise RuntimeError(f"agent {self.device_id} was already started")
+        self._state = AgentState.BOOTING
+        self._control_thread.start()
+
+    def wait_running(self, timeout_s: float) -> bool:
+        """True once configured and measuring (False after ``timeout_s``)."""
+        return self._running.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop measuring, stop the algorithms, publish the shutdown status, disconnect."""
+        if self._state in (AgentState.NEW, AgentState.STOPPED):
+            self._state = AgentState.STOPPED
+            return
+        self._state = AgentState.STOPPING
+        self._stopping.set()
+        self._wake.set()
+        self._control_queue.put(None)
+        self._control_thread.join(timeout_s)
+        if self._loop_thread.is_alive():
+            self._loop_thread.join(timeout_s)
+        self._host.stop_all()
+        with self._messenger_lock:
+            messenger = self._messenger
+            self._messenger = None
+        if messenger is not None:
+            self._publish_status(messenger, LinkState.OFFLINE, reason="shutdown", wait_s=2.0)
+            messenger.stop()
+        if self._store is not None:
+            self._store.close()
+        self._state = AgentState.STOPPED
+        _LOG.info("agent %s stopped", self.device_id, extra={"device_id": self.device_id})
+
+    def stats(self) -> AgentStats:
+        store, forwarder, messenger = self._store, self._forwarder, self._messenger
+        connected = (
+            {str(ctx): link.connected for ctx, link in messenger.links.items()}
+            if messenger is not None
+            else {str(ctx): False for ctx in BrokerContext}
+        )
+        current = self._current
+        return AgentStats(
+            device_id=self.device_id,
+            state=self._state,
+            config_version=current.config_version if current is not None else None,
+            next_seq=store.next_seq if store is not None else 0,
+            produced=self.produced,
+            buffered=store.count if store is not None else 0,
+            in_flight=forwarder.stats().in_flight if forwarder is not None else 0,
+            published=forwarder.published if forwarder is not None else 0,
+            committed_seq=store.committed_seq if store is not None else None,
+            resends=forwarder.resends if forwarder is not None else 0,
+            dropped=store.dropped_total if store is not None else 0,
+            skipped_ticks=self.skipped_ticks,
+            source_errors=self.source_errors,
+            rejected=self._rejects.total,
+            connected=connected,
+            plugins=self._host.stats(),
+        )
+
+    def emit_event(
+        self, kind: str, severity: Severity, message: str, values: Sequence[Reading] = ()
+    ) -> None:
+        """Publish an ``Event`` about this meter on the grid_ops broker (any thread)."""
+        event = Event(
+            device_id=self.device_id,
+            seq=next(self._event_seq),
+            t_ns=self._clock_ns(),
+            kind=kind,
+            severity=severity,
+            message=message[:2048],
+            values=tuple(values),
+        )
+        messenger = self._messenger
+        if messenger is None:
+            _LOG.warning("event %s not published (not connected): %s", kind, message)
+            return
+        try:
+            messenger.publish(event)
+        except MessagingError as err:
+            _LOG.warning("event %s not published: %s", kind, err)
+
+    # -- control thread ------------------------------------------------------------------------
+
+    def _control_main(self) -> None:
+        try:
+            settings = self._boot()
+            if settings is None:
+                return
+            self._activate(settings)
+            self._control_loop()
+        except Exception:  # the agent must report, not vanish silently
+            _LOG.exception("agent %s control thread failed", self.device_id)
+
+    def _boot(self) -> DeviceSettings | None:
+        """Settings from the catalog, retried with back-off; cached ones meanwhile if any."""
+        cached = self._read_cache()
+        for attempt in itertools.count():
+            try:
+                settings = self._catalog.boot(self._boot_request)
+            except Exception as err:  # unreachable, refused, bad answer: try again later
+                delay = _BOOT_BACKOFF_S[min(attempt, len(_BOOT_BACKOFF_S) - 1)]
+                _LOG.warning(
+                    "boot of %s failed (attempt %d, next in %.1f s): %s",
+                    self.device_id,
+                    attempt + 1,
+                    delay,
+                    err,
+                    extra={"device_id": self.device_id},
+                )
+                if cached is not None:
+                    _LOG.warning(
+                        "%s runs on cached settings version %d until the catalog answers",
+                        self.device_id,
+                        cached.config_version,
+                    )
+                    self._boot_pending = True
+                    return cached
+                if self._stopping.wait(delay):
+                    return None
+                continue
+            self._boot_pending = False
+            _LOG.info(
+                "%s booted: config version %d",
+                self.device_id,
+                settings.config_version,
+                extra={"device_id": self.device_id, "config_version": settings.config_version},
+            )
+            return settings
+        return None  # pragma: no cover - itertools.count never ends
+
+    def _activate(self, settings: DeviceSettings) -> None:
+        self._store = MeasurementStore(
+            self._dir / "buffer.db", max_messages=self._settings.agent.buffer_max_messages
+        )
+        self._forwarder = Forwarder(
+            self._store,
+            publish=self._publish_measurement,
+            announce=self._announce_drop,
+            resend_after_s=self._settings.agent.resend_after_s,
+        )
+        self._current = settings
+        self._write_cache(settings)
+        messenger = self._new_messenger(settings)
+        with self._messenger_lock:
+            self._messenger = messenger
+        self._update_subscriptions()
+        messenger.start()
+        # the retained committed mark decides the first seq: wait for it a moment
+        grid_ops = messenger.link(BrokerContext.GRID_OPS)
+        if grid_ops.wait_connected(self._settings.brokers.grid_ops.connect_timeout_s):
+            self._mark_seen.wait(self._retained_wait_s)
+        self._apply_pending_mark()
+        self._loop_thread.start()
+        self._state = AgentState.RUNNING
+        self._running.set()
+        self._host.apply(settings.algorithms, settings.grid)
+        self._update_subscriptions()
+
+    def _control_loop(self) -> None:
+        next_poll = time.monotonic()
+        attempt = 0
+        while not self._stopping.is_set():
+            current = self._current
+            if current is None:  # _activate sets it before this loop starts
+                return
+            if time.monotonic() >= next_poll:
+                ok = self._poll(current)
+                attempt = 0 if ok else attempt + 1
+                delay = current.poll_interval_s
+                if not ok:
+                    delay = min(delay, _BOOT_BACKOFF_S[min(attempt, len(_BOOT_BACKOFF_S) - 1)])
+                next_poll = time.monotonic() + delay
+            try:
+                pending = self._control_queue.get(timeout=max(0.0, next_poll - time.monotonic()))
+            except queue.Empty:
+                continue
+            if self._stopping.is_set():
+                return
+            if pending is not None:
+                self._apply(pending)
+
+    def _poll(self, current: DeviceSettings) -> bool:
+        try:
+            if self._boot_pending:
+                settings: DeviceSettings | None = self._catalog.boot(self._boot_request)
+                self._boot_pending = False
+            else:
+                settings = self._catalog.poll(self.device_id, current.config_version)
+        except Exception as err:  # the catalog's trouble: retry, keep running on what we have
+            if getattr(err, "status", None) == 404:  # the catalog forgot us: boot again
+                self._boot_pending = True
+            _LOG.warning("poll of %s failed: %s", self.device_id, err)
+            return False
+        if settings is not None and settings.config_version != current.config_version:
+            self._control_queue.put(_Pending(settings, "poll"))
+        return True
+
+    def _apply(self, pending: _Pending) -> None:
+        new = pending.settings
+        current = self._current
+        if current is not None:
+            if new.config_version == current.config_version:
+                return
+            if pending.origin == "push" and new.config_version < current.config_version:
+                return  # a stale retained configuration
+        _LOG.info(
+            "%s applies config version %d (%s)",
+            self.device_id,
+            new.config_version,
+            pending.origin,
+            extra={"device_id": self.device_id, "config_version": new.config_version},
+        )
+        self._current = new  # rates take effect at the loop's next tick
+        self._write_cache(new)
+        if current is not None and new.brokers != current.brokers:
+            self._replace_messenger(new)
+        self._host.apply(new.algorithms, new.grid)
+        self._update_subscriptions()
+
+    # -- messaging -----------------------------------------------------------------------------
+
+    def _brokers(self, settings: DeviceSettings) -> BrokersSettings:
+        """The catalog's endpoints, with this machine's credentials and timeouts for each context."""
+        local = self._settings.brokers
+        contexts: dict[str, BrokerSettings] = {}
+        for context in BrokerContext:
+            mine: BrokerSettings = getattr(local, context.value)
+            endpoint = settings.brokers.get(context)
+            if endpoint is None:
+                contexts[context.value] = mine
+                continue
+            contexts[context.value] = mine.model_copy(
+                update={"url": endpoint.url, "username": endpoint.username or mine.username}
+            )
+        return BrokersSettings(**contexts)
+
+    def _new_messenger(self, settings: DeviceSettings) -> Messenger:
+        will = Status(
+            device_id=self.device_id,
+            seq=0,
+            t_ns=self._clock_ns(),
+            state=LinkState.OFFLINE,
+            reason="connection lost",
+        )
+        self._seen_connects = {}
+        self._subscribed = set()
+        return Messenger(
+            self._brokers(settings),
+            client_id=self.device_id,
+            will=will,
+            on_published={BrokerContext.MONITORING: self._on_monitoring_ack},
+        )
+
+    def _replace_messenger(self, settings: DeviceSettings) -> None:
+        new = self._new_messenger(settings)
+        with self._messenger_lock:
+            old = self._messenger
+            self._messenger = new
+            self._update_subscriptions()
+            new.start()
+        if old is not None:
+            self._publish_status(old, LinkState.OFFLINE, reason="moved to other brokers", wait_s=1)
+            old.stop()
+
+    def _update_subscriptions(self) -> None:
+        """Subscribe to the device's filters and the algorithms' input topics (diff)."""
+        current = self._current
+        with self._messenger_lock:
+            messenger = self._messenger
+            if messenger is None or current is None:
+                return
+            wanted: set[tuple[BrokerContext, str]] = set()
+            filters = list(current.subscribe) or [
+                str(f)
+                for f in (
+                    config_filter(self.device_id),
+                    command_filter(self.device_id),
+                    committed_filter(self.device_id),
+                    topology_filter(),
+                )
+            ]
+            for flt in [*filters, *self._host.input_topics()]:
+                try:
+                    message_class = MessageClass(flt.split("/")[2])
+                except (ValueError, IndexError):
+                    _LOG.warning(
+                        "%s: cannot subscribe to %r (outside the scheme)", self.device_id, flt
+                    )
+                    continue
+                wanted.add((MESSAGE_SPECS[message_class].contexts[0], flt))
+            for context, flt in self._subscribed - wanted:
+                messenger.link(context).unsubscribe(flt)
+            for context, flt in wanted - self._subscribed:
+                messenger.link(context).subscribe(flt, self._router(context), qos=QoS.AT_LEAST_ONCE)
+            self._subscribed = wanted
+
+    def _router(self, context: BrokerContext) -> Callable[[str, bytes], None]:
+        def route(topic: str, payload: bytes) -> None:
+            self._on_message(context, topic, payload)
+
+        return route
+
+    def _on_message(self, _context: BrokerContext, topic: str, payload: bytes) -> None:
+        """One handler for every subscription (paho's thread): the agent's own, then plug-ins'."""
+        try:
+            parsed = parse_topic(topic)
+        except MessagingError:
+            self._host.route(topic, payload)
+            return
+        ours = parsed.device_id in (None, self.device_id)
+        kind = parsed.message_class
+        if ours and payload:
+            if kind is MessageClass.COMMITTED:
+                self._on_committed(topic, payload)
+            elif kind is MessageClass.CONFIG:
+                self._on_config(topic, payload)
+            elif kind is MessageClass.COMMAND:
+                self._on_command(topic, payload)
+            elif kind is MessageClass.TOPOLOGY:
+                decoded = self._rejects.safe_decode(kind, payload, topic=topic)
+                if isinstance(decoded, TopologyChange):
+                    self.topology_version = decoded.topology_version
+        self._host.route(topic, payload)
+
+    def _on_committed(self, topic: str, payload: bytes) -> None:
+        decoded = self._rejects.safe_decode(MessageClass.COMMITTED, payload, topic=topic)
+        if not isinstance(decoded, Committed):
+            return
+        with self._mark_lock:
+            if self._pending_mark is None or decoded.high_water_seq > self._pending_mark:
+                self._pending_mark = decoded.high_water_seq
+        self._mark_seen.set()
+        self._wake.set()
+
+    def _on_config(self, topic: str, payload: bytes) -> None:
+        decoded = self._rejects.safe_decode(MessageClass.CONFIG, payload, topic=topic)
+        if not isinstance(decoded, ConfigChange):
+            return
+        try:
+            settings = DeviceSettings.model_validate(decoded.settings)
+        except ValidationError as err:
+            _LOG.warning("%s: pushed configuration refused: %s", self.device_id, err)
+            return
+        if settings.device_id != self.device_id:
+            _LOG.warning("%s: pushed configuration is for %s", self.device_id, settings.device_id)
+            return
+        self._control_queue.put(_Pending(settings, "push"))
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        decoded = self._rejects.safe_decode(MessageClass.COMMAND, payload, topic=topic)
+        if not isinstance(decoded, Command) or decoded.command_id in self._seen_commands:
+            return
+        self._seen_commands.append(decoded.command_id)
+        ack = CommandAck(
+            device_id=self.device_id,
+            seq=next(self._ack_seq),
+            t_ns=self._clock_ns(),
+            command_id=decoded.command_id,
+            status=AckStatus.REJECTED,
+            detail="a meter has nothing to operate",
+        )
+        self._publish(ack)
+
+    def _publish(self, payload: Payload) -> None:
+        messenger = self._messenger
+        if messenger is None:
+            return
+        try:
+            messenger.publish(payload)
+        except MessagingError as err:
+            _LOG.warning("%s: not published: %s", self.device_id, err)
+
+    def _publish_status(
+        self, messenger: Messenger, state: LinkState, *, reason: str = "", wait_s: float = 0.0
+    ) -> None:
+        status = Status(
+            device_id=self.device_id,
+            seq=next(self._status_seq),
+            t_ns=self._clock_ns(),
+            state=state,
+            reason=reason,
+            firmware=FIRMWARE,
+            capabilities=self._boot_request.capabilities,
+        )
+        data = encode(status)
+        for link in messenger.links.values():
+            if link.connected:
+                handle = link.publish(status_topic(self.device_id), data, retain=True)
+                if wait_s:
+                    handle.wait(wait_s)
+
+    def _publish_birth(self, context: BrokerContext) -> None:
+        messenger = self._messenger
+        if messenger is None:
+            return
+        status = Status(
+            device_id=self.device_id,
+            seq=next(self._status_seq),
+            t_ns=self._clock_ns(),
+            state=LinkState.ONLINE,
+            firmware=FIRMWARE,
+            capabilities=self._boot_request.capabilities,
+        )
+        messenger.link(context).publish(status_topic(self.device_id), encode(status), retain=True)
+
+    def _publish_measurement(self, _seq: int, payload: bytes) -> PublishTracker:
+        messenger = self._messenger
+        if messenger is None:
+            raise MessagingError("not connected", topic="", reason="not_connected")
+        link = messenger.link(BrokerContext.MONITORING)
+        return link.publish(measurement_topic(self.device_id), payload).info
+
+    def _on_monitoring_ack(self, _mid: int) -> None:
+        if self._awaiting_acks:
+            self._wake.set()
+
+    def _announce_drop(self, dropped: DroppedRange) -> None:
+        _LOG.warning(
+            "%s: buffer full, measurements %d..%d dropped",
+            self.device_id,
+            dropped.first_seq,
+            dropped.last_seq,
+            extra={"device_id": self.device_id, "first_seq": dropped.first_seq},
+        )
+        self.emit_event(
+            "data_dropped",
+            Severity.WARNING,
+            f"store-and-forward buffer full ({self._settings.agent.buffer_max_messages} "
+            f"messages): measurements {dropped.first_seq}..{dropped.last_seq} "
+            f"({dropped.count}) dropped unconfirmed",
+            (
+                Reading(
+                    channel="first_seq",
+                    value=dropped.first_seq,
+                    unit=Unit.ONE,
+                    quality=Quality.GOOD,
+                ),
+                Reading(
+                    channel="last_seq", value=dropped.last_seq, unit=Unit.ONE, quality=Quality.GOOD
+                ),
+            ),
+        )
+
+    def _publish_outputs(
+        self, runner: PluginRunner, readings: tuple[Reading, ...], t_ns: int | None
+    ) -> None:
+        messenger = self._messenger
+        if messenger is None or not messenger.link(BrokerContext.MONITORING).connected:
+            self.outputs_dropped += 1  # outputs are not store-and-forwarded
+            return
+        counter = self._algo_seq.setdefault(runner.name, itertools.count())
+        output = AlgorithmOutput(
+            device_id=self.device_id,
+            seq=next(counter),
+            t_ns=t_ns if t_ns is not None else self._clock_ns(),
+            algorithm=runner.name,
+            algorithm_version=runner.version,
+            outputs=readings,
+        )
+        messenger.publish(output)
+
+    # -- loop thread ---------------------------------------------------------------------------
+
+    def _loop_main(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                self._apply_pending_mark()
+                self._check_connections()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick()
+                    next_tick = self._next_tick(next_tick)
+                self._deliver()
+                self._host.watchdog()
+            except Exception:  # the loop must go on; the error is logged with its traceback
+                _LOG.exception("agent %s loop iteration failed", self.device_id)
+            timeout = min(max(0.0, next_tick - time.monotonic()), _MAX_WAIT_S)
+            if self._wake.wait(timeout):
+                self._wake.clear()
+
+    def _next_tick(self, previous: float) -> float:
+        current = self._current
+        interval = current.reporting_interval_s if current is not None else 1.0
+        following = previous + interval
+        now = time.monotonic()
+        if following <= now:  # late by more than an interval: skip, never burst to catch up
+            missed = int((now - following) // interval) + 1
+            self.skipped_ticks += missed
+            following += missed * interval
+        return following
+
+    def _tick(self) -> None:
+        current, store, forwarder = self._current, self._store, self._forwarder
+        if current is None or store is None or forwarder is None:
+            return
+        t_ns = self._clock_ns()
+        try:
+            acquisition = self._source.acquire(t_ns=t_ns, sampling_rate_hz=current.sampling_rate_hz)
+            values = compute(acquisition, self._limits)
+        except Exception:  # a broken source must not stop the meter: count, log, skip
+            self.source_errors += 1
+            _LOG.exception("%s: acquisition failed", self.device_id)
+            return
+        readings = to_readings(values, self._limits)
+        seq = store.next_seq
+        payload = encode(
+            Measurement(device_id=self.device_id, seq=seq, t_ns=values.t_ns, values=readings)
+        )
+        dropped = store.append(seq, values.t_ns, payload)
+        self.produced += 1
+        if dropped is not None:
+            forwarder.on_dropped(dropped)
+        self._host.dispatch(readings, values.t_ns)
+
+    def _deliver(self) -> None:
+        forwarder, messenger = self._forwarder, self._messenger
+        if forwarder is None or messenger is None:
+            return
+        connected = messenger.link(BrokerContext.MONITORING).connected
+        while forwarder.pump(connected=connected):
+            if self._stopping.is_set():
+                return
+        self._awaiting_acks = forwarder.window_full
+        if self._awaiting_acks:
+            forwarder.pump(connected=connected)  # an ack may have come in between
+
+    def _apply_pending_mark(self) -> None:
+        with self._mark_lock:
+            mark, self._pending_mark = self._pending_mark, None
+        if mark is not None and self._forwarder is not None:
+            self._forwarder.on_committed(mark)
+
+    def _check_connections(self) -> None:
+        with self._messenger_lock:
+            messenger = self._messenger
+            if messenger is None:
+                return
+            for context, link in messenger.links.items():
+                connects = link.connects
+                if connects == self._seen_connects.get(context, 0) or not link.connected:
+                    continue
+                self._seen_connects[context] = connects
+                self._publish_birth(context)  # the birth precedes the data on this connection
+                if self._forwarder is not None:
+                    if context is BrokerContext.MONITORING:
+                        self._forwarder.on_connected()
+                    else:
+                        self._forwarder.announce_pending()
+
+    # -- settings cache ------------------------------------------------------------------------
+
+    def _read_cache(self) -> DeviceSettings | None:
+        path = self._dir / "settings.json"
+        try:
+            return DeviceSettings.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError) as err:
+            _LOG.warning("%s: ignoring unreadable cached settings: %s", path, err)
+            return None
+
+    def _write_cache(self, settings: DeviceSettings) -> None:
+        path = self._dir / "settings.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(settings.model_dump_json(), encoding="utf-8")
+            temporary.replace(path)
+        except OSError as err:
+            _LOG.warning("%s: cannot cache settings: %s", path, err)
