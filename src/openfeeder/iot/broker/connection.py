@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self._quota = self.limits.inflight_v311
         self._paused = False
         self._closing = False
+        self._bytes_seen = False
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -206,6 +207,11 @@ class Connection(asyncio.Protocol):
             return
         self.counters.bytes_received += len(data)
         self.last_rx = self.loop.time()
+        if not self._bytes_seen:
+            self._bytes_seen = True
+            if data[:1] != b"\x10":  # not CONNECT: no need to wait for the rest of it
+                self.fail(protocol_error("the first packet must be CONNECT"))
+                return
         frames, error = self.framer.feed(data)
         try:
             for first, buf, start, end in frames:
