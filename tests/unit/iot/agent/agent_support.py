@@ -29,11 +29,16 @@ from openfeeder.iot.device_settings import (
     DeviceSettings,
 )
 from openfeeder.iot.mqtt import MqttLink
+from openfeeder.iot.schema import Payload, encode
 from openfeeder.iot.topics import (
     BrokerContext,
+    Topic,
     command_filter,
     committed_filter,
+    committed_topic,
     config_filter,
+    config_topic,
+    status_topic,
     topology_filter,
 )
 from openfeeder.services.runtime import HttpServer
@@ -85,7 +90,8 @@ class LoopbackCatalog:
         self.boots = 0
         self.polls = 0
         self._lock = threading.Lock()
-        self._server = HttpServer(self._app(), host="127.0.0.1", port=port)
+        self._port = port
+        self._server: HttpServer | None = None
         self._thread = threading.Thread(target=self._run, name="loopback-catalog", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -93,11 +99,15 @@ class LoopbackCatalog:
 
     @property
     def url(self) -> str:
-        return self._server.url
+        if self._server is not None:
+            return self._server.url
+        return f"http://127.0.0.1:{self._port}"
 
     # -- what the test does --------------------------------------------------------------------
 
     def start(self) -> LoopbackCatalog:
+        """Listen (on ``port``, or a free one) and serve in a thread."""
+        self._server = HttpServer(self._app(), host="127.0.0.1", port=self._port)
         self._thread.start()
         assert self._ready.wait(10)
         return self
@@ -185,11 +195,14 @@ class LoopbackCatalog:
         return app
 
     def _run(self) -> None:
+        server = self._server
+        assert server is not None
+
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self._ready.set()
-            await self._server.serve(self._stop)
+            await server.serve(self._stop)
 
         asyncio.run(main())
 
@@ -289,13 +302,48 @@ def package(directory: Path) -> bytes:
     return build_package(directory)
 
 
+def publish_retained(broker_url: str, topic: Topic, payload: Payload) -> None:
+    """Publish a retained message (as the historian or the catalog would) and wait for PUBACK."""
+    link = MqttLink(BrokerSettings(url=broker_url), client_id=new_device_id("pub"))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        assert link.publish(topic, encode(payload), retain=True).wait(10)
+    finally:
+        link.stop()
+
+
+def clear_retained(broker_url: str, device_id: str) -> None:
+    """Remove the retained messages a test left for ``device_id`` on the broker."""
+    link = MqttLink(
+        BrokerSettings(url=broker_url, connect_timeout_s=2), client_id=new_device_id("clr")
+    )
+    link.start()
+    try:
+        if not link.wait_connected(2):
+            return  # a private broker already gone: nothing to clear
+        handles = [
+            link.publish(topic(device_id), b"", retain=True)
+            for topic in (status_topic, committed_topic, config_topic)
+        ]
+        for handle in handles:
+            handle.wait(5)
+    finally:
+        link.stop()
+
+
 class Collector:
     """A real MQTT subscriber (MqttLink) that queues every message it receives."""
 
-    def __init__(self, broker_url: str, *filters: str, client_id: str | None = None) -> None:
+    def __init__(self, broker_url: str, *filters: str, persistent: bool = False) -> None:
+        """``persistent``: a session the broker keeps (and queues for) while it is disconnected,
+        also across a broker restart when the broker persists its state."""
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.link = MqttLink(
-            BrokerSettings(url=broker_url), client_id=client_id or new_device_id("watch")
+            BrokerSettings(url=broker_url),
+            client_id=new_device_id("watch"),
+            clean_start=not persistent,
+            session_expiry_s=300 if persistent else 0,
         )
         for flt in filters:
             self.link.subscribe(flt, self._on_message)
