@@ -11,6 +11,7 @@ import click
 
 from openfeeder import __version__
 from openfeeder.cli.analysis_cmd import pf_command, topology_command
+from openfeeder.cli.broker_cmd import broker_command
 from openfeeder.cli.case_cmd import case_group, cases_command
 from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
@@ -31,6 +32,7 @@ cli.add_command(topology_command)
 cli.add_command(pf_command)
 cli.add_command(demo_command)
 cli.add_command(config_group)
+cli.add_command(broker_command)
 
 
 def main(argv: list[str] | None = None) -> int:
