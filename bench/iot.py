@@ -182,17 +182,144 @@ def bench_broker(publishers: int, messages: int, size: int) -> dict[str, Any]:
     return {"rows": rows}
 
 
+# --- shared service plumbing --------------------------------------------------------------------
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one run (dropped afterwards); yields a URL using it."""
+    import uuid
+
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def storage(kind: str, workdir: Path, name: str) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir}/{name}.db"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+def write_config(path: Path, broker_url: str, **sections: dict[str, Any]) -> Path:
+    lines = [
+        f'[brokers.grid_ops]\nurl = "{broker_url}"',
+        f'[brokers.monitoring]\nurl = "{broker_url}"',
+    ]
+    lines.append('[logging]\nlevel = "WARNING"')
+    for section, values in sections.items():
+        body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        lines.append(f"[{section}]\n{body}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def service(
+    args: list[str], port: int, workdir: Path, name: str
+) -> Iterator[subprocess.Popen[Any]]:
+    log = (workdir / f"{name}.log").open("wb")
+    process = subprocess.Popen(openfeeder_cmd(*args), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port, process, timeout_s=60)
+        yield process
+    finally:
+        _stop(process)
+        log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# --- storm --------------------------------------------------------------------------------------
+
+
+def bench_storm(devices: int, concurrency: int, storages: tuple[str, ...]) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for kind in storages:
+            err.print(f"storm: {devices:,} devices boot, catalog on {kind} ...", end=" ")
+            port = free_port()
+            with broker("mosquitto", workdir) as url, storage(kind, workdir, "catalog") as db:
+                config = write_config(
+                    workdir / f"storm-{kind}.toml",
+                    url,
+                    catalog={
+                        "listen_port": port,
+                        "url": f"http://127.0.0.1:{port}",
+                        "storage_url": db,
+                    },
+                )
+                with service(
+                    ["catalog", "serve", "--config", str(config)], port, workdir, f"catalog-{kind}"
+                ):
+                    result = _result(
+                        _load("storm", f"http://127.0.0.1:{port}", devices, concurrency)
+                    )
+            row = {
+                "storage": kind,
+                "devices": devices,
+                "configured": result["configured"],
+                "boot_seconds": result["boot_seconds"],
+                "boot_p50_ms": percentile(result["boot_latency_s"], 50) * 1e3,
+                "boot_p99_ms": percentile(result["boot_latency_s"], 99) * 1e3,
+                "poll_seconds": result["poll_seconds"],
+                "poll_p99_ms": percentile(result["poll_latency_s"], 99) * 1e3,
+            }
+            err.print(f"{row['boot_seconds']:.1f} s")
+            rows.append(row)
+    table = Table(
+        title=f"self-configuration storm: {devices:,} devices boot at once ({concurrency} in flight); target < 30 s"
+    )
+    for col in ("catalog storage", "configured", "all configured in", "boot p50", "boot p99",
+                "then all poll (304) in", "poll p99"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            row["storage"],
+            f"{row['configured']:,}",
+            f"{row['boot_seconds']:.1f} s",
+            f"{row['boot_p50_ms']:.0f} ms",
+            f"{row['boot_p99_ms']:.0f} ms",
+            f"{row['poll_seconds']:.1f} s",
+            f"{row['poll_p99_ms']:.0f} ms",
+        )
+    out.print(table)
+    return {"rows": rows, "concurrency": concurrency}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.iot", description=__doc__)
-    parser.add_argument("which", choices=["broker", "all"])
+    parser.add_argument("which", choices=["broker", "storm", "all"])
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--messages", type=int, default=25_000, help="per publisher")
     parser.add_argument("--size", type=int, default=600, help="payload bytes")
+    parser.add_argument("--devices", type=int, default=10_000, help="storm: devices booting")
+    parser.add_argument("--concurrency", type=int, default=200, help="storm: requests in flight")
+    parser.add_argument("--storages", default="sqlite,postgresql")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     report: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.which in ("broker", "all"):
         report["broker"] = bench_broker(args.publishers, args.messages, args.size)
+    storages = tuple(s for s in args.storages.split(",") if s)
+    if args.which in ("storm", "all"):
+        report["storm"] = bench_storm(args.devices, args.concurrency, storages)
     path = args.out or RESULTS / f"iot-{args.which}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))

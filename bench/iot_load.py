@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 CHANNELS = (
     ("u_a", "V"), ("u_b", "V"), ("u_c", "V"),
@@ -40,7 +42,11 @@ def _client(url: str, client_id: str, inflight: int) -> paho.Client:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)
-    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=60)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.ReceiveMaximum = inflight  # Mosquitto sends a v5 client at most this many unacked
+    client.connect(
+        parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=60, properties=properties
+    )
     return client
 
 
@@ -141,6 +147,68 @@ def meters(url: str, first: int, count: int, messages: int, rate: float) -> dict
     return {"devices": devices, "messages": messages, "seconds": seconds, "sent_ns": sent_ns}
 
 
+def storm(catalog_url: str, count: int, concurrency: int) -> dict[str, object]:
+    """COUNT devices boot at once (CONCURRENCY requests in flight), then each polls once."""
+    import asyncio
+
+    import httpx
+
+    async def run() -> dict[str, object]:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=catalog_url, limits=limits, timeout=60) as client:
+            gate = asyncio.Semaphore(concurrency)
+            versions: dict[str, str] = {}
+
+            async def boot(number: int) -> float:
+                device = f"storm-{number:05d}"
+                body = {
+                    "device_id": device,
+                    "device_type": "meter",
+                    "firmware": "1.0.0",
+                    "capabilities": ["rms", "power"],
+                    "location": {"bus_id": 2 + number % 30},
+                }
+                async with gate:
+                    started = time.perf_counter()
+                    response = await client.post("/v1/devices/boot", json=body)
+                    elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                settings = response.json()
+                if not settings.get("brokers") or settings.get("device_id") != device:
+                    raise RuntimeError(f"{device}: incomplete settings {settings}")
+                versions[device] = response.headers["etag"]
+                return elapsed
+
+            async def poll(device: str) -> float:
+                async with gate:
+                    started = time.perf_counter()
+                    response = await client.get(
+                        f"/v1/devices/{device}/settings",
+                        headers={"If-None-Match": versions[device]},
+                    )
+                    elapsed = time.perf_counter() - started
+                if response.status_code != 304:
+                    raise RuntimeError(f"{device}: poll answered {response.status_code}")
+                return elapsed
+
+            started = time.perf_counter()
+            boot_latencies = await asyncio.gather(*(boot(n) for n in range(count)))
+            boot_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            poll_latencies = await asyncio.gather(*(poll(d) for d in list(versions)))
+            poll_seconds = time.perf_counter() - started
+        return {
+            "devices": count,
+            "configured": len(versions),
+            "boot_seconds": boot_seconds,
+            "boot_latency_s": sorted(boot_latencies),
+            "poll_seconds": poll_seconds,
+            "poll_latency_s": sorted(poll_latencies),
+        }
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str]) -> int:
     role, args = argv[0], argv[1:]
     if role == "pub":
@@ -149,6 +217,8 @@ def main(argv: list[str]) -> int:
         result = subscriber(args[0], args[1], int(args[2]))
     elif role == "meters":
         result = meters(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+    elif role == "storm":
+        result = storm(args[0], int(args[1]), int(args[2]))
     else:
         print(f"unknown role {role!r}", file=sys.stderr)
         return 2
