@@ -1,0 +1,216 @@
+"""Running the catalog: :func:`serve_catalog` for a process, :class:`CatalogThread` in a thread.
+
+``serve_catalog`` opens the store, connects to both brokers (client id ``catalog-<random>`` unless
+one is given, so that two catalogs on one broker never take each other's connection), loads the
+state, starts the liveness watchdog and serves HTTP until ``stop`` is set; then it stops taking
+requests, writes the pending last-seen times, waits briefly for the broker to acknowledge what was
+published and closes everything.
+
+With ``[catalog] listen_port = 0`` the server binds a free port and the catalog advertises the URL
+it bound (in algorithm download URLs) instead of ``[catalog] url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final, Self
+
+from openfeeder.config import Settings
+from openfeeder.iot.mqtt import Messenger
+from openfeeder.services.catalog.api import create_app
+from openfeeder.services.catalog.core import Catalog
+from openfeeder.services.catalog.publishing import MessengerPublisher
+from openfeeder.services.catalog.store import DEFAULT_TABLE_PREFIX, open_store
+from openfeeder.services.runtime import HttpServer
+
+__all__ = ["CatalogThread", "serve_catalog"]
+
+_LOG = logging.getLogger(__name__)
+_DRAIN_TIMEOUT_S: Final = 2.0
+
+
+async def serve_catalog(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    ready: Callable[[str], None] | None = None,
+    client_id: str | None = None,
+    table_prefix: str = DEFAULT_TABLE_PREFIX,
+) -> None:
+    """Serve the device catalog until ``stop`` is set; ``ready(url)`` once it accepts requests."""
+    store = await asyncio.to_thread(
+        open_store, settings.catalog_storage_url(), table_prefix=table_prefix
+    )
+    messenger = Messenger(
+        settings.brokers, client_id=client_id or f"catalog-{uuid.uuid4().hex[:10]}"
+    )
+    publisher = MessengerPublisher(messenger)
+    try:
+        messenger.start()
+        catalog = Catalog(settings, store=store, publisher=publisher)
+        server = HttpServer(
+            create_app(catalog),
+            host=settings.catalog.listen_host,
+            port=settings.catalog.listen_port,
+        )
+        public_url = server.url if settings.catalog.listen_port == 0 else settings.catalog.url
+        try:
+            await catalog.start(public_url=public_url)
+        except BaseException:
+            await _close_unused(server)
+            raise
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(catalog.run(stop))
+                group.create_task(_serve_http(server, stop))
+                group.create_task(_announce_ready(server, stop, ready))
+        finally:
+            await catalog.close()
+    finally:
+        await asyncio.to_thread(publisher.drain, _DRAIN_TIMEOUT_S)
+        # both links at once: a link waiting to reconnect takes up to a second to stop
+        await asyncio.gather(*(asyncio.to_thread(link.stop) for link in messenger.links.values()))
+        store.close()
+
+
+async def _serve_http(server: HttpServer, stop: asyncio.Event) -> None:
+    try:
+        await server.serve(stop)
+    finally:
+        stop.set()  # if the server ends on its own, the rest of the catalog stops with it
+
+
+async def _announce_ready(
+    server: HttpServer, stop: asyncio.Event, ready: Callable[[str], None] | None
+) -> None:
+    while not server.started:
+        if stop.is_set():
+            return
+        await asyncio.sleep(0.01)
+    _LOG.info(
+        "catalog listening url=%s", server.url, extra={"url": server.url, "event": "listening"}
+    )
+    if ready is not None:
+        ready(server.url)
+
+
+async def _close_unused(server: HttpServer) -> None:
+    """Release a bound server socket that will not serve (HttpServer closes it after serving)."""
+    stopped = asyncio.Event()
+    stopped.set()
+    await server.serve(stopped)
+
+
+class CatalogThread:
+    """The catalog served from a background thread with its own event loop (tests, the demo).
+
+    ``start()`` returns the URL once requests are accepted (``listen_port = 0`` picks a free
+    port); ``stop()`` shuts it down cleanly. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client_id: str | None = None,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._table_prefix = table_prefix
+        self._startup_timeout_s = startup_timeout_s
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the catalog is not running")
+        return self._url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def start(self) -> str:
+        """Start serving; the URL (raises what made the start fail)."""
+        if self._thread is not None:
+            return self.url
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="catalog", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._startup_timeout_s):
+            self.stop()
+            raise TimeoutError(f"the catalog did not start within {self._startup_timeout_s} s")
+        if self._error is not None:
+            error = self._error
+            self._join()
+            raise error
+        return self.url
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop serving and wait for the thread (idempotent)."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        self._join(timeout_s)
+        self._url = None
+
+    def _join(self, timeout_s: float = 30.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise TimeoutError(f"the catalog thread did not stop within {timeout_s} s")
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:  # handed to start() in the caller's thread
+            self._error = err
+            if self._ready.is_set():  # it had started: nobody waits for the error, log it
+                _LOG.error("catalog thread failed: %s", err, exc_info=err)
+        finally:
+            self._loop = None
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+
+        def on_ready(url: str) -> None:
+            self._url = url
+            self._ready.set()
+
+        await serve_catalog(
+            self._settings,
+            self._stop,
+            ready=on_ready,
+            client_id=self._client_id,
+            table_prefix=self._table_prefix,
+        )
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
