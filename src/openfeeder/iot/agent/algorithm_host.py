@@ -99,6 +99,16 @@ class AlgorithmHost:
             if any(flt.matches(topic) for flt in runner.loaded.manifest.input_topics):
                 runner.submit_message(topic, payload)
 
+    def input_channels(self) -> frozenset[str] | None:
+        """Measurement channels any running algorithm consumes (None: all of them)."""
+        wanted: set[str] = set()
+        for runner in self._runners.values():
+            channels = runner.loaded.manifest.input_channels
+            if channels is None:
+                return None
+            wanted |= channels
+        return frozenset(wanted)
+
     def input_topics(self) -> set[str]:
         """The topic filters the running algorithms consume."""
         return {

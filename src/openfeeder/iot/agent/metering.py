@@ -31,14 +31,16 @@ Channels and units: ``u_a u_b u_c`` V, ``i_a i_b i_c`` A, ``p_a p_b p_c p`` W, `
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from openfeeder.iot.agent.source import Acquisition, PhasorFrame, WaveformWindow
-from openfeeder.iot.schema import Quality, Reading, Unit
+from openfeeder.iot.agent.source import Acquisition, PhasorFrame, WaveformWindow, sample_index
+from openfeeder.iot.schema import SCHEMA_VERSION, Quality, Reading, Unit
 
 __all__ = [
     "CHANNELS",
@@ -47,6 +49,8 @@ __all__ = [
     "compute",
     "compute_phasors",
     "compute_waveforms",
+    "encode_measurement",
+    "reading_values",
     "to_readings",
 ]
 
@@ -132,7 +136,7 @@ def compute_waveforms(window: WaveformWindow, limits: MeteringLimits | None = No
     if n < 2:
         raise ValueError("a waveform window needs at least 2 samples")
     fs = window.sampling_rate_hz
-    t_s = np.arange(n) / fs
+    t_s = sample_index(n) / fs
     u_v = np.sqrt(np.mean(v * v, axis=1))
     i_a = np.sqrt(np.mean(i * i, axis=1))
     p_w = np.mean(v * i, axis=1)
@@ -207,8 +211,10 @@ def _fundamental_q(v: FloatArray, i: FloatArray, t_s: FloatArray, f_hz: float) -
     return q_var
 
 
-def to_readings(values: MeterValues, limits: MeteringLimits | None = None) -> tuple[Reading, ...]:
-    """The 23 readings of :data:`CHANNELS`, each with its unit and quality."""
+def reading_values(
+    values: MeterValues, limits: MeteringLimits | None = None
+) -> list[tuple[float, Quality]]:
+    """``(value, quality)`` per channel of :data:`CHANNELS` (finite values; INVALID ones are 0)."""
     limits = limits if limits is not None else MeteringLimits()
     base = Quality.GOOD if values.complete else Quality.SUSPECT
     p_total, q_total, s_total = values.p_total_w, values.q_total_var, values.s_total_va
@@ -216,9 +222,7 @@ def to_readings(values: MeterValues, limits: MeteringLimits | None = None) -> tu
     if limits.u_nominal_v is not None:
         low, high = (bound * limits.u_nominal_v for bound in limits.u_range_pu)
         u_quality = [base if low <= u <= high else Quality.SUSPECT for u in values.u_v.tolist()]
-    pf = np.divide(
-        values.p_w, values.s_va, out=np.zeros(3), where=values.s_va > 1e-12 * (s_total or 1.0)
-    )
+    pf = np.divide(values.p_w, values.s_va, out=np.zeros(3), where=values.s_va > 0)
     pf_valid = (values.s_va > 0).tolist()
     f_low, f_high = limits.f_range_hz
     if not values.f_valid:
@@ -245,14 +249,55 @@ def to_readings(values: MeterValues, limits: MeteringLimits | None = None) -> tu
         (p_total / s_total if s_total > 0 else 0.0, base if s_total > 0 else Quality.INVALID),
         (values.f_hz if values.f_valid else 0.0, f_quality),
     ]
-    readings = []
-    for (channel, unit), (raw, raw_quality) in zip(CHANNELS, rows, strict=True):
-        finite = bool(np.isfinite(raw))
-        value = raw if finite else 0.0
-        quality = raw_quality if finite else Quality.INVALID
-        # model_construct: the fields are valid by construction here (token channels, finite
-        # values, enum members) and validating 23 readings per message would be most of its cost.
-        readings.append(
-            Reading.model_construct(channel=channel, value=value, unit=unit, quality=quality)
+    return [(x, q) if math.isfinite(x) else (0.0, Quality.INVALID) for x, q in rows]
+
+
+def to_readings(
+    values: MeterValues,
+    limits: MeteringLimits | None = None,
+    *,
+    channels: Collection[str] | None = None,
+) -> tuple[Reading, ...]:
+    """The readings of :data:`CHANNELS` (or of those in ``channels``) with unit and quality."""
+    # model_construct: the fields are valid by construction here (token channels, finite values,
+    # enum members); validation would be most of the cost of a message.
+    return tuple(
+        Reading.model_construct(channel=channel, value=value, unit=unit, quality=quality)
+        for (channel, unit), (value, quality) in zip(
+            CHANNELS, reading_values(values, limits), strict=True
         )
-    return tuple(readings)
+        if channels is None or channel in channels
+    )
+
+
+_FRAGMENTS: Final = {
+    (channel, quality): (
+        f'{{"channel":"{channel}","value":',
+        f',"unit":"{unit.value}","quality":"{quality.value}"}}',
+    )
+    for channel, unit in CHANNELS
+    for quality in Quality
+}
+
+
+def encode_measurement(
+    device_id: str, seq: int, values: MeterValues, limits: MeteringLimits | None = None
+) -> bytes:
+    """The ``Measurement`` payload of ``values``, as :func:`openfeeder.iot.schema.encode` would
+    make it, without building 23 pydantic objects (the hot path of every meter).
+
+    ``device_id`` must match the scheme's id pattern (it needs no JSON escaping); values are
+    finite, written with Python's shortest round-trip ``repr``. Tests decode it with the schema's
+    strict codec.
+    """
+    items = []
+    for (channel, _unit), (value, quality) in zip(
+        CHANNELS, reading_values(values, limits), strict=True
+    ):
+        head, tail = _FRAGMENTS[(channel, quality)]
+        items.append(f"{head}{float(value)!r}{tail}")
+    document = (
+        f'{{"schema_version":{SCHEMA_VERSION},"device_id":"{device_id}","seq":{seq},'
+        f'"t_ns":{values.t_ns},"values":[{",".join(items)}]}}'
+    )
+    return document.encode("ascii")

@@ -47,7 +47,12 @@ from openfeeder import __version__
 from openfeeder.config import BrokerSettings, BrokersSettings, Settings
 from openfeeder.errors import MessagingError
 from openfeeder.iot.agent.algorithm_host import AlgorithmHost
-from openfeeder.iot.agent.metering import MeteringLimits, compute, to_readings
+from openfeeder.iot.agent.metering import (
+    MeteringLimits,
+    compute,
+    encode_measurement,
+    to_readings,
+)
 from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginRunner, PluginStats
 from openfeeder.iot.agent.source import DataSource
 from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore, PublishTracker
@@ -67,7 +72,6 @@ from openfeeder.iot.schema import (
     ConfigChange,
     Event,
     LinkState,
-    Measurement,
     Payload,
     Quality,
     Reading,
@@ -755,16 +759,16 @@ class MeterAgent:
             self.source_errors += 1
             _LOG.exception("%s: acquisition failed", self.device_id)
             return
-        readings = to_readings(values, self._limits)
         seq = store.next_seq
-        payload = encode(
-            Measurement(device_id=self.device_id, seq=seq, t_ns=values.t_ns, values=readings)
-        )
+        payload = encode_measurement(self.device_id, seq, values, self._limits)
         dropped = store.append(seq, values.t_ns, payload)
         self.produced += 1
         if dropped is not None:
             forwarder.on_dropped(dropped)
-        self._host.dispatch(readings, values.t_ns)
+        if self._host.runners:  # readings as objects only for the channels algorithms consume
+            channels = self._host.input_channels()
+            readings = to_readings(values, self._limits, channels=channels)
+            self._host.dispatch(readings, values.t_ns)
 
     def _deliver(self) -> None:
         forwarder, messenger = self._forwarder, self._messenger

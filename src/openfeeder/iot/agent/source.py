@@ -18,6 +18,7 @@ of shape ``(3,)`` for phasors; a source hands over arrays it will not write agai
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -33,6 +34,7 @@ __all__ = [
     "SyntheticParams",
     "SyntheticSource",
     "WaveformWindow",
+    "sample_index",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -138,6 +140,17 @@ class SyntheticParams:
                 raise ValueError(message)
 
 
+_HOURS: Final = np.arange(25.0)
+
+
+@functools.lru_cache(maxsize=64)
+def sample_index(n: int) -> FloatArray:
+    """``0.0, 1.0, ..., n - 1`` (read-only, cached: every window of a meter has about the same n)."""
+    index = np.arange(n, dtype=np.float64)
+    index.flags.writeable = False
+    return index
+
+
 _PHASE_SHIFT_RAD: Final = np.array([[0.0], [-2 * np.pi / 3], [2 * np.pi / 3]])
 _NS_PER_S: Final = 1_000_000_000
 
@@ -164,7 +177,7 @@ class SyntheticSource:
     def load_fraction(self, t_s: float) -> float:
         """Fraction of ``p_peak_w`` drawn at ``t_s`` (seconds since the epoch)."""
         day = (t_s / self.params.day_length_s + self._day_offset) % 1.0
-        return float(np.interp(day * 24.0, np.arange(25.0), RESIDENTIAL_DAY))
+        return float(np.interp(day * 24.0, _HOURS, RESIDENTIAL_DAY))
 
     def frequency_hz(self, t_s: float) -> float:
         """The drifting grid frequency at ``t_s``."""
@@ -188,7 +201,7 @@ class SyntheticSource:
         phi_rad = float(np.arccos(params.power_factor))
 
         theta0 = (2 * np.pi * f_hz * t_s) % (2 * np.pi)
-        theta = (theta0 + 2 * np.pi * f_hz / sampling_rate_hz * np.arange(n)).astype(np.float64)
+        theta: FloatArray = theta0 + (2 * np.pi * f_hz / sampling_rate_hz) * sample_index(n)
         # Each signal is Re(sum_h c_h e^{j h theta}): one complex exponential per harmonic order,
         # shared by the six signals, and a (3, orders) @ (orders, n) product per quantity.
         orders = sorted({1, *params.voltage_harmonics, *params.current_harmonics})

@@ -134,6 +134,9 @@ class MeasurementStore:
         except (OSError, sqlite3.Error) as err:
             raise StorageError(f"{path}: cannot open the buffer: {err}", url=str(path)) from err
         try:
+            # one agent per buffer: an exclusive lock keeps a second agent with the same id (and
+            # state folder) out, and lets WAL work without the shared-memory -shm file
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)

@@ -85,6 +85,7 @@ class LoopbackCatalog:
             "poll_interval_s": poll_interval_s,
         }
         self.devices: dict[str, DeviceSettings] = {}
+        self.boot_requests: dict[str, BootRequest] = {}
         self.packages: dict[tuple[str, str], bytes] = {}
         self.initial_algorithms: tuple[AlgorithmRef, ...] = ()
         self.boots = 0
@@ -168,6 +169,7 @@ class LoopbackCatalog:
         def boot(request: BootRequest) -> Response:
             with self._lock:
                 self.boots += 1
+                self.boot_requests[request.device_id] = request
                 settings = self.devices.get(request.device_id)
                 if settings is None:
                     settings = self.settings_for(request.device_id)

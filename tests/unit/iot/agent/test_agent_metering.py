@@ -10,6 +10,7 @@ from openfeeder.iot.agent.metering import (
     MeteringLimits,
     compute,
     compute_waveforms,
+    encode_measurement,
     to_readings,
 )
 from openfeeder.iot.agent.source import (
@@ -18,7 +19,8 @@ from openfeeder.iot.agent.source import (
     SyntheticSource,
     WaveformWindow,
 )
-from openfeeder.iot.schema import Quality, Unit
+from openfeeder.iot.schema import Measurement, Quality, Unit, decode, encode
+from openfeeder.iot.topics import MessageClass, measurement_topic
 
 _SHIFT = np.array([[0.0], [-2 * np.pi / 3], [2 * np.pi / 3]])
 
@@ -152,3 +154,22 @@ def test_synthetic_source_is_deterministic_and_measurable() -> None:
     p_expected = 60_000.0 * source.load_fraction(t_ns / 1e9)
     assert values.p_total_w == pytest.approx(p_expected, rel=0.02)
     assert np.all(np.abs(values.u_v / 230.0 - 1) < 0.05)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        _window(),
+        _window(complete=False, u_v=(1e-7, 2.5e16, 230.0)),
+        _window(u_v=(0.0, 0.0, 0.0), i_a=(0.0, 0.0, 0.0)),
+    ],
+    ids=["normal", "odd-values", "no-voltage"],
+)
+def test_fast_measurement_encoding_is_what_the_schema_codec_reads(window: WaveformWindow) -> None:
+    values = compute(window)
+    limits = MeteringLimits(u_nominal_v=230.0)
+    payload = encode_measurement("meter-7", 42, values, limits)
+    decoded = decode(MessageClass.MEASUREMENT, payload, topic=measurement_topic("meter-7"))
+    expected = Measurement(device_id="meter-7", seq=42, t_ns=0, values=to_readings(values, limits))
+    assert decoded == expected
+    assert Measurement.model_validate_json(encode(expected)) == decoded

@@ -148,24 +148,33 @@ def test_agent_boots_measures_and_continues_its_seq_after_a_restart(
         assert all(seq >= first[0] for seq in resumed)
 
 
+@pytest.fixture
+def private_catalog(
+    private_mosquitto: Callable[[], PrivateMosquitto],
+) -> Iterator[LoopbackCatalog]:
+    """A catalog whose meters use a private broker: no historian of other tests confirms them."""
+    broker = private_mosquitto()
+    server = LoopbackCatalog(broker.url).start()
+    yield server
+    server.stop()
+
+
 def test_committed_marks_set_the_first_seq_and_delete_buffered_rows(
-    catalog: LoopbackCatalog, agents: AgentFactory, mqtt_url: str
+    private_catalog: LoopbackCatalog, agents: AgentFactory
 ) -> None:
-    device = new_device_id()
+    device, url = new_device_id(), private_catalog.broker_url
     publish_retained(  # the historian already holds this meter's data up to 500
-        mqtt_url,
-        committed_topic(device),
-        Committed(device_id=device, seq=0, t_ns=1, high_water_seq=500),
+        url, committed_topic(device), Committed(device_id=device, seq=0, t_ns=1, high_water_seq=500)
     )
-    with Collector(mqtt_url, str(measurement_filter(device))) as seen:
-        agent = agents(catalog, device, retained_wait_s=3.0)
+    with Collector(url, str(measurement_filter(device))) as seen:
+        agent = agents(private_catalog, device, retained_wait_s=3.0)
         agent.start()
         assert agent.wait_running(10)
         first = _measurements(seen, 10)
         assert first[0] == 501
         assert agent.stats().committed_seq == 500
         publish_retained(
-            mqtt_url,
+            url,
             committed_topic(device),
             Committed(device_id=device, seq=1, t_ns=2, high_water_seq=first[-1]),
         )
@@ -176,18 +185,18 @@ def test_committed_marks_set_the_first_seq_and_delete_buffered_rows(
 
 
 def test_a_stalled_committed_mark_makes_the_agent_resend(
-    catalog: LoopbackCatalog, agents: AgentFactory, mqtt_url: str, tmp_path: Path
+    private_catalog: LoopbackCatalog, agents: AgentFactory, tmp_path: Path
 ) -> None:
-    device = new_device_id()
-    settings = agent_settings(tmp_path / "state", mqtt_url, resend_after_s=0.5)
-    with Collector(mqtt_url, str(measurement_filter(device))) as seen:
-        agent = agents(catalog, device, settings=settings)
+    device, url = new_device_id(), private_catalog.broker_url
+    settings = agent_settings(tmp_path / "state", url, resend_after_s=0.5)
+    with Collector(url, str(measurement_filter(device))) as seen:
+        agent = agents(private_catalog, device, settings=settings)
         agent.start()
         assert agent.wait_running(10)
         first = _measurements(seen, 5)
         mark = first[2]
         publish_retained(
-            mqtt_url,
+            url,
             committed_topic(device),
             Committed(device_id=device, seq=0, t_ns=1, high_water_seq=mark),
         )

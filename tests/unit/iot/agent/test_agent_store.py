@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from openfeeder.errors import StorageError
 from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore
 
 
@@ -212,3 +213,14 @@ def test_a_stalled_mark_triggers_resends_with_back_off(tmp_path: Path) -> None:
         assert broker.sent == [0, 1, 2, 3, 4, 2, 3, 4, 2, 3, 4]
     finally:
         store.close()
+
+
+def test_a_second_agent_cannot_open_the_same_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    store = MeasurementStore(path, max_messages=10)
+    try:
+        with pytest.raises(StorageError, match="locked"):
+            MeasurementStore(path, max_messages=10)
+    finally:
+        store.close()
+    MeasurementStore(path, max_messages=10).close()  # free again once the first one closed
