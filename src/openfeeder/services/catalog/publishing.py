@@ -77,6 +77,9 @@ class MessengerPublisher:
         while self._pending:
             if not all(self.connected().values()):
                 return False  # nothing will be acknowledged before a reconnect
+            if _settled(self._pending[0]):
+                self._pending.popleft()
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._pending[0].wait(remaining):
                 return False
@@ -86,7 +89,16 @@ class MessengerPublisher:
     def _track(self, handles: list[PublishHandle]) -> None:
         pending = self._pending
         pending.extend(handles)
-        while pending and pending[0].info.is_published():
+        while pending and _settled(pending[0]):
             pending.popleft()
         while len(pending) > 100_000:  # bounded: a broker that is down for long is not waited for
             pending.popleft()
+
+
+def _settled(handle: PublishHandle) -> bool:
+    """Acknowledged, or published while disconnected (paho resends it, but this handle never
+    reports it: its ``is_published`` raises)."""
+    try:
+        return handle.info.is_published()
+    except (RuntimeError, ValueError):
+        return True

@@ -6,7 +6,8 @@ second. Requests queue their operations here; the writer thread takes everything
 ``max_batch_ops``), applies it in one transaction and then wakes every request of the batch. While
 one commit runs the next batch fills up, so the batch size adapts to the load.
 
-If a batch fails, each request of it is retried alone, so one bad request fails only itself.
+If a batch fails it is split in halves and each retried (recursively), so a bad request fails
+only itself, at the cost of a few more transactions.
 :meth:`StoreWriter.write` returns once the operations are durable; :meth:`StoreWriter.write_later`
 does not wait (used for last-seen times, whose loss in a crash costs only precision).
 """
@@ -103,20 +104,16 @@ class StoreWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_Request]) -> None:
+        """Apply ``batch`` in one transaction; if it fails, bisect to fail only the bad requests."""
         try:
             self._store.apply(op for request in batch for op in request.ops)
         except StorageError as err:
             if len(batch) == 1:
                 self._settle(batch[0], err)
                 return
-            for request in batch:  # retry alone: only the request at fault fails
-                try:
-                    self._store.apply(request.ops)
-                except StorageError as single:
-                    self._settle(request, single)
-                else:
-                    self.commits += 1
-                    self._settle(request, None)
+            middle = len(batch) // 2
+            self._commit(batch[:middle])
+            self._commit(batch[middle:])
             return
         self.commits += 1
         for request in batch:

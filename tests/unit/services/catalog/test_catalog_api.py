@@ -1,0 +1,405 @@
+"""The catalog's REST API over real HTTP on loopback, with the real Mosquitto as its broker."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from catalog_helpers import catalog_settings, running_catalog, unique
+
+from openfeeder.iot.catalog_client import (
+    AlgorithmAssignment,
+    CatalogClient,
+    DeviceSpec,
+    DeviceStatus,
+    etag_for,
+    parse_etag,
+)
+from openfeeder.iot.device_settings import BootRequest, DeviceSettings, Location
+from openfeeder.iot.topics import BrokerContext
+
+pytestmark = pytest.mark.integration
+
+PROBLEM = "application/problem+json"
+
+
+def test_boot_answers_complete_settings_with_an_etag(tmp_path: Path, mqtt_url: str) -> None:
+    device = unique("meter")
+    settings = catalog_settings(tmp_path, mqtt_url=mqtt_url, poll_interval_s=5.0)
+    with running_catalog(settings) as catalog, httpx.Client(base_url=catalog.url) as http:
+        response = http.post(
+            "/v1/devices/boot",
+            json={
+                "device_id": device,
+                "device_type": "meter",
+                "firmware": "1.4.2",
+                "capabilities": ["rms", "phasor"],
+                "location": {"case": "turin", "bus_id": 7},
+            },
+        )
+        assert response.status_code == 200
+        got = DeviceSettings.model_validate_json(response.content)
+        assert response.headers["etag"] == etag_for(got.config_version)
+        assert got.device_id == device
+        assert got.config_version > 0
+        assert {c: e.url for c, e in got.brokers.items()} == {
+            BrokerContext.GRID_OPS: mqtt_url,
+            BrokerContext.MONITORING: mqtt_url,
+        }
+        assert f"openfeeder/v1/meas/{device}" in got.publish
+        assert f"openfeeder/v1/event/{device}" in got.publish
+        assert f"openfeeder/v1/status/{device}" in got.publish
+        assert f"openfeeder/v1/ack/{device}" in got.publish
+        assert set(got.subscribe) == {
+            f"openfeeder/v1/config/{device}",
+            f"openfeeder/v1/cmd/{device}",
+            f"openfeeder/v1/committed/{device}",
+            "openfeeder/v1/topology",
+        }
+        assert got.sampling_rate_hz == settings.catalog.sampling_rate_hz
+        assert got.reporting_interval_s == settings.catalog.reporting_interval_s
+        assert got.poll_interval_s == 5.0
+        assert got.disconnect_timeout_s == settings.catalog.disconnect_timeout_s
+        assert got.grid is not None
+        assert (got.grid.case, got.grid.bus_ids, got.grid.feeder_id) == ("turin", (5, 7), 300)
+
+        registry = http.get(f"/v1/devices/{device}").json()
+        assert registry["status"] == "connected"
+        assert registry["firmware"] == "1.4.2"
+        assert registry["capabilities"] == ["rms", "phasor"]
+
+        # a reboot with new firmware updates the registry but not the settings
+        again = http.post(
+            "/v1/devices/boot",
+            json={"device_id": device, "device_type": "meter", "firmware": "1.5.0"},
+        )
+        assert again.headers["etag"] == response.headers["etag"]
+        assert again.content == response.content
+        assert http.get(f"/v1/devices/{device}").json()["firmware"] == "1.5.0"
+
+
+def test_polling_answers_304_or_the_new_settings_and_refreshes_last_seen(
+    tmp_path: Path, mqtt_url: str
+) -> None:
+    device = unique("meter")
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        CatalogClient(catalog.url) as client,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        booted = client.boot(BootRequest(device_id=device, device_type="meter"))
+        seen_at_boot = client.device(device).last_seen_ns
+        assert seen_at_boot is not None
+
+        unchanged = http.get(
+            f"/v1/devices/{device}/settings",
+            headers={"If-None-Match": etag_for(booted.config_version)},
+        )
+        assert unchanged.status_code == 304
+        assert unchanged.content == b""
+        assert client.poll(device, booted.config_version) is None
+        seen_after_poll = client.device(device).last_seen_ns
+        assert seen_after_poll is not None
+        assert seen_after_poll > seen_at_boot
+
+        spec = DeviceSpec(device_type="meter", reporting_interval_s=0.5)
+        info = client.put_device(device, spec)
+        assert info.config_version > booted.config_version
+        changed = client.poll(device, booted.config_version)
+        assert changed is not None
+        assert changed.config_version == info.config_version
+        assert changed.reporting_interval_s == 0.5
+        no_header = http.get(f"/v1/devices/{device}/settings")
+        assert no_header.status_code == 200
+        assert parse_etag(no_header.headers["etag"]) == info.config_version
+
+        unknown = http.get(f"/v1/devices/{unique('nobody')}/settings")
+        assert unknown.status_code == 404
+        assert unknown.headers["content-type"] == PROBLEM
+        assert unknown.json()["field"] == "device_id"
+
+
+def test_provisioning_versions_only_real_changes(tmp_path: Path, mqtt_url: str) -> None:
+    device = unique("ftu")
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        body = {"device_type": "ftu", "location": {"bus_id": 15}, "sampling_rate_hz": 12800}
+        created = http.put(f"/v1/devices/{device}", json=body)
+        assert created.status_code == 201
+        assert created.json()["status"] == "never"
+        version = created.json()["config_version"]
+
+        same = http.put(f"/v1/devices/{device}", json=body)
+        assert same.status_code == 200
+        assert same.json()["config_version"] == version  # identical content: no new version
+
+        patched = http.patch(f"/v1/devices/{device}", json={"location": None})
+        assert patched.status_code == 200
+        assert patched.json()["grid"] is None
+        assert patched.json()["sampling_rate_hz"] == 12800  # untouched by the patch
+        assert patched.json()["config_version"] > version
+
+        listing = http.get("/v1/devices", params={"type": "ftu", "status": "never"}).json()
+        assert device in [d["device_id"] for d in listing["devices"]]
+
+        assert http.delete(f"/v1/devices/{device}").status_code == 204
+        assert http.get(f"/v1/devices/{device}").status_code == 404
+        assert http.delete(f"/v1/devices/{device}").status_code == 404
+
+
+def test_algorithm_repository(tmp_path: Path, mqtt_url: str) -> None:
+    name = unique("fault-detect")
+    package = b"def run(inputs):\n    return {}\n"
+    digest = hashlib.sha256(package).hexdigest()
+    device = unique("meter")
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url) as http,
+        CatalogClient(catalog.url) as client,
+    ):
+        created = http.put(f"/v1/algorithms/{name}/1.0.0", content=package)
+        assert created.status_code == 201
+        assert created.json()["sha256"] == digest
+        assert created.json()["size_bytes"] == len(package)
+        again = http.put(f"/v1/algorithms/{name}/1.0.0", content=package)
+        assert again.status_code == 200  # identical content: idempotent
+        other = http.put(f"/v1/algorithms/{name}/1.0.0", content=b"something else")
+        assert other.status_code == 409
+        assert other.headers["content-type"] == PROBLEM
+        assert other.json()["field"] == "version"
+
+        listed = {(a["name"], a["version"]): a for a in http.get("/v1/algorithms").json()}
+        assert listed[(name, "1.0.0")]["sha256"] == digest
+
+        download = http.get(f"/v1/algorithms/{name}/1.0.0")
+        assert download.content == package
+        assert download.headers["x-checksum-sha256"] == digest
+
+        spec = DeviceSpec(
+            device_type="meter",
+            algorithms=(
+                AlgorithmAssignment(name=name, version="1.0.0", parameters={"threshold_a": 400}),
+            ),
+        )
+        client.put_device(device, spec)
+        settings = client.boot(BootRequest(device_id=device, device_type="meter"))
+        (ref,) = settings.algorithms
+        assert (ref.sha256, ref.parameters) == (digest, {"threshold_a": 400})
+        assert ref.url == f"{catalog.url}/v1/algorithms/{name}/1.0.0"
+        assert f"openfeeder/v1/algo/{device}/{name}" in settings.publish
+        assert client.download_algorithm(ref) == package
+
+        in_use = http.delete(f"/v1/algorithms/{name}/1.0.0")
+        assert in_use.status_code == 409
+        assert device in in_use.json()["detail"]
+        client.put_device(device, DeviceSpec(device_type="meter"))
+        assert http.delete(f"/v1/algorithms/{name}/1.0.0").status_code == 204
+        assert http.get(f"/v1/algorithms/{name}/1.0.0").status_code == 404
+
+
+def test_oversized_and_empty_packages_are_refused(tmp_path: Path, mqtt_url: str) -> None:
+    name = unique("big")
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url, timeout=30) as http,
+    ):
+        too_big = http.put(f"/v1/algorithms/{name}/1", content=b"\0" * (16 * 1024 * 1024 + 1))
+        assert too_big.status_code == 413
+        assert too_big.headers["content-type"] == PROBLEM
+        empty = http.put(f"/v1/algorithms/{name}/1", content=b"")
+        assert empty.status_code == 422
+        assert empty.json()["field"] == "body"
+        assert http.get("/v1/algorithms").json() == []
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    status: int
+    field: str
+
+
+NEW = "{new}"
+"""Replaced by a fresh device/service/package id in paths and ``device_id`` fields."""
+
+BAD_REQUESTS = [
+    BadRequest("POST", "/v1/devices/boot", {"device_id": "bad id", "device_type": "meter"}, 422, "device_id"),
+    BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "Meter!"}, 422, "device_type"),
+    BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "meter", "colour": "red"}, 422, "colour"),
+    BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "meter", "location": {"bus_id": 999}}, 422, "location.bus_id"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "sampling_rate_hz": "fast"}, 422, "sampling_rate_hz"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "sampling_rate_hz": -1}, 422, "sampling_rate_hz"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "algorithms": [{"name": "missing", "version": "1"}]}, 422, "algorithms[0].name"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "location": {"element_id": 424242}}, 422, "location.element_id"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_id": "x", "device_type": "meter"}, 422, "device_id"),
+    BadRequest("PUT", "/v1/devices/bad%20id", {"device_type": "meter"}, 422, "device_id"),
+    BadRequest("PATCH", "/v1/devices/{new}", {"device_type": "meter"}, 404, "device_id"),
+    BadRequest("PUT", "/v1/topology", {"switch_states": {"999": "open"}}, 422, "switch_states.999"),
+    BadRequest("PUT", "/v1/topology", {"switch_states": {"305": "ajar"}}, 422, "switch_states.305"),
+    BadRequest("PUT", "/v1/topology", {"switch_states": {}}, 422, "switch_states"),
+    BadRequest("PUT", "/v1/services/{new}", {"kind": "historian", "instance_id": "h1", "endpoints": {"http": "not a url"}}, 422, "endpoints"),
+    BadRequest("PUT", "/v1/algorithms/{new}/v%201", None, 422, "version"),
+    BadRequest("GET", "/v1/devices", {"status": "asleep"}, 422, "status"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad", BAD_REQUESTS, ids=lambda bad: f"{bad.method} {bad.path} {bad.field}"
+)
+def test_bad_input_is_a_problem_naming_the_field_and_stores_nothing(
+    tmp_path: Path, mqtt_url: str, bad: BadRequest
+) -> None:
+    new = unique("dev")
+    path = bad.path.replace(NEW, new)
+    body = bad.body
+    if body is not None and body.get("device_id") == NEW:
+        body = {**body, "device_id": new}
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        before_topology = http.get("/v1/topology").json()
+        if bad.method == "GET":
+            response = http.get(path, params=body)
+        else:
+            response = http.request(bad.method, path, json=body)
+        assert response.status_code == bad.status
+        assert response.headers["content-type"] == PROBLEM
+        problem = response.json()
+        assert problem["status"] == bad.status
+        assert problem["field"] == bad.field
+        assert problem["type"].startswith("urn:openfeeder:problem:")
+        assert problem["title"]
+        assert problem["detail"]
+        # nothing was stored
+        assert http.get("/v1/devices").json()["total"] == 0
+        assert http.get("/v1/services").json() == []
+        assert http.get("/v1/algorithms").json() == []
+        assert http.get("/v1/topology").json() == before_topology
+
+
+def test_malformed_json_and_unknown_routes(tmp_path: Path, mqtt_url: str) -> None:
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        broken = http.post(
+            "/v1/devices/boot",
+            content=b'{"device_id": "m1", ',
+            headers={"Content-Type": "application/json"},
+        )
+        assert broken.status_code == 400
+        assert broken.headers["content-type"] == PROBLEM
+        assert "not valid JSON" in broken.json()["detail"]
+        not_json = http.post("/v1/devices/boot", content=b"device_id=m1")
+        assert not_json.status_code == 400
+        assert not_json.json()["field"] == "body"
+        nowhere = http.get("/v2/devices")
+        assert nowhere.status_code == 404
+        assert nowhere.headers["content-type"] == PROBLEM
+        wrong_method = http.post("/v1/topology", json={})
+        assert wrong_method.status_code == 405
+        assert wrong_method.headers["content-type"] == PROBLEM
+        assert http.get("/v1/devices").json()["total"] == 0
+
+
+def test_service_discovery(tmp_path: Path, mqtt_url: str) -> None:
+    name = unique("historian")
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        CatalogClient(catalog.url) as client,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        endpoints = {"http": "http://127.0.0.1:8701", "query": "http://127.0.0.1:8701/v1/query"}
+        first = client.register_service(
+            name, kind="historian", instance_id="h-1", endpoints=endpoints
+        )
+        assert first.endpoints == endpoints
+        heartbeat = http.put(
+            f"/v1/services/{name}",
+            json={"kind": "historian", "instance_id": "h-1", "endpoints": endpoints},
+        )
+        assert heartbeat.status_code == 200
+        assert heartbeat.json()["last_seen_ns"] > first.last_seen_ns
+        assert heartbeat.json()["registered_ns"] == first.registered_ns
+        assert [s.name for s in client.services()] == [name]
+        assert client.service(name).endpoints["query"].endswith("/v1/query")
+        assert http.delete(f"/v1/services/{name}").status_code == 204
+        assert http.get(f"/v1/services/{name}").status_code == 404
+
+
+def test_health_and_openapi(tmp_path: Path, mqtt_url: str) -> None:
+    with (
+        running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
+        httpx.Client(base_url=catalog.url) as http,
+    ):
+        http.post("/v1/devices/boot", json={"device_id": unique("m"), "device_type": "meter"})
+        http.put(f"/v1/devices/{unique('m')}", json={"device_type": "meter"})
+        health = http.get("/health").json()
+        assert health["status"] == "ok"
+        assert health["devices"] == {"connected": 1, "disconnected": 0, "never": 1}
+        assert health["storage"] == "sqlite"
+        assert health["mqtt"] == {"grid_ops": True, "monitoring": True}
+        spec = http.get("/openapi.json").json()
+        for path in (
+            "/v1/devices/boot",
+            "/v1/devices/{device_id}/settings",
+            "/v1/topology",
+            "/v1/services/{name}",
+            "/v1/algorithms/{name}/{version}",
+        ):
+            assert path in spec["paths"]
+        docs = http.get("/docs")
+        assert docs.status_code == 200
+        assert "swagger" in docs.text.lower()
+
+
+def test_restart_keeps_registry_versions_algorithms_and_topology(
+    tmp_path: Path, mqtt_url: str
+) -> None:
+    device, provisioned, name = unique("meter"), unique("ftu"), unique("algo")
+    settings = catalog_settings(tmp_path, mqtt_url=mqtt_url, disconnect_timeout_s=60)
+    with running_catalog(settings) as catalog, CatalogClient(catalog.url) as client:
+        port = catalog.port
+        client.upload_algorithm(name, "2.1", b"package")
+        spec = DeviceSpec(
+            device_type="ftu",
+            location=Location(bus_id=15),
+            algorithms=(AlgorithmAssignment(name=name, version="2.1"),),
+        )
+        client.put_device(provisioned, spec)
+        booted = client.boot(BootRequest(device_id=device, device_type="meter"))
+        client.register_service("scheduler", kind="scheduler", instance_id="s1")
+        topology = client.set_topology({305: "open"}, reason="isolate section 6")
+        before = {d.device_id: d for d in client.list_devices()}
+
+    # the same database, port and URL (the URL is part of the algorithm download URLs, so a
+    # different one would rightly give the devices with algorithms new settings)
+    catalog_part = {"listen_port": port, "url": f"http://127.0.0.1:{port}"}
+    restarted = settings.model_copy(
+        update={"catalog": settings.catalog.model_copy(update=catalog_part)}
+    )
+    with running_catalog(restarted) as catalog, CatalogClient(catalog.url) as client:
+        after = {d.device_id: d for d in client.list_devices()}
+        assert after == before
+        assert after[device].status is DeviceStatus.CONNECTED  # a full timeout after the restart
+        assert client.poll(device, booted.config_version) is None  # same version, same content
+        assert (
+            client.download_algorithm(
+                client.boot(BootRequest(device_id=provisioned, device_type="ftu")).algorithms[0]
+            )
+            == b"package"
+        )
+        assert client.topology() == topology
+        assert [s.name for s in client.services()] == ["scheduler"]
+        # versions keep growing after the restart
+        changed = client.put_device(device, DeviceSpec(device_type="meter", sampling_rate_hz=100))
+        assert changed.config_version > max(d.config_version for d in before.values())
