@@ -34,7 +34,7 @@ from openfeeder.iot.agent.fleet import (
     ProcessFleet,
 )
 from openfeeder.iot.agent.metering import CHANNELS
-from openfeeder.iot.agent.plugins import (
+from openfeeder.iot.agent.packages import (
     MANIFEST_FILE,
     Manifest,
     build_package,

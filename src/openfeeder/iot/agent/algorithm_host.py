@@ -27,20 +27,22 @@ from pathlib import Path
 from types import MappingProxyType
 
 from openfeeder.errors import OpenFeederError
+from openfeeder.iot.agent.packages import (
+    LoadedAlgorithm,
+    load_package,
+    package_sha256,
+    parameters_for,
+    unload,
+)
 from openfeeder.iot.agent.plugins import (
     DEFAULT_CALL_DEADLINE_S,
     DEFAULT_QUEUE_SIZE,
     AlgorithmContext,
     EventSink,
-    LoadedAlgorithm,
     OutputSink,
     PluginRunner,
     PluginState,
     PluginStats,
-    load_package,
-    package_sha256,
-    parameters_for,
-    unload,
 )
 from openfeeder.iot.device_settings import AlgorithmRef, GridPart
 from openfeeder.iot.schema import Reading, Severity

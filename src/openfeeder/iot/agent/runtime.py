@@ -24,8 +24,8 @@ Seq: the next measurement seq is persisted in the buffer; at boot the agent wait
 
 Health: a retained ``Status`` birth (ONLINE, firmware, capabilities) on both brokers after every
 connect, the last will ``Status(OFFLINE)`` per connection, a ``Status(OFFLINE, reason="shutdown")``
-on a clean stop, and :meth:`MeterAgent.stats`. Commands (``cmd``) are answered ``rejected``: a
-meter has nothing to operate.
+on a clean stop, and :meth:`MeterAgent.stats`. The MQTT side (connections, subscriptions, what is
+published where) is :mod:`openfeeder.iot.agent.links`; the buffer :mod:`openfeeder.iot.agent.store`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,55 +43,35 @@ from typing import Final, Protocol
 from pydantic import ValidationError
 
 from openfeeder import __version__
-from openfeeder.config import BrokerSettings, BrokersSettings, Settings
-from openfeeder.errors import MessagingError
+from openfeeder.config import Settings
 from openfeeder.iot.agent.algorithm_host import AlgorithmHost
+from openfeeder.iot.agent.links import AgentLinks
 from openfeeder.iot.agent.metering import (
     MeteringLimits,
     compute,
     encode_measurement,
     to_readings,
 )
-from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginRunner, PluginStats
+from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginStats
 from openfeeder.iot.agent.source import DataSource
-from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore, PublishTracker
+from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore
 from openfeeder.iot.device_settings import (
     AlgorithmRef,
     BootRequest,
     DeviceSettings,
     Location,
 )
-from openfeeder.iot.mqtt import Messenger
 from openfeeder.iot.schema import (
-    AckStatus,
-    AlgorithmOutput,
-    Command,
-    CommandAck,
-    Committed,
-    ConfigChange,
-    Event,
-    LinkState,
-    Payload,
     Quality,
     Reading,
-    RejectCounter,
     Severity,
-    Status,
-    TopologyChange,
     Unit,
-    encode,
 )
 from openfeeder.iot.topics import (
-    MESSAGE_SPECS,
     BrokerContext,
-    MessageClass,
-    QoS,
     command_filter,
     committed_filter,
     config_filter,
-    measurement_topic,
-    parse_topic,
-    status_topic,
     topology_filter,
 )
 
@@ -211,35 +190,36 @@ class MeterAgent:
         self._loop_thread = threading.Thread(
             target=self._loop_main, name=f"agent-loop-{device_id}", daemon=True
         )
-        self._messenger_lock = threading.RLock()
-        self._messenger: Messenger | None = None
-        self._subscribed: set[tuple[BrokerContext, str]] = set()
-        self._seen_connects: dict[BrokerContext, int] = {}
+        self._links = AgentLinks(
+            settings.brokers,
+            device_id=device_id,
+            firmware=FIRMWARE,
+            capabilities=self._boot_request.capabilities,
+            clock_ns=clock_ns,
+            on_committed=self._on_committed,
+            on_config=lambda new: self._control_queue.put(_Pending(new, "push")),
+            route=self._route,
+            on_monitoring_ack=self._on_monitoring_ack,
+        )
         self._store: MeasurementStore | None = None
         self._forwarder: Forwarder | None = None
         self._mark_lock = threading.Lock()
         self._pending_mark: int | None = None
         self._mark_seen = threading.Event()
         self._awaiting_acks = False
-        self._rejects = RejectCounter(logger=_LOG)
-        self._event_seq = itertools.count()
-        self._status_seq = itertools.count()
-        self._ack_seq = itertools.count()
-        self._algo_seq: dict[str, itertools.count[int]] = {}
-        self._seen_commands: deque[str] = deque(maxlen=256)
         self._host = AlgorithmHost(
             device_id=device_id,
             root=self._dir,
             download=catalog.download_algorithm,
-            on_outputs=self._publish_outputs,
-            emit_event=self.emit_event,
+            on_outputs=lambda runner, readings, t_ns: self._links.publish_outputs(
+                runner.name, runner.version, readings, t_ns
+            ),
+            emit_event=self._links.emit_event,
             deadline_s=call_deadline_s,
         )
         self.produced = 0
         self.skipped_ticks = 0
         self.source_errors = 0
-        self.outputs_dropped = 0
-        self.topology_version: int | None = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -276,24 +256,14 @@ class MeterAgent:
         if self._loop_thread.is_alive():
             self._loop_thread.join(timeout_s)
         self._host.stop_all()
-        with self._messenger_lock:
-            messenger = self._messenger
-            self._messenger = None
-        if messenger is not None:
-            self._publish_status(messenger, LinkState.OFFLINE, reason="shutdown", wait_s=2.0)
-            messenger.stop()
+        self._links.close()
         if self._store is not None:
             self._store.close()
         self._state = AgentState.STOPPED
         _LOG.info("agent %s stopped", self.device_id, extra={"device_id": self.device_id})
 
     def stats(self) -> AgentStats:
-        store, forwarder, messenger = self._store, self._forwarder, self._messenger
-        connected = (
-            {str(ctx): link.connected for ctx, link in messenger.links.items()}
-            if messenger is not None
-            else {str(ctx): False for ctx in BrokerContext}
-        )
+        store, forwarder = self._store, self._forwarder
         current = self._current
         return AgentStats(
             device_id=self.device_id,
@@ -309,8 +279,8 @@ class MeterAgent:
             dropped=store.dropped_total if store is not None else 0,
             skipped_ticks=self.skipped_ticks,
             source_errors=self.source_errors,
-            rejected=self._rejects.total,
-            connected=connected,
+            rejected=self._links.rejected,
+            connected=self._links.connection_states,
             plugins=self._host.stats(),
         )
 
@@ -318,23 +288,7 @@ class MeterAgent:
         self, kind: str, severity: Severity, message: str, values: Sequence[Reading] = ()
     ) -> None:
         """Publish an ``Event`` about this meter on the grid_ops broker (any thread)."""
-        event = Event(
-            device_id=self.device_id,
-            seq=next(self._event_seq),
-            t_ns=self._clock_ns(),
-            kind=kind,
-            severity=severity,
-            message=message[:2048],
-            values=tuple(values),
-        )
-        messenger = self._messenger
-        if messenger is None:
-            _LOG.warning("event %s not published (not connected): %s", kind, message)
-            return
-        try:
-            messenger.publish(event)
-        except MessagingError as err:
-            _LOG.warning("event %s not published: %s", kind, err)
+        self._links.emit_event(kind, severity, message, values)
 
     # -- control thread ------------------------------------------------------------------------
 
@@ -391,27 +345,24 @@ class MeterAgent:
         )
         self._forwarder = Forwarder(
             self._store,
-            publish=self._publish_measurement,
+            publish=lambda _seq, payload: self._links.publish_measurement(payload),
             announce=self._announce_drop,
             resend_after_s=self._settings.agent.resend_after_s,
         )
         self._current = settings
         self._write_cache(settings)
-        messenger = self._new_messenger(settings)
-        with self._messenger_lock:
-            self._messenger = messenger
-        self._update_subscriptions()
-        messenger.start()
+        self._links.subscribe(self._filters(settings))
+        self._links.connect(settings)
         # the retained committed mark decides the first seq: wait for it a moment
-        grid_ops = messenger.link(BrokerContext.GRID_OPS)
-        if grid_ops.wait_connected(self._settings.brokers.grid_ops.connect_timeout_s):
+        timeout_s = self._settings.brokers.grid_ops.connect_timeout_s
+        if self._links.wait_connected(BrokerContext.GRID_OPS, timeout_s):
             self._mark_seen.wait(self._retained_wait_s)
         self._apply_pending_mark()
         self._loop_thread.start()
         self._state = AgentState.RUNNING
         self._running.set()
         self._host.apply(settings.algorithms, settings.grid)
-        self._update_subscriptions()
+        self._links.subscribe(self._filters(settings))
 
     def _control_loop(self) -> None:
         next_poll = time.monotonic()
@@ -469,205 +420,36 @@ class MeterAgent:
         )
         self._current = new  # rates take effect at the loop's next tick
         self._write_cache(new)
-        if current is not None and new.brokers != current.brokers:
-            self._replace_messenger(new)
+        self._links.connect(new)  # moves to other brokers only if the endpoints changed
         self._host.apply(new.algorithms, new.grid)
-        self._update_subscriptions()
+        self._links.subscribe(self._filters(new))
 
-    # -- messaging -----------------------------------------------------------------------------
-
-    def _brokers(self, settings: DeviceSettings) -> BrokersSettings:
-        """The catalog's endpoints, with this machine's credentials and timeouts for each context."""
-        local = self._settings.brokers
-        contexts: dict[str, BrokerSettings] = {}
-        for context in BrokerContext:
-            mine: BrokerSettings = getattr(local, context.value)
-            endpoint = settings.brokers.get(context)
-            if endpoint is None:
-                contexts[context.value] = mine
-                continue
-            contexts[context.value] = mine.model_copy(
-                update={"url": endpoint.url, "username": endpoint.username or mine.username}
+    def _filters(self, settings: DeviceSettings) -> list[str]:
+        """The device's own filters (the catalog's, or the scheme's) and its algorithms' inputs."""
+        own = list(settings.subscribe) or [
+            str(f)
+            for f in (
+                config_filter(self.device_id),
+                command_filter(self.device_id),
+                committed_filter(self.device_id),
+                topology_filter(),
             )
-        return BrokersSettings(**contexts)
+        ]
+        return [*own, *sorted(self._host.input_topics())]
 
-    def _new_messenger(self, settings: DeviceSettings) -> Messenger:
-        will = Status(
-            device_id=self.device_id,
-            seq=0,
-            t_ns=self._clock_ns(),
-            state=LinkState.OFFLINE,
-            reason="connection lost",
-        )
-        self._seen_connects = {}
-        self._subscribed = set()
-        return Messenger(
-            self._brokers(settings),
-            client_id=self.device_id,
-            will=will,
-            on_published={BrokerContext.MONITORING: self._on_monitoring_ack},
-        )
+    # -- from the network threads -------------------------------------------------------------
 
-    def _replace_messenger(self, settings: DeviceSettings) -> None:
-        new = self._new_messenger(settings)
-        with self._messenger_lock:
-            old = self._messenger
-            self._messenger = new
-            self._update_subscriptions()
-            new.start()
-        if old is not None:
-            self._publish_status(old, LinkState.OFFLINE, reason="moved to other brokers", wait_s=1)
-            old.stop()
-
-    def _update_subscriptions(self) -> None:
-        """Subscribe to the device's filters and the algorithms' input topics (diff)."""
-        current = self._current
-        with self._messenger_lock:
-            messenger = self._messenger
-            if messenger is None or current is None:
-                return
-            wanted: set[tuple[BrokerContext, str]] = set()
-            filters = list(current.subscribe) or [
-                str(f)
-                for f in (
-                    config_filter(self.device_id),
-                    command_filter(self.device_id),
-                    committed_filter(self.device_id),
-                    topology_filter(),
-                )
-            ]
-            for flt in [*filters, *self._host.input_topics()]:
-                try:
-                    message_class = MessageClass(flt.split("/")[2])
-                except (ValueError, IndexError):
-                    _LOG.warning(
-                        "%s: cannot subscribe to %r (outside the scheme)", self.device_id, flt
-                    )
-                    continue
-                wanted.add((MESSAGE_SPECS[message_class].contexts[0], flt))
-            for context, flt in self._subscribed - wanted:
-                messenger.link(context).unsubscribe(flt)
-            for context, flt in wanted - self._subscribed:
-                messenger.link(context).subscribe(flt, self._router(context), qos=QoS.AT_LEAST_ONCE)
-            self._subscribed = wanted
-
-    def _router(self, context: BrokerContext) -> Callable[[str, bytes], None]:
-        def route(topic: str, payload: bytes) -> None:
-            self._on_message(context, topic, payload)
-
-        return route
-
-    def _on_message(self, _context: BrokerContext, topic: str, payload: bytes) -> None:
-        """One handler for every subscription (paho's thread): the agent's own, then plug-ins'."""
-        try:
-            parsed = parse_topic(topic)
-        except MessagingError:
-            self._host.route(topic, payload)
-            return
-        ours = parsed.device_id in (None, self.device_id)
-        kind = parsed.message_class
-        if ours and payload:
-            if kind is MessageClass.COMMITTED:
-                self._on_committed(topic, payload)
-            elif kind is MessageClass.CONFIG:
-                self._on_config(topic, payload)
-            elif kind is MessageClass.COMMAND:
-                self._on_command(topic, payload)
-            elif kind is MessageClass.TOPOLOGY:
-                decoded = self._rejects.safe_decode(kind, payload, topic=topic)
-                if isinstance(decoded, TopologyChange):
-                    self.topology_version = decoded.topology_version
-        self._host.route(topic, payload)
-
-    def _on_committed(self, topic: str, payload: bytes) -> None:
-        decoded = self._rejects.safe_decode(MessageClass.COMMITTED, payload, topic=topic)
-        if not isinstance(decoded, Committed):
-            return
+    def _on_committed(self, high_water_seq: int) -> None:
         with self._mark_lock:
-            if self._pending_mark is None or decoded.high_water_seq > self._pending_mark:
-                self._pending_mark = decoded.high_water_seq
+            if self._pending_mark is None or high_water_seq > self._pending_mark:
+                self._pending_mark = high_water_seq
         self._mark_seen.set()
         self._wake.set()
 
-    def _on_config(self, topic: str, payload: bytes) -> None:
-        decoded = self._rejects.safe_decode(MessageClass.CONFIG, payload, topic=topic)
-        if not isinstance(decoded, ConfigChange):
-            return
-        try:
-            settings = DeviceSettings.model_validate(decoded.settings)
-        except ValidationError as err:
-            _LOG.warning("%s: pushed configuration refused: %s", self.device_id, err)
-            return
-        if settings.device_id != self.device_id:
-            _LOG.warning("%s: pushed configuration is for %s", self.device_id, settings.device_id)
-            return
-        self._control_queue.put(_Pending(settings, "push"))
+    def _route(self, topic: str, payload: bytes) -> None:
+        self._host.route(topic, payload)
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
-        decoded = self._rejects.safe_decode(MessageClass.COMMAND, payload, topic=topic)
-        if not isinstance(decoded, Command) or decoded.command_id in self._seen_commands:
-            return
-        self._seen_commands.append(decoded.command_id)
-        ack = CommandAck(
-            device_id=self.device_id,
-            seq=next(self._ack_seq),
-            t_ns=self._clock_ns(),
-            command_id=decoded.command_id,
-            status=AckStatus.REJECTED,
-            detail="a meter has nothing to operate",
-        )
-        self._publish(ack)
-
-    def _publish(self, payload: Payload) -> None:
-        messenger = self._messenger
-        if messenger is None:
-            return
-        try:
-            messenger.publish(payload)
-        except MessagingError as err:
-            _LOG.warning("%s: not published: %s", self.device_id, err)
-
-    def _publish_status(
-        self, messenger: Messenger, state: LinkState, *, reason: str = "", wait_s: float = 0.0
-    ) -> None:
-        status = Status(
-            device_id=self.device_id,
-            seq=next(self._status_seq),
-            t_ns=self._clock_ns(),
-            state=state,
-            reason=reason,
-            firmware=FIRMWARE,
-            capabilities=self._boot_request.capabilities,
-        )
-        data = encode(status)
-        for link in messenger.links.values():
-            if link.connected:
-                handle = link.publish(status_topic(self.device_id), data, retain=True)
-                if wait_s:
-                    handle.wait(wait_s)
-
-    def _publish_birth(self, context: BrokerContext) -> None:
-        messenger = self._messenger
-        if messenger is None:
-            return
-        status = Status(
-            device_id=self.device_id,
-            seq=next(self._status_seq),
-            t_ns=self._clock_ns(),
-            state=LinkState.ONLINE,
-            firmware=FIRMWARE,
-            capabilities=self._boot_request.capabilities,
-        )
-        messenger.link(context).publish(status_topic(self.device_id), encode(status), retain=True)
-
-    def _publish_measurement(self, _seq: int, payload: bytes) -> PublishTracker:
-        messenger = self._messenger
-        if messenger is None:
-            raise MessagingError("not connected", topic="", reason="not_connected")
-        link = messenger.link(BrokerContext.MONITORING)
-        return link.publish(measurement_topic(self.device_id), payload).info
-
-    def _on_monitoring_ack(self, _mid: int) -> None:
+    def _on_monitoring_ack(self) -> None:
         if self._awaiting_acks:
             self._wake.set()
 
@@ -679,7 +461,7 @@ class MeterAgent:
             dropped.last_seq,
             extra={"device_id": self.device_id, "first_seq": dropped.first_seq},
         )
-        self.emit_event(
+        self._links.emit_event(
             "data_dropped",
             Severity.WARNING,
             f"store-and-forward buffer full ({self._settings.agent.buffer_max_messages} "
@@ -697,24 +479,6 @@ class MeterAgent:
                 ),
             ),
         )
-
-    def _publish_outputs(
-        self, runner: PluginRunner, readings: tuple[Reading, ...], t_ns: int | None
-    ) -> None:
-        messenger = self._messenger
-        if messenger is None or not messenger.link(BrokerContext.MONITORING).connected:
-            self.outputs_dropped += 1  # outputs are not store-and-forwarded
-            return
-        counter = self._algo_seq.setdefault(runner.name, itertools.count())
-        output = AlgorithmOutput(
-            device_id=self.device_id,
-            seq=next(counter),
-            t_ns=t_ns if t_ns is not None else self._clock_ns(),
-            algorithm=runner.name,
-            algorithm_version=runner.version,
-            outputs=readings,
-        )
-        messenger.publish(output)
 
     # -- loop thread ---------------------------------------------------------------------------
 
@@ -771,10 +535,10 @@ class MeterAgent:
             self._host.dispatch(readings, values.t_ns)
 
     def _deliver(self) -> None:
-        forwarder, messenger = self._forwarder, self._messenger
-        if forwarder is None or messenger is None:
+        forwarder = self._forwarder
+        if forwarder is None:
             return
-        connected = messenger.link(BrokerContext.MONITORING).connected
+        connected = self._links.connected(BrokerContext.MONITORING)
         while forwarder.pump(connected=connected):
             if self._stopping.is_set():
                 return
@@ -789,21 +553,14 @@ class MeterAgent:
             self._forwarder.on_committed(mark)
 
     def _check_connections(self) -> None:
-        with self._messenger_lock:
-            messenger = self._messenger
-            if messenger is None:
-                return
-            for context, link in messenger.links.items():
-                connects = link.connects
-                if connects == self._seen_connects.get(context, 0) or not link.connected:
-                    continue
-                self._seen_connects[context] = connects
-                self._publish_birth(context)  # the birth precedes the data on this connection
-                if self._forwarder is not None:
-                    if context is BrokerContext.MONITORING:
-                        self._forwarder.on_connected()
-                    else:
-                        self._forwarder.announce_pending()
+        """After a (re)connect (whose birth was just published): resend, announce drops again."""
+        for context in self._links.new_connections():
+            if self._forwarder is None:
+                continue
+            if context is BrokerContext.MONITORING:
+                self._forwarder.on_connected()
+            else:
+                self._forwarder.announce_pending()
 
     # -- settings cache ------------------------------------------------------------------------
 

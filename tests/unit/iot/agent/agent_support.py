@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Response
 
 from openfeeder.config import AgentSettings, BrokerSettings, BrokersSettings, Settings
-from openfeeder.iot.agent.plugins import build_package, package_sha256
+from openfeeder.iot.agent.packages import build_package, package_sha256
 from openfeeder.iot.device_settings import (
     AlgorithmRef,
     BootRequest,

@@ -19,7 +19,7 @@ from agent_support import Collector, LoopbackCatalog, clear_retained, new_device
 from click.testing import CliRunner
 
 from openfeeder.cli.agent_cmd import algorithm_group
-from openfeeder.iot.agent.plugins import package_sha256
+from openfeeder.iot.agent.packages import package_sha256
 from openfeeder.iot.schema import LinkState, Status
 from openfeeder.iot.topics import measurement_filter, status_filter
 from openfeeder.model.cases import resolve_case

@@ -14,13 +14,10 @@ from pathlib import Path
 import pytest
 from agent_support import COUNTER_SOURCE, FAULTY_SOURCE, HANG_SOURCE, write_plugin
 
-from openfeeder.iot.agent.plugins import (
-    AlgorithmContext,
+from openfeeder.iot.agent.packages import (
     LoadedAlgorithm,
     PackageError,
     PackageFault,
-    PluginRunner,
-    PluginState,
     build_package,
     builtin_algorithms,
     load_package,
@@ -28,6 +25,7 @@ from openfeeder.iot.agent.plugins import (
     parameters_for,
     unload,
 )
+from openfeeder.iot.agent.plugins import AlgorithmContext, PluginRunner, PluginState
 from openfeeder.iot.device_settings import AlgorithmRef
 from openfeeder.iot.schema import Quality, Reading, Severity, Unit
 

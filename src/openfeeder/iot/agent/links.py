@@ -1,0 +1,354 @@
+"""A meter agent's MQTT side: its two broker connections, what it subscribes to, what it publishes.
+
+:class:`AgentLinks` holds the agent's :class:`~openfeeder.iot.mqtt.Messenger` (one connection per
+broker context, client ids ``<device>.grid_ops`` and ``<device>.monitoring``, each with the last
+will ``Status(OFFLINE, reason="connection lost")``), built from the broker endpoints the catalog
+hands out, with this machine's credentials, CA file and timeouts for each context. It
+
+- subscribes to the device's filters (config, cmd, committed, topology) and to the input topics of
+  its algorithms, each on the broker its message class travels on, and routes every incoming
+  message through one handler (paho gives a message to the first matching subscription only):
+  committed marks and configurations go to the agent, commands are answered ``rejected`` (a meter
+  has nothing to operate; each ``command_id`` once), topology versions are noted, and everything is
+  offered to the algorithms; payloads the codec refuses are counted, never fatal;
+- publishes the retained birth ``Status(ONLINE, firmware, capabilities)`` on each connection as soon
+  as it is (re)established, before any data on it (:meth:`AgentLinks.new_connections`), events,
+  algorithm outputs and, on a clean stop, ``Status(OFFLINE, reason="shutdown")``;
+- moves to other brokers when a new configuration names other endpoints.
+
+Sequence numbers of events, statuses, acknowledgements and each algorithm's outputs count from 0 for
+each run of the agent (measurements are numbered by the store, across runs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from pydantic import ValidationError
+
+from openfeeder.config import BrokerSettings, BrokersSettings
+from openfeeder.errors import MessagingError
+from openfeeder.iot.agent.store import PublishTracker
+from openfeeder.iot.device_settings import DeviceSettings
+from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.schema import (
+    AckStatus,
+    AlgorithmOutput,
+    Command,
+    CommandAck,
+    Committed,
+    ConfigChange,
+    Event,
+    LinkState,
+    Payload,
+    Reading,
+    RejectCounter,
+    Severity,
+    Status,
+    TopologyChange,
+    encode,
+)
+from openfeeder.iot.topics import (
+    MESSAGE_SPECS,
+    BrokerContext,
+    MessageClass,
+    QoS,
+    measurement_topic,
+    parse_topic,
+    status_topic,
+)
+
+__all__ = ["AgentLinks"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class AgentLinks:
+    """The broker connections of one meter agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        local: BrokersSettings,
+        *,
+        device_id: str,
+        firmware: str,
+        capabilities: tuple[str, ...],
+        clock_ns: Callable[[], int],
+        on_committed: Callable[[int], None],
+        on_config: Callable[[DeviceSettings], None],
+        route: Callable[[str, bytes], None],
+        on_monitoring_ack: Callable[[], None],
+    ) -> None:
+        self.device_id = device_id
+        self._local = local
+        self._firmware = firmware
+        self._capabilities = capabilities
+        self._clock_ns = clock_ns
+        self._on_committed = on_committed
+        self._on_config = on_config
+        self._route = route
+        self._on_monitoring_ack = on_monitoring_ack
+        self._lock = threading.RLock()
+        self._messenger: Messenger | None = None
+        self._endpoints: object = None
+        self._subscribed: set[tuple[BrokerContext, str]] = set()
+        self._wanted: list[str] = []
+        self._seen_connects: dict[BrokerContext, int] = {}
+        self._rejects = RejectCounter(logger=_LOG)
+        self._event_seq = itertools.count()
+        self._status_seq = itertools.count()
+        self._ack_seq = itertools.count()
+        self._algo_seq: dict[str, itertools.count[int]] = {}
+        self._seen_commands: deque[str] = deque(maxlen=256)
+        self.topology_version: int | None = None
+        self.outputs_dropped = 0
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def connect(self, settings: DeviceSettings) -> None:
+        """Connect to the settings' brokers (in the background), or move there if they changed."""
+        with self._lock:
+            if self._messenger is not None and settings.brokers == self._endpoints:
+                return
+            old = self._messenger
+            self._messenger = self._new_messenger(settings)
+            self._endpoints = settings.brokers
+            self._seen_connects = {}
+            self._subscribed = set()
+            self._sync_subscriptions()
+            self._messenger.start()
+        if old is not None:
+            self._publish_status(old, LinkState.OFFLINE, reason="moved to other brokers", wait_s=1)
+            old.stop()
+
+    def wait_connected(self, context: BrokerContext, timeout_s: float) -> bool:
+        messenger = self._messenger
+        return messenger is not None and messenger.link(context).wait_connected(timeout_s)
+
+    def connected(self, context: BrokerContext) -> bool:
+        messenger = self._messenger
+        return messenger is not None and messenger.link(context).connected
+
+    @property
+    def connection_states(self) -> Mapping[str, bool]:
+        return {str(context): self.connected(context) for context in BrokerContext}
+
+    @property
+    def rejected(self) -> int:
+        """Incoming payloads the codec refused."""
+        return self._rejects.total
+
+    def new_connections(self) -> list[BrokerContext]:
+        """Contexts (re)connected since the last call; the birth is published on each first."""
+        with self._lock:
+            messenger = self._messenger
+            if messenger is None:
+                return []
+            fresh = []
+            for context, link in messenger.links.items():
+                connects = link.connects
+                if connects == self._seen_connects.get(context, 0) or not link.connected:
+                    continue
+                self._seen_connects[context] = connects
+                status = self._status(LinkState.ONLINE)
+                link.publish(status_topic(self.device_id), encode(status), retain=True)
+                fresh.append(context)
+            return fresh
+
+    def close(self) -> None:
+        """Publish the shutdown status (waiting briefly for the broker) and disconnect."""
+        with self._lock:
+            messenger, self._messenger = self._messenger, None
+        if messenger is not None:
+            self._publish_status(messenger, LinkState.OFFLINE, reason="shutdown", wait_s=2.0)
+            messenger.stop()
+
+    def _new_messenger(self, settings: DeviceSettings) -> Messenger:
+        will = Status(
+            device_id=self.device_id,
+            seq=0,
+            t_ns=self._clock_ns(),
+            state=LinkState.OFFLINE,
+            reason="connection lost",
+        )
+        return Messenger(
+            self._brokers(settings),
+            client_id=self.device_id,
+            will=will,
+            on_published={BrokerContext.MONITORING: lambda _mid: self._on_monitoring_ack()},
+        )
+
+    def _brokers(self, settings: DeviceSettings) -> BrokersSettings:
+        """The catalog's endpoints, with this machine's credentials and timeouts per context."""
+        contexts: dict[str, BrokerSettings] = {}
+        for context in BrokerContext:
+            mine: BrokerSettings = getattr(self._local, context.value)
+            endpoint = settings.brokers.get(context)
+            contexts[context.value] = (
+                mine
+                if endpoint is None
+                else mine.model_copy(
+                    update={"url": endpoint.url, "username": endpoint.username or mine.username}
+                )
+            )
+        return BrokersSettings(**contexts)
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, filters: Iterable[str]) -> None:
+        """Subscribe to exactly ``filters`` (each on its message class's broker); diff applied."""
+        with self._lock:
+            self._wanted = list(dict.fromkeys(filters))
+            self._sync_subscriptions()
+
+    def _sync_subscriptions(self) -> None:
+        messenger = self._messenger
+        if messenger is None:
+            return
+        wanted: set[tuple[BrokerContext, str]] = set()
+        for flt in self._wanted:
+            try:
+                message_class = MessageClass(flt.split("/")[2])
+            except (ValueError, IndexError):
+                _LOG.warning("%s: cannot subscribe to %r (outside the scheme)", self.device_id, flt)
+                continue
+            wanted.add((MESSAGE_SPECS[message_class].contexts[0], flt))
+        for context, flt in self._subscribed - wanted:
+            messenger.link(context).unsubscribe(flt)
+        for context, flt in wanted - self._subscribed:
+            messenger.link(context).subscribe(flt, self._on_message, qos=QoS.AT_LEAST_ONCE)
+        self._subscribed = wanted
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """The one handler of every subscription (paho's thread): the agent's, then plug-ins'."""
+        try:
+            parsed = parse_topic(topic)
+        except MessagingError:
+            self._route(topic, payload)
+            return
+        kind = parsed.message_class
+        if parsed.device_id in (None, self.device_id) and payload:
+            if kind is MessageClass.COMMITTED:
+                committed = self._rejects.safe_decode(kind, payload, topic=topic)
+                if isinstance(committed, Committed):
+                    self._on_committed(committed.high_water_seq)
+            elif kind is MessageClass.CONFIG:
+                self._handle_config(topic, payload)
+            elif kind is MessageClass.COMMAND:
+                self._handle_command(topic, payload)
+            elif kind is MessageClass.TOPOLOGY:
+                change = self._rejects.safe_decode(kind, payload, topic=topic)
+                if isinstance(change, TopologyChange):
+                    self.topology_version = change.topology_version
+        self._route(topic, payload)
+
+    def _handle_config(self, topic: str, payload: bytes) -> None:
+        decoded = self._rejects.safe_decode(MessageClass.CONFIG, payload, topic=topic)
+        if not isinstance(decoded, ConfigChange):
+            return
+        try:
+            settings = DeviceSettings.model_validate(decoded.settings)
+        except ValidationError as err:
+            _LOG.warning("%s: pushed configuration refused: %s", self.device_id, err)
+            return
+        if settings.device_id != self.device_id:
+            _LOG.warning("%s: pushed configuration is for %s", self.device_id, settings.device_id)
+            return
+        self._on_config(settings)
+
+    def _handle_command(self, topic: str, payload: bytes) -> None:
+        decoded = self._rejects.safe_decode(MessageClass.COMMAND, payload, topic=topic)
+        if not isinstance(decoded, Command) or decoded.command_id in self._seen_commands:
+            return
+        self._seen_commands.append(decoded.command_id)
+        self.publish(
+            CommandAck(
+                device_id=self.device_id,
+                seq=next(self._ack_seq),
+                t_ns=self._clock_ns(),
+                command_id=decoded.command_id,
+                status=AckStatus.REJECTED,
+                detail="a meter has nothing to operate",
+            )
+        )
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, payload: Payload) -> None:
+        """Publish where the message class goes; queued by paho while a broker is away."""
+        messenger = self._messenger
+        if messenger is None:
+            _LOG.warning(
+                "%s: not connected, %s not published", self.device_id, payload.message_class
+            )
+            return
+        try:
+            messenger.publish(payload)
+        except MessagingError as err:
+            _LOG.warning("%s: not published: %s", self.device_id, err)
+
+    def emit_event(
+        self, kind: str, severity: Severity, message: str, values: Sequence[Reading] = ()
+    ) -> None:
+        """Publish an ``Event`` about this meter on the grid_ops broker (any thread)."""
+        self.publish(
+            Event(
+                device_id=self.device_id,
+                seq=next(self._event_seq),
+                t_ns=self._clock_ns(),
+                kind=kind,
+                severity=severity,
+                message=message[:2048],
+                values=tuple(values),
+            )
+        )
+
+    def publish_measurement(self, payload: bytes) -> PublishTracker:
+        """One encoded measurement on the monitoring broker (the store-and-forward path)."""
+        messenger = self._messenger
+        if messenger is None:
+            raise MessagingError("not connected", topic="", reason="not_connected")
+        link = messenger.link(BrokerContext.MONITORING)
+        return link.publish(measurement_topic(self.device_id), payload).info
+
+    def publish_outputs(
+        self, algorithm: str, version: str, readings: tuple[Reading, ...], t_ns: int | None
+    ) -> None:
+        """An algorithm's outputs; dropped (counted) while the monitoring broker is away."""
+        if not self.connected(BrokerContext.MONITORING):
+            self.outputs_dropped += 1  # outputs are not store-and-forwarded
+            return
+        counter = self._algo_seq.setdefault(algorithm, itertools.count())
+        self.publish(
+            AlgorithmOutput(
+                device_id=self.device_id,
+                seq=next(counter),
+                t_ns=t_ns if t_ns is not None else self._clock_ns(),
+                algorithm=algorithm,
+                algorithm_version=version,
+                outputs=readings,
+            )
+        )
+
+    def _status(self, state: LinkState, reason: str = "") -> Status:
+        return Status(
+            device_id=self.device_id,
+            seq=next(self._status_seq),
+            t_ns=self._clock_ns(),
+            state=state,
+            reason=reason,
+            firmware=self._firmware,
+            capabilities=self._capabilities,
+        )
+
+    def _publish_status(
+        self, messenger: Messenger, state: LinkState, *, reason: str, wait_s: float
+    ) -> None:
+        data = encode(self._status(state, reason))
+        for link in messenger.links.values():
+            if link.connected:
+                link.publish(status_topic(self.device_id), data, retain=True).wait(wait_s)
