@@ -10,9 +10,11 @@ import sys
 import click
 
 from openfeeder import __version__
+from openfeeder.cli.agent_cmd import agent_command, algorithm_group, meters_command
 from openfeeder.cli.analysis_cmd import pf_command, topology_command
 from openfeeder.cli.broker_cmd import broker_command
 from openfeeder.cli.case_cmd import case_group, cases_command
+from openfeeder.cli.catalog_cmd import catalog_group
 from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
 from openfeeder.errors import OpenFeederError
@@ -33,6 +35,10 @@ cli.add_command(pf_command)
 cli.add_command(demo_command)
 cli.add_command(config_group)
 cli.add_command(broker_command)
+cli.add_command(catalog_group)
+cli.add_command(agent_command)
+cli.add_command(meters_command)
+cli.add_command(algorithm_group)
 
 
 def main(argv: list[str] | None = None) -> int:
