@@ -303,21 +303,224 @@ def bench_storm(devices: int, concurrency: int, storages: tuple[str, ...]) -> di
     return {"rows": rows, "concurrency": concurrency}
 
 
+# --- ingest -------------------------------------------------------------------------------------
+
+
+class MarkWatcher:
+    """Subscribes to the historian's committed marks; remembers when each mark was first seen."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.seen: dict[str, list[tuple[int, int]]] = {}  # device -> [(high_water_seq, time_ns)]
+        self._lock = threading.Lock()
+        parts = urlsplit(url)
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"bench-marks-{time.monotonic_ns()}",
+            protocol=paho.MQTTv5,
+        )
+        self._client.on_message = self._on_message
+        self._client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        self._client.subscribe("openfeeder/v1/committed/+", qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, _client: object, _userdata: object, message: Any) -> None:
+        now = time.time_ns()
+        if not message.payload:
+            return
+        document = json.loads(message.payload)
+        with self._lock:
+            self.seen.setdefault(document["device_id"], []).append(
+                (document["high_water_seq"], now)
+            )
+
+    def high_water(self, device: str) -> int:
+        with self._lock:
+            marks = self.seen.get(device)
+            return max(mark for mark, _ in marks) if marks else -1
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _latencies(watcher: MarkWatcher, loads: list[dict[str, Any]]) -> list[float]:
+    """Per message: time from its t_ns to the first committed mark covering it."""
+    latencies: list[float] = []
+    for load in loads:
+        sent_ns = load["sent_ns"]
+        for device in load["devices"]:
+            marks = sorted(watcher.seen.get(device, []), key=lambda item: item[1])
+            index, best = 0, -1
+            for seq, t_ns in enumerate(sent_ns):
+                while best < seq and index < len(marks):
+                    best = max(best, marks[index][0])
+                    seen_ns = marks[index][1]
+                    index += 1
+                if best >= seq:
+                    latencies.append((seen_ns - t_ns) / 1e9)
+    return latencies
+
+
+def _historian_counts(port: int) -> dict[str, int]:
+    import httpx
+
+    response = httpx.get(f"http://127.0.0.1:{port}/v1/devices", timeout=30)
+    response.raise_for_status()
+    body = response.json()
+    items = body["devices"] if isinstance(body, dict) else body
+    return {item["device_id"]: int(item["messages"]) for item in items}
+
+
+def bench_ingest(
+    *,
+    brokers: tuple[str, ...],
+    storages: tuple[str, ...],
+    processes: int,
+    meters_per_process: int,
+    rate_hz: float,
+    seconds: float,
+) -> dict[str, Any]:
+    rows = []
+    messages = max(1, int(rate_hz * seconds))
+    expected = processes * meters_per_process * messages
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for broker_kind in brokers:
+            for storage_kind in storages:
+                err.print(
+                    f"ingest: {processes * meters_per_process} meters x {rate_hz:g}/s for {seconds:g} s "
+                    f"via {broker_kind} into {storage_kind} ...",
+                    end=" ",
+                )
+                port = free_port()
+                with (
+                    broker(broker_kind, workdir) as url,
+                    storage(storage_kind, workdir, "historian") as db,
+                ):
+                    config = write_config(
+                        workdir / f"ingest-{broker_kind}-{storage_kind}.toml",
+                        url,
+                        historian={
+                            "listen_port": port,
+                            "storage_url": db,
+                            "require_registered_devices": False,
+                            "committed_interval_ms": 100,
+                        },
+                    )
+                    args = ["historian", "serve", "--config", str(config)]
+                    with service(args, port, workdir, f"historian-{broker_kind}-{storage_kind}"):
+                        watcher = MarkWatcher(url)
+                        started_ns = time.time_ns()
+                        loads = [
+                            _load(
+                                "meters",
+                                url,
+                                n * meters_per_process,
+                                meters_per_process,
+                                messages,
+                                rate_hz,
+                            )
+                            for n in range(processes)
+                        ]
+                        results = [_result(load, timeout_s=seconds * 10 + 120) for load in loads]
+                        devices = [d for r in results for d in r["devices"]]
+                        deadline = time.monotonic() + 120
+                        while time.monotonic() < deadline:
+                            if all(watcher.high_water(d) >= messages - 1 for d in devices):
+                                break
+                            time.sleep(0.1)
+                        watcher.stop()
+                        counts = _historian_counts(port)
+                last_ns = max(
+                    (t for marks in watcher.seen.values() for _, t in marks), default=started_ns
+                )
+                stored = sum(counts.get(d, 0) for d in devices)
+                elapsed = (last_ns - started_ns) / 1e9
+                latencies = _latencies(watcher, results)
+                row = {
+                    "broker": broker_kind,
+                    "storage": storage_kind,
+                    "meters": len(devices),
+                    "offered_msg_per_s": len(devices) * rate_hz,
+                    "sent": expected,
+                    "stored": stored,
+                    "lost": expected - stored,
+                    "seconds": elapsed,
+                    "msg_per_s": stored / elapsed if elapsed > 0 else 0.0,
+                    "readings_per_s": 16 * stored / elapsed if elapsed > 0 else 0.0,
+                    "latency_p50_ms": percentile(latencies, 50) * 1e3,
+                    "latency_p99_ms": percentile(latencies, 99) * 1e3,
+                }
+                err.print(f"{row['msg_per_s']:,.0f} msg/s, lost {row['lost']}")
+                rows.append(row)
+    table = Table(
+        title=f"ingestion: meters -> broker -> historian (QoS 1, 16 readings/message, "
+        f"offered {processes * meters_per_process * rate_hz:,.0f} msg/s); target 10,000 msg/s into PostgreSQL via Mosquitto, zero loss"
+    )
+    for col in (
+        "broker",
+        "storage",
+        "sent",
+        "stored",
+        "lost",
+        "msg/s",
+        "readings/s",
+        "latency p50",
+        "latency p99",
+    ):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            row["broker"],
+            row["storage"],
+            f"{row['sent']:,}",
+            f"{row['stored']:,}",
+            f"{row['lost']:,}",
+            f"{row['msg_per_s']:,.0f}",
+            f"{row['readings_per_s']:,.0f}",
+            f"{row['latency_p50_ms']:.0f} ms",
+            f"{row['latency_p99_ms']:.0f} ms",
+        )
+    out.print(table)
+    return {"rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.iot", description=__doc__)
-    parser.add_argument("which", choices=["broker", "storm", "all"])
+    parser.add_argument("which", choices=["broker", "ingest", "storm", "all"])
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--messages", type=int, default=25_000, help="per publisher")
     parser.add_argument("--size", type=int, default=600, help="payload bytes")
     parser.add_argument("--devices", type=int, default=10_000, help="storm: devices booting")
     parser.add_argument("--concurrency", type=int, default=200, help="storm: requests in flight")
     parser.add_argument("--storages", default="sqlite,postgresql")
+    parser.add_argument("--brokers", default="embedded,mosquitto")
+    parser.add_argument("--processes", type=int, default=4, help="ingest: load processes")
+    parser.add_argument("--meters", type=int, default=25, help="ingest: meters per process")
+    parser.add_argument("--rate", type=float, default=100.0, help="ingest: messages/s per meter")
+    parser.add_argument("--seconds", type=float, default=20.0, help="ingest: duration")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     report: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.which in ("broker", "all"):
         report["broker"] = bench_broker(args.publishers, args.messages, args.size)
     storages = tuple(s for s in args.storages.split(",") if s)
+    broker_kinds = tuple(b for b in args.brokers.split(",") if b)
+    if args.which in ("ingest", "all"):
+        report["ingest"] = bench_ingest(
+            brokers=broker_kinds,
+            storages=storages,
+            processes=args.processes,
+            meters_per_process=args.meters,
+            rate_hz=args.rate,
+            seconds=args.seconds,
+        )
     if args.which in ("storm", "all"):
         report["storm"] = bench_storm(args.devices, args.concurrency, storages)
     path = args.out or RESULTS / f"iot-{args.which}.json"
