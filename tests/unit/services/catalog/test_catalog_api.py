@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,7 @@ BAD_REQUESTS = [
     BadRequest("PUT", "/v1/devices/{new}", {"device_id": "x", "device_type": "meter"}, 422, "device_id"),
     BadRequest("PUT", "/v1/devices/bad%20id", {"device_type": "meter"}, 422, "device_id"),
     BadRequest("PATCH", "/v1/devices/{new}", {"device_type": "meter"}, 404, "device_id"),
+    BadRequest("PATCH", "/v1/devices/{new}", {"device_type": None}, 422, "device_type"),
     BadRequest("PUT", "/v1/topology", {"switch_states": {"999": "open"}}, 422, "switch_states.999"),
     BadRequest("PUT", "/v1/topology", {"switch_states": {"305": "ajar"}}, 422, "switch_states.305"),
     BadRequest("PUT", "/v1/topology", {"switch_states": {}}, 422, "switch_states"),
@@ -362,11 +364,15 @@ def test_health_and_openapi(tmp_path: Path, mqtt_url: str) -> None:
         assert "swagger" in docs.text.lower()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_restart_keeps_registry_versions_algorithms_and_topology(
-    tmp_path: Path, mqtt_url: str
+    tmp_path: Path, mqtt_url: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
     device, provisioned, name = unique("meter"), unique("ftu"), unique("algo")
-    settings = catalog_settings(tmp_path, mqtt_url=mqtt_url, disconnect_timeout_s=60)
+    storage_url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = catalog_settings(
+        tmp_path, mqtt_url=mqtt_url, storage_url=storage_url, disconnect_timeout_s=60
+    )
     with running_catalog(settings) as catalog, CatalogClient(catalog.url) as client:
         port = catalog.port
         client.upload_algorithm(name, "2.1", b"package")
@@ -403,3 +409,23 @@ def test_restart_keeps_registry_versions_algorithms_and_topology(
         # versions keep growing after the restart
         changed = client.put_device(device, DeviceSpec(device_type="meter", sampling_rate_hz=100))
         assert changed.config_version > max(d.config_version for d in before.values())
+
+
+def test_devices_connected_at_a_stop_get_a_full_timeout_after_the_restart(
+    tmp_path: Path, mqtt_url: str
+) -> None:
+    device = unique("meter")
+    timeout_s = 1.5  # leaves room for a slow restart on a busy machine
+    settings = catalog_settings(tmp_path, mqtt_url=mqtt_url, disconnect_timeout_s=timeout_s)
+    with running_catalog(settings) as catalog, CatalogClient(catalog.url) as client:
+        client.boot(BootRequest(device_id=device, device_type="meter"))
+    time.sleep(timeout_s + 0.5)  # longer than the timeout passes while the catalog is down
+
+    with running_catalog(settings) as catalog, CatalogClient(catalog.url) as client:
+        restarted = time.monotonic()
+        # the device could not be heard while the catalog was down: not disconnected yet
+        assert client.device(device).status is DeviceStatus.CONNECTED
+        while client.device(device).status is DeviceStatus.CONNECTED:
+            assert time.monotonic() - restarted < timeout_s + 1.0
+            time.sleep(0.05)
+        assert client.device(device).status is DeviceStatus.DISCONNECTED
