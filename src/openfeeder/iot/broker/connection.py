@@ -129,7 +129,13 @@ class Connection(asyncio.Protocol):
                 props = b"\x02" + left_s.to_bytes(4, "big") + props
             props = encode_varint(len(props)) + props if props else b"\x00"
             length += len(props)
-        head = bytes((0x30 | (dup << 3) | (qos << 1) | retain,)) + encode_varint(length)
+        first = 0x30 | (dup << 3) | (qos << 1) | retain
+        if length < 0x80:
+            head = bytes((first, length))
+        elif length < 0x4000:
+            head = bytes((first, (length & 0x7F) | 0x80, length >> 7))
+        else:
+            head = bytes((first,)) + encode_varint(length)
         size = len(head) + length
         if self.max_out_packet and size > self.max_out_packet:
             self.counters.dropped_too_large += 1
@@ -215,8 +221,11 @@ class Connection(asyncio.Protocol):
         frames, error = self.framer.feed(data)
         try:
             for first, buf, start, end in frames:
-                if first >> 4 == 3 and self.connected:  # PUBLISH, the hot path
+                # the hot paths: PUBLISH, and a PUBACK without reason code
+                if first >> 4 == 3 and self.connected:
                     self._on_publish(first, buf, start, end)
+                elif first == 0x40 and end - start == 2 and self.session is not None:
+                    self.session.acknowledge((buf[start] << 8) | buf[start + 1], 1)
                 else:
                     self._on_packet(first, buf, start, end)
                 if self._closing:
@@ -429,8 +438,8 @@ class Connection(asyncio.Protocol):
             if self.session_expiry_at_connect == 0 and expiry != 0:
                 raise protocol_error("session expiry set at DISCONNECT after 0 at CONNECT")
             session.expiry_s = expiry
-        if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL:
-            self.will = None
+        if packet.reason_code == ReasonCode.SUCCESS:
+            self.will = None  # any other reason (0x04 "with will message", errors) keeps it
         self.close()
 
     def _on_connect(self, first: int, buf: bytes, start: int, end: int) -> None:

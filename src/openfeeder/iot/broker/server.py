@@ -306,6 +306,7 @@ class Broker:
         for sub in replay:
             for message in self.retained.match(sub.levels):
                 if message.expires_at is not None and message.expires_at <= now:
+                    self.retained.set(Message(message.topic, b"", 0, True))  # expired: forget it
                     continue
                 session.deliver(message, min(message.qos, sub.qos), True)
 

@@ -25,6 +25,7 @@ from openfeeder.iot.broker import BrokerLimits, BrokerThread
 from openfeeder.iot.broker.codec import (
     Connack,
     Connect,
+    Disconnect,
     PubAck,
     Publish,
     Suback,
@@ -32,7 +33,7 @@ from openfeeder.iot.broker.codec import (
     SubscriptionRequest,
     Will,
 )
-from openfeeder.iot.broker.codes import PacketType
+from openfeeder.iot.broker.codes import PacketType, ReasonCode
 from openfeeder.iot.broker.properties import PropertyId
 
 
@@ -396,3 +397,37 @@ def test_will_properties_are_delivered(peers: PeerPool) -> None:
     got = watcher.expect()[0]
     assert got.payload == b"gone"
     assert got.properties.ContentType == "text/plain"
+
+
+def test_disconnect_session_expiry_rules(broker: BrokerThread) -> None:
+    # raising the expiry at DISCONNECT after 0 at CONNECT is a protocol error
+    raw, _ = _raw_connect(broker.port, unique("e0"))
+    try:
+        raw.send(Disconnect(0, {PropertyId.SESSION_EXPIRY_INTERVAL: 60}))
+        assert raw.read_until_closed() == [Disconnect(ReasonCode.PROTOCOL_ERROR)]
+    finally:
+        raw.close()
+    # lowering it to 0 at DISCONNECT ends a persistent session with the connection
+    raw, _ = _raw_connect(broker.port, unique("e1"), session_expiry_interval=600)
+    try:
+        _raw_subscribe(raw, f"{unique()}/x")
+        raw.send(Disconnect(0, {PropertyId.SESSION_EXPIRY_INTERVAL: 0}))
+        assert raw.read_until_closed() == []
+    finally:
+        raw.close()
+    wait_until(lambda: broker.stats()["sessions"] == 0, "the session to end")
+
+
+def test_disconnect_with_an_error_reason_publishes_the_will(peers: PeerPool) -> None:
+    topic = f"{unique()}/status"
+    watcher = peers.connected()
+    watcher.subscribe(topic)
+    raw = RawPeer(peers.port)
+    try:
+        raw.send(Connect(unique("w"), 5, will=Will(topic, b"dead", 1)))
+        assert isinstance(raw.read(), Connack)
+        raw.send(Disconnect(ReasonCode.UNSPECIFIED_ERROR))
+        assert raw.read_until_closed() == []
+    finally:
+        raw.close()
+    assert watcher.expect()[0].payload == b"dead"
