@@ -108,6 +108,7 @@ class AgentState(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    FAILED = "failed"  # could not start (the log says why), e.g. its buffer is held by another
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,7 @@ class MeterAgent:
         if self._state in (AgentState.NEW, AgentState.STOPPED):
             self._state = AgentState.STOPPED
             return
+        failed = self._state is AgentState.FAILED
         self._state = AgentState.STOPPING
         self._stopping.set()
         self._wake.set()
@@ -259,7 +261,7 @@ class MeterAgent:
         self._links.close()
         if self._store is not None:
             self._store.close()
-        self._state = AgentState.STOPPED
+        self._state = AgentState.FAILED if failed else AgentState.STOPPED
         _LOG.info("agent %s stopped", self.device_id, extra={"device_id": self.device_id})
 
     def stats(self) -> AgentStats:
@@ -295,12 +297,14 @@ class MeterAgent:
     def _control_main(self) -> None:
         try:
             settings = self._boot()
-            if settings is None:
+            if settings is None or self._stopping.is_set():
                 return
             self._activate(settings)
             self._control_loop()
         except Exception:  # the agent must report, not vanish silently
-            _LOG.exception("agent %s control thread failed", self.device_id)
+            _LOG.exception("agent %s failed", self.device_id, extra={"device_id": self.device_id})
+            if not self._running.is_set():
+                self._state = AgentState.FAILED
 
     def _boot(self) -> DeviceSettings | None:
         """Settings from the catalog, retried with back-off; cached ones meanwhile if any."""
@@ -358,6 +362,8 @@ class MeterAgent:
         if self._links.wait_connected(BrokerContext.GRID_OPS, timeout_s):
             self._mark_seen.wait(self._retained_wait_s)
         self._apply_pending_mark()
+        if self._stopping.is_set():  # stopped while connecting: stop() cleans up what exists
+            return
         self._loop_thread.start()
         self._state = AgentState.RUNNING
         self._running.set()

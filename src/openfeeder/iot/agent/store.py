@@ -77,6 +77,8 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT_INTERVAL_S: Final = 5.0
 DEFAULT_MAX_IN_FLIGHT: Final = 32
 RESEND_BACKOFF_MAX: Final = 64
+_BUSY_TIMEOUT_S: Final = 0.5
+"""How long to wait for a buffer held by another agent (an error: one agent per buffer)."""
 _SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS message (
@@ -130,7 +132,9 @@ class MeasurementStore:
         self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+            )
         except (OSError, sqlite3.Error) as err:
             raise StorageError(f"{path}: cannot open the buffer: {err}", url=str(path)) from err
         try:

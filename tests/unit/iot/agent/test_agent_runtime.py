@@ -28,7 +28,7 @@ from agent_support import (
 
 from conftest import PrivateMosquitto, free_port
 from openfeeder.config import Settings
-from openfeeder.iot.agent import MeterAgent, PluginState, SyntheticSource
+from openfeeder.iot.agent import AgentState, MeterAgent, PluginState, SyntheticSource
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.schema import (
     AlgorithmOutput,
@@ -394,3 +394,18 @@ def test_boot_is_retried_until_the_catalog_answers(agents: AgentFactory, mqtt_ur
         assert agent.stats().config_version == 1
     finally:
         server.stop()
+
+
+def test_a_second_agent_with_the_same_id_and_state_fails_visibly(
+    catalog: LoopbackCatalog, agents: AgentFactory
+) -> None:
+    device = new_device_id()
+    first = agents(catalog, device)
+    first.start()
+    assert first.wait_running(10)
+    second = agents(catalog, device)  # same state folder: its buffer is held by the first
+    second.start()
+    _wait_until(lambda: second.state is AgentState.FAILED)
+    assert not second.wait_running(0)
+    assert first.stats().state is AgentState.RUNNING
+    assert first.stats().produced > 0
