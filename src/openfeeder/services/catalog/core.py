@@ -19,19 +19,14 @@ Pushes
     that registers itself by booting gets its settings in the answer and nothing is published.
 
 Liveness
-    Each boot or poll refreshes ``last_seen_ns`` (kept in memory and written about once a second)
-    and the device's deadline (``disconnect_timeout_s`` later, on a monotonic clock). The watchdog
-    sleeps until the earliest deadline (at most 0.25 s), marks silent devices disconnected and
-    publishes an ``Event`` ``device_disconnected`` (warning) on their event topic; the next poll
-    marks the device connected again and publishes ``device_reconnected`` (info). Devices that
-    were connected when the catalog stopped get a full timeout from the restart before they are
-    declared disconnected: the catalog could not hear them while it was down.
+    :mod:`~openfeeder.services.catalog.liveness`: every boot and poll refreshes the device's
+    last-seen time; a device silent past ``disconnect_timeout_s`` is marked disconnected and that
+    is announced on MQTT, and so is its return.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -53,11 +48,11 @@ from openfeeder.iot.catalog_client import (
     TopologyUpdate,
 )
 from openfeeder.iot.device_settings import BootRequest, DeviceSettings, GridPart, Location
-from openfeeder.iot.schema import ConfigChange, Event, Severity, TopologyChange
+from openfeeder.iot.schema import ConfigChange, TopologyChange
 from openfeeder.iot.topics import config_topic
 from openfeeder.model.cases import resolve_case
 from openfeeder.services.catalog.grid_view import CaseGrid, GridView, LocationError
-from openfeeder.services.catalog.liveness import DeadlineQueue
+from openfeeder.services.catalog.liveness import LivenessMonitor
 from openfeeder.services.catalog.locks import KeyedLocks, SharedExclusiveLock
 from openfeeder.services.catalog.problems import ProblemError, ProblemKind, invalid, not_found
 from openfeeder.services.catalog.publishing import Publisher
@@ -78,7 +73,6 @@ from openfeeder.services.catalog.store import (
     DeleteDevice,
     PutDevice,
     PutMeta,
-    TouchDevices,
     WriteOp,
 )
 from openfeeder.services.catalog.topology_state import TopologyState
@@ -87,11 +81,8 @@ from openfeeder.services.catalog.writer import StoreWriter
 __all__ = ["Catalog"]
 
 _LOG = logging.getLogger(__name__)
-_NEVER: Final = Liveness(DeviceStatus.NEVER, None)
 _COUNTER_KEY: Final = "config_counter"
 _TOPOLOGY_KEY: Final = "topology"
-_FLUSH_INTERVAL_S: Final = 1.0
-_WATCHDOG_MAX_SLEEP_S: Final = 0.25
 
 _Prepared = tuple[DeviceRecord, DeviceSettings, bool]
 """A record ready to store, its rendered settings, and whether its version was bumped."""
@@ -119,11 +110,14 @@ class Catalog:
         self._writer = StoreWriter(store)
         self._context = RenderContext.from_settings(settings, catalog_url=settings.catalog.url)
         self._devices: dict[str, DeviceRecord] = {}
-        self._liveness: dict[str, Liveness] = {}
         self._rendered: dict[str, bytes] = {}
-        self._dirty: set[str] = set()
-        self._deadlines = DeadlineQueue(timeout_s=settings.catalog.disconnect_timeout_s)
-        self._event_seq: Counter[str] = Counter()
+        self._live = LivenessMonitor(
+            timeout_s=settings.catalog.disconnect_timeout_s,
+            writer=self._writer,
+            publisher=publisher,
+            clock_ns=clock_ns,
+            monotonic=monotonic,
+        )
         self._config_seq: Counter[str] = Counter()
         self._topology_seq = 0
         self._config_counter = 0
@@ -166,13 +160,9 @@ class Catalog:
             self._view = await asyncio.to_thread(
                 self._case.view, closed, version=self._topology.version
             )
-        now_s = self._monotonic()
-        self._started_s = now_s
-        for device_id, (record, liveness) in stored.devices.items():
-            self._devices[device_id] = record
-            self._liveness[device_id] = liveness
-            if liveness.status is DeviceStatus.CONNECTED:
-                self._deadlines.seen(device_id, now_s)  # a full timeout from the restart
+        self._started_s = self._monotonic()
+        self._devices = {device_id: record for device_id, (record, _) in stored.devices.items()}
+        self._live.load({device_id: live for device_id, (_, live) in stored.devices.items()})
         await self._reconcile()
         if self._topology.version > 0:
             self._publish_topology()
@@ -186,13 +176,11 @@ class Catalog:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch liveness and write last-seen times until ``stop`` is set."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._watchdog(stop))
-            group.create_task(self._flusher(stop))
+        await self._live.run(stop)
 
     async def close(self) -> None:
         """Write the pending last-seen times and stop the writer."""
-        self.flush_liveness()
+        self._live.flush()
         await asyncio.to_thread(self._writer.stop)
 
     async def _reconcile(self) -> None:
@@ -248,7 +236,7 @@ class Catalog:
             device_id
             for device_id, record in self._devices.items()
             if (device_type is None or record.device_type == device_type)
-            and (status is None or self._liveness.get(device_id, _NEVER).status is status)
+            and (status is None or self._live.get(device_id).status is status)
         )
         page = matching[offset : offset + limit]
         return DeviceList(
@@ -256,7 +244,7 @@ class Catalog:
         )
 
     def health(self) -> dict[str, Any]:
-        counts = Counter(liveness.status for liveness in self._liveness.values())
+        counts = self._live.counts()
         mqtt = self._publisher.connected()
         return {
             "status": "ok" if all(mqtt.values()) else "degraded",
@@ -273,7 +261,7 @@ class Catalog:
 
     def _info(self, device_id: str) -> DeviceInfo:
         record = self._devices[device_id]
-        liveness = self._liveness.get(device_id, _NEVER)
+        liveness = self._live.get(device_id)
         return DeviceInfo(
             device_id=record.device_id,
             device_type=record.device_type,
@@ -335,7 +323,7 @@ class Catalog:
                 self._rendered[device_id] = _json_bytes(prepared[1])
                 if old is not None:
                     self._push([prepared])
-            self._seen(device_id, now_ns, persisted=stored)
+            self._live.seen(device_id, now_ns, persisted=stored)
             return self._devices[device_id].config_version, self._rendered[device_id]
 
     def poll(self, device_id: str) -> tuple[int, bytes]:
@@ -343,7 +331,7 @@ class Catalog:
         record = self._devices.get(device_id)
         if record is None:
             raise not_found("device", device_id, field="device_id")
-        self._seen(device_id, self._clock_ns())
+        self._live.seen(device_id, self._clock_ns())
         return record.config_version, self._rendered[device_id]
 
     # -- provisioning --------------------------------------------------------------------------
@@ -402,9 +390,7 @@ class Catalog:
             await self._writer.write([DeleteDevice(device_id)])
             del self._devices[device_id]
             self._rendered.pop(device_id, None)
-            self._liveness.pop(device_id, None)
-            self._dirty.discard(device_id)
-            self._deadlines.forget(device_id)
+            self._live.forget(device_id)
         self._publisher.clear_retained(config_topic(device_id))
 
     async def delete_algorithm(self, name: str, version: str) -> None:
@@ -487,20 +473,20 @@ class Catalog:
         """Write the records (and ``extra``) in one transaction, then apply them in memory.
 
         The stored liveness is the one in memory unless ``liveness`` gives it (memory is left to
-        :meth:`_seen`, which compares with the previous state).
+        :meth:`LivenessMonitor.seen`, which compares with the previous state).
         """
         given = liveness or {}
         ops: list[WriteOp] = list(extra)
         for record, _, _ in prepared:
             device_id = record.device_id
-            live = given.get(device_id) or self._liveness.get(device_id, _NEVER)
+            live = given.get(device_id) or self._live.get(device_id)
             ops.append(PutDevice(record, live))
         if any(bumped for _, _, bumped in prepared):
             ops.append(PutMeta(_COUNTER_KEY, self._config_counter))
         await self._writer.write(ops)
         for record, _, _ in prepared:
             self._devices[record.device_id] = record
-            self._liveness.setdefault(record.device_id, _NEVER)
+            self._live.register(record.device_id)
 
     def _push(self, prepared: Iterable[_Prepared]) -> None:
         """Publish the retained configuration of each bumped record."""
@@ -520,102 +506,6 @@ class Catalog:
                     settings=settings.model_dump(mode="json"),
                 )
             )
-
-    # -- liveness ------------------------------------------------------------------------------
-
-    def _seen(self, device_id: str, now_ns: int, *, persisted: bool = False) -> None:
-        """The device was heard from; ``persisted``: its new liveness is already stored."""
-        previous = self._liveness.get(device_id, _NEVER)
-        current = Liveness(DeviceStatus.CONNECTED, now_ns)
-        self._liveness[device_id] = current
-        self._deadlines.seen(device_id, self._monotonic())
-        if previous.status is DeviceStatus.CONNECTED:
-            self._dirty.add(device_id)
-            return
-        self._dirty.discard(device_id)
-        if not persisted:
-            self._writer.write_later([TouchDevices(((device_id, current),))])
-        if previous.status is DeviceStatus.DISCONNECTED:
-            silent_s = (now_ns - (previous.last_seen_ns or now_ns)) / 1e9
-            self._announce(
-                device_id,
-                kind="device_reconnected",
-                severity=Severity.INFO,
-                message=f"device {device_id} polled again after {silent_s:.1f} s of silence",
-                now_ns=now_ns,
-            )
-
-    def check_liveness(self) -> list[str]:
-        """Mark the devices silent past the timeout disconnected and announce it; their ids."""
-        now_s = self._monotonic()
-        now_ns = self._clock_ns()
-        silent: list[str] = []
-        rows: list[tuple[str, Liveness]] = []
-        for device_id in self._deadlines.expired(now_s):
-            previous = self._liveness.get(device_id)
-            if previous is None or previous.status is not DeviceStatus.CONNECTED:
-                continue
-            current = Liveness(DeviceStatus.DISCONNECTED, previous.last_seen_ns)
-            self._liveness[device_id] = current
-            self._dirty.discard(device_id)
-            rows.append((device_id, current))
-            silent.append(device_id)
-            timeout_s = self._deadlines.timeout_s
-            self._announce(
-                device_id,
-                kind="device_disconnected",
-                severity=Severity.WARNING,
-                message=f"device {device_id} has not polled for {timeout_s:g} s",
-                now_ns=now_ns,
-            )
-        if rows:
-            self._writer.write_later([TouchDevices(tuple(rows))])
-            _LOG.info("devices disconnected count=%d", len(rows), extra={"devices": len(rows)})
-        return silent
-
-    def flush_liveness(self) -> None:
-        """Queue the last-seen times changed since the previous flush."""
-        if not self._dirty:
-            return
-        rows = tuple(
-            (device_id, self._liveness[device_id])
-            for device_id in self._dirty
-            if device_id in self._liveness
-        )
-        self._dirty.clear()
-        self._writer.write_later([TouchDevices(rows)])
-
-    def _announce(
-        self, device_id: str, *, kind: str, severity: Severity, message: str, now_ns: int
-    ) -> None:
-        seq = self._event_seq[device_id]
-        self._event_seq[device_id] += 1
-        self._publisher.publish(
-            Event(
-                device_id=device_id,
-                seq=seq,
-                t_ns=now_ns,
-                kind=kind,
-                severity=severity,
-                message=message,
-            )
-        )
-
-    async def _watchdog(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.check_liveness()
-            deadline = self._deadlines.next_deadline()
-            delay = _WATCHDOG_MAX_SLEEP_S
-            if deadline is not None:
-                delay = min(max(deadline - self._monotonic(), 0.005), _WATCHDOG_MAX_SLEEP_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-
-    async def _flusher(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL_S)
-            self.flush_liveness()
 
     # -- topology ------------------------------------------------------------------------------
 
