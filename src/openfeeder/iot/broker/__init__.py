@@ -9,8 +9,10 @@ Maximum 0), subscription identifiers, enhanced authentication (AUTH), persistenc
 
 ``server`` holds :class:`Broker` (run by your event loop), :class:`BrokerThread` (its own thread
 and loop, for tests, the demo and single-process tools), :func:`serve` and :func:`run_broker` (the
-``openfeeder broker`` command); ``codec`` the packets; ``session`` the per-client state, the
-delivery rules and :class:`BrokerLimits`; ``topic_tree`` the subscription index and retained store.
+``openfeeder broker`` command); ``connection`` one client connection (framing, batching of writes,
+protocol errors); ``session`` the per-client state, the delivery rules and :class:`BrokerLimits`;
+``topic_tree`` the subscription index and retained store; ``packets``, ``codec``, ``properties``
+and ``codes`` the MQTT wire format.
 """
 
 from openfeeder.iot.broker.codes import ProtocolError, ReasonCode

@@ -18,6 +18,8 @@ __all__ = [
     "ProtocolError",
     "ReasonCode",
     "connack_v311_code",
+    "malformed",
+    "protocol_error",
 ]
 
 MQTT_311: Final = 4

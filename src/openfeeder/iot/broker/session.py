@@ -78,7 +78,6 @@ class Counters:
     dropped_offline_qos0: int = 0
     dropped_too_large: int = 0
     dropped_expired: int = 0
-    dropped_no_group_member: int = 0
     protocol_errors: int = 0
     wills_published: int = 0
 
