@@ -13,6 +13,8 @@ Delivery rules, in :meth:`Session.deliver`:
   messages wait in the session queue, bounded by :attr:`BrokerLimits.max_queued_messages` and
   :attr:`BrokerLimits.max_queued_bytes`; when a bound is hit the *oldest* queued message is dropped
   and counted (``dropped_queue_full``);
+- messages in flight are not counted in those bounds (the Receive Maximum bounds them), so the
+  most a session holds is ``receive maximum + max_queued_messages`` messages;
 - QoS 0 messages for an offline client are dropped and counted (``dropped_offline_qos0``);
 - a message whose Message Expiry Interval has passed is dropped (``dropped_expired``), and one
   larger than the client's Maximum Packet Size is dropped (``dropped_too_large``), as MQTT 5 says.
@@ -25,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from openfeeder.errors import ConfigError
 from openfeeder.iot.broker.properties import encode_str
 
 __all__ = [
@@ -63,6 +66,23 @@ class BrokerLimits:
     """Time a new connection has to send CONNECT."""
     close_timeout_s: float = 5.0
     """Time a closing connection has to flush its last packet before it is aborted."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_packet_bytes",
+            "max_queued_messages",
+            "max_queued_bytes",
+            "write_buffer_bytes",
+            "connect_timeout_s",
+            "close_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"broker limit {name} must be positive")
+        for name in ("receive_maximum", "inflight_v311"):
+            if not 1 <= getattr(self, name) <= 0xFFFF:
+                raise ConfigError(f"broker limit {name} must be in 1..65535")
+        if self.max_packet_bytes > 268_435_460:
+            raise ConfigError("broker limit max_packet_bytes exceeds the MQTT maximum")
 
 
 @dataclass(slots=True)

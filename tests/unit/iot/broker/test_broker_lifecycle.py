@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from openfeeder.cli.broker_cmd import broker_command
 from openfeeder.errors import ConfigError, OpenFeederError
-from openfeeder.iot.broker import Broker, BrokerBindError, BrokerThread, serve
+from openfeeder.iot.broker import Broker, BrokerBindError, BrokerLimits, BrokerThread, serve
 from openfeeder.iot.broker.codec import Connack, Connect, decode_packet, encode
 
 
@@ -126,3 +126,18 @@ def test_cli_reports_a_port_in_use() -> None:
     assert str(result.exception) == (
         f"cannot listen on 127.0.0.1:{running.port}: address already in use"
     )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_packet_bytes": 0},
+        {"max_queued_messages": -1},
+        {"receive_maximum": 70_000},
+        {"inflight_v311": 0},
+        {"connect_timeout_s": 0.0},
+    ],
+)
+def test_limits_refuse_unusable_values(changes: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        BrokerLimits(**changes)
