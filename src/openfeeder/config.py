@@ -185,6 +185,18 @@ class HistorianSettings(_Section):
     batch_max_delay_ms: int = Field(default=100, ge=1, le=60_000)
     retention_days: float = Field(default=0, ge=0)
     """Readings older than this are deleted (0: keep everything)."""
+    require_registered_devices: bool = True
+    """Store measurements only from devices the catalog (``[catalog] url``) lists; others are
+    rejected and counted. False: accept every device id."""
+    device_refresh_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    """An unknown device id re-reads the catalog's device list at most this often."""
+    queue_max_messages: int = Field(default=50_000, ge=1, le=10_000_000)
+    """Accepted messages waiting for the writer; when full, intake from the broker pauses."""
+    committed_interval_ms: int = Field(default=1000, ge=0, le=600_000)
+    """Publish a device's committed mark at most this often (the latest one always follows);
+    keep it well below ``[agent] resend_after_s``."""
+    session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)
+    """How long the broker keeps queueing for a stopped historian (MQTT v5 session expiry)."""
 
     _storage = field_validator("storage_url")(_optional_storage_url)
 

@@ -1,0 +1,361 @@
+"""The running historian: two broker links, the intake, the writer, the mark publisher, the store.
+
+:class:`Historian` is what :func:`~.service.serve_historian` runs and what tests and benchmarks
+start in-process (through :class:`~.service.HistorianThread`). Blocking methods (``start``,
+``stop``, the queries) are meant for threads, not for an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from openfeeder.config import Settings
+from openfeeder.errors import ConfigError, StorageError
+from openfeeder.iot.mqtt import MqttLink, PublishHandle
+from openfeeder.iot.schema import LinkState, Status, encode
+from openfeeder.iot.topics import (
+    ID_PATTERN,
+    MESSAGE_SPECS,
+    BrokerContext,
+    MessageClass,
+    event_filter,
+    measurement_filter,
+    shared,
+    status_topic,
+)
+from openfeeder.services.historian.committed import CommittedPublisher
+from openfeeder.services.historian.directory import (
+    CatalogDirectory,
+    DeviceDirectory,
+    OpenDirectory,
+)
+from openfeeder.services.historian.ingest import Intake, LastBatch, QueueItem, Writer
+from openfeeder.services.historian.records import LayoutRegistry, LossRange, MessageRow
+from openfeeder.services.historian.store import SqlStore, open_store
+
+__all__ = ["RECEIVE_MAXIMUM", "Counters", "HealthReport", "Historian"]
+
+_LOG = logging.getLogger("openfeeder.services.historian")
+
+RECEIVE_MAXIMUM: Final = 65535
+"""MQTT v5 receive maximum of the measurement link: Mosquitto may keep this many messages in flight
+to the historian (its default of 20, plus a 1000-message queue, would overflow in milliseconds)."""
+GRID_OPS_MAX_INFLIGHT: Final = 1000
+_STATUS_SPEC = MESSAGE_SPECS[MessageClass.STATUS]
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    messages_received: int
+    messages_accepted: int
+    messages_stored: int
+    duplicates_ignored: int
+    rejected: dict[str, int]
+    """By reason: the codec's reasons, ``unknown_device`` and ``invalid_loss_range``."""
+    gaps: int
+    """Jumps ahead in a device's seq seen on arrival (``missing`` seqs in total; late ones fill
+    them again: ``reordered``). With several historians in a group each sees only a share."""
+    missing: int
+    reordered: int
+    redelivered: int
+    """Arrivals of a seq already seen by this historian (QoS 1 redelivery, re-sent buffers)."""
+    losses_announced: int
+    losses_recorded: int
+    batches: int
+    storage_errors: int
+    marks_published: int
+    retention_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: str
+    """``ok``; ``degraded`` while a broker link is down or the last write failed."""
+    instance: str
+    backend: str
+    mqtt_connected: dict[str, bool]
+    queue_depth: int
+    queue_capacity: int
+    devices: int
+    """Devices with committed marks in this historian's memory."""
+    counters: Counters
+    last_batch: LastBatch | None = field(default=None)
+
+
+class Historian:
+    """One historian instance (``instance`` names its MQTT sessions: keep it stable)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        instance: str = "1",
+        directory: DeviceDirectory | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.service_id = f"historian-{instance}"
+        if ID_PATTERN.fullmatch(self.service_id) is None:
+            raise ConfigError(f"historian instance {instance!r} must match [A-Za-z0-9_.-]{{1,54}}")
+        self.settings = settings
+        self.instance = instance
+        self._clock_ns = clock_ns
+        config = settings.historian
+        if directory is None:
+            self._owned_directory: CatalogDirectory | None = None
+            if config.require_registered_devices:
+                self._owned_directory = CatalogDirectory(
+                    settings.catalog.url, timeout_s=settings.catalog.request_timeout_s
+                )
+            directory = self._owned_directory or OpenDirectory()
+        else:
+            self._owned_directory = None
+        self.directory = directory
+        self._queue: queue.Queue[QueueItem] = queue.Queue(maxsize=config.queue_max_messages)
+        self.layouts = LayoutRegistry()
+        self.intake = Intake(
+            self._queue,
+            directory=directory,
+            require_registered=config.require_registered_devices,
+            refresh_interval_s=config.device_refresh_interval_s,
+            layouts=self.layouts,
+        )
+        self._links: dict[BrokerContext, MqttLink] = {}
+        self._births: dict[BrokerContext, PublishHandle] = {}
+        self._store: SqlStore | None = None
+        self._writer: Writer | None = None
+        self._publisher: CommittedPublisher | None = None
+        self._direct_lock = threading.Lock()
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store, rebuild the marks, start the threads and connect (in the background)."""
+        config = self.settings.historian
+        store = open_store(self.settings.historian_storage_url())
+        try:
+            book = store.load_marks()
+        except StorageError:
+            store.close()
+            raise
+        self._store = store
+        self._links = {
+            BrokerContext.MONITORING: self._link(BrokerContext.MONITORING, RECEIVE_MAXIMUM),
+            BrokerContext.GRID_OPS: self._link(BrokerContext.GRID_OPS, None),
+        }
+        publisher = CommittedPublisher(
+            self._links[BrokerContext.GRID_OPS],
+            interval_ms=config.committed_interval_ms,
+            clock_ns=self._clock_ns,
+        )
+        publisher.update(book.marks())  # what a crash may have left unpublished
+        writer = Writer(
+            self._queue,
+            store=store,
+            book=book,
+            layouts=self.layouts,
+            batch_max_messages=config.batch_max_messages,
+            batch_max_delay_ms=config.batch_max_delay_ms,
+            retention_days=config.retention_days,
+            on_committed=publisher.update,
+            clock_ns=self._clock_ns,
+        )
+        self._publisher, self._writer = publisher, writer
+        if config.require_registered_devices:
+            self.directory.refresh()
+        writer.start()
+        publisher.start()
+        monitoring, grid_ops = (
+            self._links[BrokerContext.MONITORING],
+            self._links[BrokerContext.GRID_OPS],
+        )
+        monitoring.subscribe(
+            shared(measurement_filter(), config.shared_group), self.intake.on_measurement
+        )
+        grid_ops.subscribe(event_filter(), self.intake.on_event)
+        for link in self._links.values():
+            link.start()
+        self._started = True
+        _LOG.info(
+            "historian %s started backend=%s devices=%d",
+            self.instance,
+            store.backend,
+            len(book),
+            extra={"event": "started", "backend": store.backend, "devices": len(book)},
+        )
+
+    def _link(self, context: BrokerContext, receive_maximum: int | None) -> MqttLink:
+        config = self.settings.historian
+        death = Status(device_id=self.service_id, seq=1, t_ns=0, state=LinkState.OFFLINE)
+        return MqttLink(
+            getattr(self.settings.brokers, context.value),
+            client_id=f"{self.service_id}.{context.value}",
+            will=(status_topic(self.service_id), encode(death)),
+            clean_start=False,  # a persistent session: the broker queues while we restart
+            session_expiry_s=config.session_expiry_s,
+            max_inflight=GRID_OPS_MAX_INFLIGHT,
+            receive_maximum=receive_maximum,
+            on_connection_change=lambda up: self._on_connection(context, up),
+        )
+
+    def _on_connection(self, context: BrokerContext, connected: bool) -> None:
+        if connected:  # birth on every (re)connect; its ack also proves the subscription is in
+            self._births[context] = self._publish_status(context, LinkState.ONLINE)
+
+    def _publish_status(self, context: BrokerContext, state: LinkState) -> PublishHandle:
+        status = Status(
+            device_id=self.service_id,
+            seq=0 if state is LinkState.ONLINE else 1,
+            t_ns=self._clock_ns(),
+            state=state,
+            reason="" if state is LinkState.ONLINE else "stopped",
+        )
+        return self._links[context].publish(
+            status_topic(self.service_id), encode(status), qos=_STATUS_SPEC.qos, retain=True
+        )
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Both links connected and subscribed (their birth acknowledged) within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        for context, link in self._links.items():
+            if not link.wait_connected(max(0.0, deadline - time.monotonic())):
+                return False
+            while context not in self._births:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+            if not self._births[context].wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Stop consuming, commit what was accepted, publish the marks, disconnect cleanly."""
+        if not self._started:
+            self._close_directory()
+            return
+        self._started = False
+        monitoring = self._links[BrokerContext.MONITORING]
+        grid_ops = self._links[BrokerContext.GRID_OPS]
+        self._say_goodbye(BrokerContext.MONITORING)
+        monitoring.stop()  # unacknowledged messages stay in our broker session
+        if self._writer is not None:
+            self._writer.stop()
+        self.intake.direct_sink = self._commit_directly  # late loss events, until grid_ops stops
+        self._commit_leftovers()
+        if self._publisher is not None:
+            self._publisher.stop()
+        self._say_goodbye(BrokerContext.GRID_OPS)
+        grid_ops.stop()
+        self.intake.closed = True
+        self._commit_leftovers()
+        if self._store is not None:
+            self._store.close()
+        self._close_directory()
+        _LOG.info("historian %s stopped", self.instance, extra={"event": "stopped"})
+
+    def _say_goodbye(self, context: BrokerContext) -> None:
+        link = self._links[context]
+        if link.connected and not self._publish_status(context, LinkState.OFFLINE).wait(2.0):
+            _LOG.warning("offline status not acknowledged on %s", context.value)
+
+    def _commit_directly(self, item: QueueItem) -> None:
+        self._commit_items([item])
+
+    def _commit_leftovers(self) -> None:
+        items: list[QueueItem] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if items:
+            self._commit_items(items)
+
+    def _commit_items(self, items: list[QueueItem]) -> None:
+        store, writer = self._store, self._writer
+        if store is None or writer is None:
+            return
+        with self._direct_lock:
+            try:
+                result = store.commit_batch(
+                    [item for item in items if isinstance(item, MessageRow)],
+                    [item for item in items if isinstance(item, LossRange)],
+                    layouts=self.layouts.get,
+                    book=writer.book,
+                    now_ns=self._clock_ns(),
+                )
+            except StorageError as err:
+                _LOG.error("late items not committed: %s", err, extra={"event": "late_failed"})
+                return
+        if self._publisher is not None and result.advanced:
+            self._publisher.update(result.advanced)
+
+    def _close_directory(self) -> None:
+        if self._owned_directory is not None:
+            self._owned_directory.close()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> SqlStore:
+        """The store (for queries); only while started."""
+        if self._store is None:
+            raise StorageError("the historian is not started", url="")
+        return self._store
+
+    @property
+    def mqtt_connected(self) -> dict[str, bool]:
+        return {context.value: link.connected for context, link in self._links.items()}
+
+    def marks(self) -> dict[str, int]:
+        """Committed marks in memory by device (-1: nothing contiguous from seq 0 yet)."""
+        return {} if self._writer is None else self._writer.book.marks()
+
+    def counters(self) -> Counters:
+        intake, writer, publisher = self.intake, self._writer, self._publisher
+        tracker = intake.tracker
+        return Counters(
+            messages_received=intake.received,
+            messages_accepted=intake.accepted,
+            messages_stored=0 if writer is None else writer.stored,
+            duplicates_ignored=0 if writer is None else writer.duplicates,
+            rejected=intake.rejected(),
+            gaps=tracker.gaps_total,
+            missing=tracker.missing_total,
+            reordered=tracker.reordered_total,
+            redelivered=tracker.duplicates_total,
+            losses_announced=intake.losses_announced,
+            losses_recorded=0 if writer is None else writer.losses_recorded,
+            batches=0 if writer is None else writer.batches,
+            storage_errors=0 if writer is None else writer.storage_errors,
+            marks_published=0 if publisher is None else publisher.published,
+            retention_deleted=0 if writer is None else writer.retention_deleted,
+        )
+
+    def health(self) -> HealthReport:
+        connected = self.mqtt_connected
+        writer = self._writer
+        healthy = (
+            self._started
+            and all(connected.values())
+            and writer is not None
+            and writer.alive
+            and not writer.failing
+        )
+        return HealthReport(
+            status="ok" if healthy else "degraded",
+            instance=self.instance,
+            backend=self._store.backend if self._store is not None else "none",
+            mqtt_connected=connected,
+            queue_depth=self._queue.qsize(),
+            queue_capacity=self._queue.maxsize,
+            devices=0 if writer is None else len(writer.book),
+            counters=self.counters(),
+            last_batch=None if writer is None else writer.last_batch,
+        )
