@@ -20,8 +20,6 @@ from openfeeder.cli.render import console
 from openfeeder.config import CatalogSettings, load_settings
 from openfeeder.iot.catalog_client import CatalogClient, DeviceInfo, DeviceStatus, TopologyInfo
 from openfeeder.iot.schema import SwitchPosition
-from openfeeder.services.catalog import serve_catalog
-from openfeeder.services.runtime import configure_logging, run_service
 
 __all__ = ["catalog_group"]
 
@@ -66,6 +64,10 @@ def catalog_group() -> None:
 )
 def serve_command(config_file: Path | None, host: str | None, port: int | None) -> None:
     """Run the catalog until SIGINT or SIGTERM (exit code 0 after a clean stop)."""
+    # the server stack (FastAPI, uvicorn) is imported only to serve, not for the client commands
+    from openfeeder.services.catalog import serve_catalog
+    from openfeeder.services.runtime import configure_logging, run_service
+
     settings = load_settings(config_file)
     updates: dict[str, Any] = {}
     if host is not None:

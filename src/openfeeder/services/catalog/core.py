@@ -284,7 +284,12 @@ class Catalog:
     # -- self-configuration and auto-update ----------------------------------------------------
 
     async def boot(self, request: BootRequest) -> tuple[int, bytes]:
-        """Register or refresh a booting device; (config_version, settings JSON)."""
+        """Register or refresh a booting device; (config_version, settings JSON).
+
+        A new device is registered as it describes itself. For a known one the registry wins:
+        the boot updates firmware and capabilities, and the location only when none was
+        provisioned; type, location, rates and algorithms set by an operator stay as they are.
+        """
         device_id = request.device_id
         now_ns = self._clock_ns()
         async with self._registry.shared(), self._keys.hold(device_id):

@@ -63,6 +63,7 @@ async def serve_catalog(
         try:
             await catalog.start(public_url=public_url)
         except BaseException:
+            await catalog.close()
             await _close_unused(server)
             raise
         try:

@@ -102,6 +102,9 @@ def test_polling_answers_304_or_the_new_settings_and_refreshes_last_seen(
         )
         assert unchanged.status_code == 304
         assert unchanged.content == b""
+        for tag in (f'W/"{booted.config_version}"', '"0", *'):
+            weak = http.get(f"/v1/devices/{device}/settings", headers={"If-None-Match": tag})
+            assert weak.status_code == 304
         assert client.poll(device, booted.config_version) is None
         seen_after_poll = client.device(device).last_seen_ns
         assert seen_after_poll is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 from catalog_helpers import catalog_settings, running_catalog, unique
 
 from conftest import free_port
+from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import (
     AlgorithmChecksumError,
     CatalogClient,
@@ -19,6 +21,7 @@ from openfeeder.iot.catalog_client import (
     parse_etag,
 )
 from openfeeder.iot.device_settings import AlgorithmRef, BootRequest
+from openfeeder.services.catalog import CatalogThread
 
 
 def test_an_unreachable_catalog_is_an_error_naming_the_url() -> None:
@@ -75,3 +78,11 @@ def test_the_catalog_serves_without_a_broker_and_the_client_maps_its_errors(
         with pytest.raises(AlgorithmChecksumError, match="expected 0000") as mismatch:
             client.download_algorithm(forged)
         assert mismatch.value.url == info.url
+
+
+def test_a_catalog_that_cannot_start_says_why_and_leaves_nothing_running(tmp_path: Path) -> None:
+    before = threading.active_count()
+    catalog = CatalogThread(catalog_settings(tmp_path, case="no-such-case"))
+    with pytest.raises(ConfigError, match=r"catalog\.case: no built-in case 'no-such-case'"):
+        catalog.start()
+    assert threading.active_count() == before
