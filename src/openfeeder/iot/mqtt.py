@@ -82,15 +82,7 @@ class MqttLink:
         max_inflight: int = 100,
         on_published: PublishCallback | None = None,
         on_connection_change: Callable[[bool], None] | None = None,
-        receive_maximum: int | None = None,
     ) -> None:
-        """``receive_maximum`` (MQTT v5, 1..65535) is how many QoS 1/2 messages the broker may have
-        in flight to this client before it must queue them; None leaves the broker's default
-        (Mosquitto: ``max_inflight_messages``, 20). A subscriber of bulk data raises it so that
-        the broker does not overflow its small per-client queue while the client is busy."""
-        if receive_maximum is not None and not 1 <= receive_maximum <= 65535:
-            raise ValueError(f"receive_maximum must be in 1..65535, got {receive_maximum}")
-        self._receive_maximum = receive_maximum
         self._settings = settings
         self.client_id = client_id
         self._clean_start = clean_start
@@ -135,8 +127,6 @@ class MqttLink:
         """Connect in the background; returns at once (see :meth:`wait_connected`)."""
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self._session_expiry_s
-        if self._receive_maximum is not None:
-            properties.ReceiveMaximum = self._receive_maximum
         try:
             self._client.connect_async(
                 self._settings.host,
