@@ -24,11 +24,13 @@ from openfeeder.iot.topics import (
     MESSAGE_SPECS,
     BrokerContext,
     MessageClass,
+    Topic,
     event_filter,
     measurement_filter,
     shared,
     status_topic,
 )
+from openfeeder.services.historian.bulk_link import BulkSubscriber
 from openfeeder.services.historian.committed import CommittedPublisher
 from openfeeder.services.historian.directory import (
     CatalogDirectory,
@@ -45,7 +47,7 @@ _LOG = logging.getLogger("openfeeder.services.historian")
 
 RECEIVE_MAXIMUM: Final = 65535
 """MQTT v5 receive maximum of the measurement link: Mosquitto may keep this many messages in flight
-to the historian (its default of 20, plus a 1000-message queue, would overflow in milliseconds)."""
+to the historian (without it, 20 plus a 1000-message queue, which overflow in milliseconds)."""
 GRID_OPS_MAX_INFLIGHT: Final = 1000
 _STATUS_SPEC = MESSAGE_SPECS[MessageClass.STATUS]
 
@@ -125,8 +127,9 @@ class Historian:
             refresh_interval_s=config.device_refresh_interval_s,
             layouts=self.layouts,
         )
-        self._links: dict[BrokerContext, MqttLink] = {}
-        self._births: dict[BrokerContext, PublishHandle] = {}
+        self._intake_link: BulkSubscriber | None = None
+        self._grid_ops: MqttLink | None = None
+        self._birth: PublishHandle | None = None
         self._store: SqlStore | None = None
         self._writer: Writer | None = None
         self._publisher: CommittedPublisher | None = None
@@ -145,14 +148,29 @@ class Historian:
             store.close()
             raise
         self._store = store
-        self._links = {
-            BrokerContext.MONITORING: self._link(BrokerContext.MONITORING, RECEIVE_MAXIMUM),
-            BrokerContext.GRID_OPS: self._link(BrokerContext.GRID_OPS, None),
-        }
+        # Measurements: the lean intake link (see bulk_link for why not paho here).
+        monitoring = BulkSubscriber(
+            self.settings.brokers.monitoring,
+            client_id=f"{self.service_id}.monitoring",
+            topic_filter=shared(measurement_filter(), config.shared_group),
+            handler=self.intake.on_measurement,
+            session_expiry_s=config.session_expiry_s,
+            receive_maximum=RECEIVE_MAXIMUM,
+            will=self._death(),
+            on_connect=self._on_intake_connected,
+        )
+        grid_ops = MqttLink(
+            self.settings.brokers.grid_ops,
+            client_id=f"{self.service_id}.grid_ops",
+            will=self._death(),
+            clean_start=False,  # a persistent session: the broker queues events while we restart
+            session_expiry_s=config.session_expiry_s,
+            max_inflight=GRID_OPS_MAX_INFLIGHT,
+            on_connection_change=self._on_grid_ops_connection,
+        )
+        self._intake_link, self._grid_ops = monitoring, grid_ops
         publisher = CommittedPublisher(
-            self._links[BrokerContext.GRID_OPS],
-            interval_ms=config.committed_interval_ms,
-            clock_ns=self._clock_ns,
+            grid_ops, interval_ms=config.committed_interval_ms, clock_ns=self._clock_ns
         )
         publisher.update(book.marks())  # what a crash may have left unpublished
         writer = Writer(
@@ -171,16 +189,9 @@ class Historian:
             self.directory.refresh()
         writer.start()
         publisher.start()
-        monitoring, grid_ops = (
-            self._links[BrokerContext.MONITORING],
-            self._links[BrokerContext.GRID_OPS],
-        )
-        monitoring.subscribe(
-            shared(measurement_filter(), config.shared_group), self.intake.on_measurement
-        )
         grid_ops.subscribe(event_filter(), self.intake.on_event)
-        for link in self._links.values():
-            link.start()
+        grid_ops.start()
+        monitoring.start()
         self._started = True
         _LOG.info(
             "historian %s started backend=%s devices=%d",
@@ -190,25 +201,11 @@ class Historian:
             extra={"event": "started", "backend": store.backend, "devices": len(book)},
         )
 
-    def _link(self, context: BrokerContext, receive_maximum: int | None) -> MqttLink:
-        config = self.settings.historian
+    def _death(self) -> tuple[Topic, bytes]:
         death = Status(device_id=self.service_id, seq=1, t_ns=0, state=LinkState.OFFLINE)
-        return MqttLink(
-            getattr(self.settings.brokers, context.value),
-            client_id=f"{self.service_id}.{context.value}",
-            will=(status_topic(self.service_id), encode(death)),
-            clean_start=False,  # a persistent session: the broker queues while we restart
-            session_expiry_s=config.session_expiry_s,
-            max_inflight=GRID_OPS_MAX_INFLIGHT,
-            receive_maximum=receive_maximum,
-            on_connection_change=lambda up: self._on_connection(context, up),
-        )
+        return status_topic(self.service_id), encode(death)
 
-    def _on_connection(self, context: BrokerContext, connected: bool) -> None:
-        if connected:  # birth on every (re)connect; its ack also proves the subscription is in
-            self._births[context] = self._publish_status(context, LinkState.ONLINE)
-
-    def _publish_status(self, context: BrokerContext, state: LinkState) -> PublishHandle:
+    def _status(self, state: LinkState) -> bytes:
         status = Status(
             device_id=self.service_id,
             seq=0 if state is LinkState.ONLINE else 1,
@@ -216,23 +213,39 @@ class Historian:
             state=state,
             reason="" if state is LinkState.ONLINE else "stopped",
         )
-        return self._links[context].publish(
-            status_topic(self.service_id), encode(status), qos=_STATUS_SPEC.qos, retain=True
-        )
+        return encode(status)
+
+    def _on_intake_connected(self) -> None:  # a birth on every (re)connect of each link
+        if self._intake_link is not None:
+            self._intake_link.publish(
+                status_topic(self.service_id), self._status(LinkState.ONLINE), retain=True
+            )
+
+    def _on_grid_ops_connection(self, connected: bool) -> None:
+        if not connected:
+            self._birth = None
+        elif self._grid_ops is not None:  # the birth's ack proves the subscription is in
+            self._birth = self._grid_ops.publish(
+                status_topic(self.service_id),
+                self._status(LinkState.ONLINE),
+                qos=_STATUS_SPEC.qos,
+                retain=True,
+            )
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Both links connected and subscribed (their birth acknowledged) within ``timeout_s``."""
+        """Both links connected and subscribed within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        for context, link in self._links.items():
-            if not link.wait_connected(max(0.0, deadline - time.monotonic())):
+        if self._intake_link is None or self._grid_ops is None:
+            return False
+        if not self._intake_link.wait_subscribed(timeout_s):
+            return False
+        if not self._grid_ops.wait_connected(max(0.0, deadline - time.monotonic())):
+            return False
+        while self._birth is None:
+            if time.monotonic() >= deadline:
                 return False
-            while context not in self._births:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-            if not self._births[context].wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
+            time.sleep(0.01)
+        return self._birth.wait(max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         """Stop consuming, commit what was accepted, publish the marks, disconnect cleanly."""
@@ -240,29 +253,36 @@ class Historian:
             self._close_directory()
             return
         self._started = False
-        monitoring = self._links[BrokerContext.MONITORING]
-        grid_ops = self._links[BrokerContext.GRID_OPS]
-        self._say_goodbye(BrokerContext.MONITORING)
-        monitoring.stop()  # unacknowledged messages stay in our broker session
+        monitoring, grid_ops = self._intake_link, self._grid_ops
+        if monitoring is not None:
+            if monitoring.connected:
+                status = self._status(LinkState.OFFLINE)
+                if not monitoring.publish(self._death()[0], status, retain=True).wait(2.0):
+                    _LOG.warning("offline status not acknowledged on the monitoring broker")
+            monitoring.stop()  # unacknowledged messages stay in our broker session
         if self._writer is not None:
             self._writer.stop()
         self.intake.direct_sink = self._commit_directly  # late loss events, until grid_ops stops
         self._commit_leftovers()
         if self._publisher is not None:
             self._publisher.stop()
-        self._say_goodbye(BrokerContext.GRID_OPS)
-        grid_ops.stop()
+        if grid_ops is not None:
+            if grid_ops.connected:
+                handle = grid_ops.publish(
+                    self._death()[0],
+                    self._status(LinkState.OFFLINE),
+                    qos=_STATUS_SPEC.qos,
+                    retain=True,
+                )
+                if not handle.wait(2.0):
+                    _LOG.warning("offline status not acknowledged on the grid_ops broker")
+            grid_ops.stop()
         self.intake.closed = True
         self._commit_leftovers()
         if self._store is not None:
             self._store.close()
         self._close_directory()
         _LOG.info("historian %s stopped", self.instance, extra={"event": "stopped"})
-
-    def _say_goodbye(self, context: BrokerContext) -> None:
-        link = self._links[context]
-        if link.connected and not self._publish_status(context, LinkState.OFFLINE).wait(2.0):
-            _LOG.warning("offline status not acknowledged on %s", context.value)
 
     def _commit_directly(self, item: QueueItem) -> None:
         self._commit_items([item])
@@ -311,7 +331,12 @@ class Historian:
 
     @property
     def mqtt_connected(self) -> dict[str, bool]:
-        return {context.value: link.connected for context, link in self._links.items()}
+        """Whether each broker link is up (the monitoring one: connected and subscribed)."""
+        intake, grid_ops = self._intake_link, self._grid_ops
+        return {
+            BrokerContext.MONITORING.value: intake is not None and intake.connected,
+            BrokerContext.GRID_OPS.value: grid_ops is not None and grid_ops.connected,
+        }
 
     def marks(self) -> dict[str, int]:
         """Committed marks in memory by device (-1: nothing contiguous from seq 0 yet)."""

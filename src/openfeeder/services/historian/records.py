@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from openfeeder.iot.schema import Measurement, Quality
+from openfeeder.iot.schema import Measurement, Quality, Unit
 
 __all__ = [
     "QUALITY_CODES",
@@ -87,20 +87,21 @@ class LayoutRegistry:
     """Layouts seen so far, by channel/unit pairs and by id; safe to share between threads."""
 
     def __init__(self) -> None:
-        self._by_pairs: dict[tuple[tuple[str, str], ...], Layout] = {}
+        self._by_pairs: dict[tuple[tuple[str, Unit], ...], Layout] = {}
         self._by_id: dict[int, Layout] = {}
         self._lock = threading.Lock()
 
     def row_of(self, message: Measurement) -> MessageRow:
-        """The stored form of a decoded measurement."""
+        """The stored form of a decoded measurement (on the hot path: kept lean)."""
         readings = message.values
-        pairs = tuple((r.channel, r.unit.value) for r in readings)
+        pairs = tuple([(r.channel, r.unit) for r in readings])
         layout = self._by_pairs.get(pairs)
         if layout is None:
             layout = self._register(pairs)
+        qualities = [r.quality for r in readings]
         quality: str | None = None
-        if any(r.quality is not Quality.GOOD for r in readings):
-            quality = "".join(QUALITY_CODES[r.quality] for r in readings)
+        if qualities.count(Quality.GOOD) != len(qualities):
+            quality = "".join([QUALITY_CODES[q] for q in qualities])
         return MessageRow(
             message.device_id,
             message.seq,
@@ -110,8 +111,8 @@ class LayoutRegistry:
             quality,
         )
 
-    def _register(self, pairs: tuple[tuple[str, str], ...]) -> Layout:
-        layout = Layout.of(pairs)
+    def _register(self, pairs: tuple[tuple[str, Unit], ...]) -> Layout:
+        layout = Layout.of(tuple((channel, unit.value) for channel, unit in pairs))
         with self._lock:
             self._by_pairs[pairs] = layout
             self._by_id[layout.layout_id] = layout
