@@ -246,7 +246,7 @@ def _worker(
     from openfeeder.services.runtime import configure_logging
 
     settings = Settings.model_validate_json(settings_json)
-    configure_logging(settings.logging, service="meters")
+    configure_logging(settings.logging, service="agent")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with CatalogClient(
         settings.catalog.url, timeout_s=settings.catalog.request_timeout_s

@@ -390,8 +390,16 @@ class MeterAgent:
                 continue
             if self._stopping.is_set():
                 return
-            if pending is not None:
+            if pending is None:
+                continue
+            try:
                 self._apply(pending)
+            except Exception:  # a configuration that cannot be applied must not end the polling
+                _LOG.exception(
+                    "%s: config version %d not applied",
+                    self.device_id,
+                    pending.settings.config_version,
+                )
 
     def _poll(self, current: DeviceSettings) -> bool:
         try:

@@ -114,9 +114,10 @@ class LoopbackCatalog:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        """Stop serving (idempotent)."""
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+            self._thread.join(10)
 
     def add_package(self, data: bytes, name: str, version: str, **parameters: Any) -> AlgorithmRef:
         self.packages[(name, version)] = data

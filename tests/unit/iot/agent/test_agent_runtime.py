@@ -409,3 +409,21 @@ def test_a_second_agent_with_the_same_id_and_state_fails_visibly(
     assert not second.wait_running(0)
     assert first.stats().state is AgentState.RUNNING
     assert first.stats().produced > 0
+
+
+def test_an_agent_starts_on_cached_settings_while_the_catalog_is_down(
+    catalog: LoopbackCatalog, agents: AgentFactory, mqtt_url: str
+) -> None:
+    device = new_device_id()
+    first = agents(catalog, device)
+    first.start()
+    assert first.wait_running(10)
+    first.stop()
+    catalog.stop()  # the catalog is gone; the meter remembers its last settings
+    with Collector(mqtt_url, str(measurement_filter(device))) as seen:
+        again = agents(catalog, device)
+        again.start()
+        assert again.wait_running(10)
+        assert again.stats().config_version == 1
+        seqs = _measurements(seen, 5)
+        assert seqs == list(range(seqs[0], seqs[0] + 5))
