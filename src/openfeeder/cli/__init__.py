@@ -17,6 +17,7 @@ from openfeeder.cli.case_cmd import case_group, cases_command
 from openfeeder.cli.catalog_cmd import catalog_group
 from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
+from openfeeder.cli.historian_cmd import historian_group
 from openfeeder.errors import OpenFeederError
 
 __all__ = ["cli", "main"]
@@ -36,6 +37,7 @@ cli.add_command(demo_command)
 cli.add_command(config_group)
 cli.add_command(broker_command)
 cli.add_command(catalog_group)
+cli.add_command(historian_group)
 cli.add_command(agent_command)
 cli.add_command(meters_command)
 cli.add_command(algorithm_group)
