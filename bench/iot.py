@@ -374,7 +374,7 @@ def _historian_counts(port: int) -> dict[str, int]:
     response.raise_for_status()
     body = response.json()
     items = body["devices"] if isinstance(body, dict) else body
-    return {item["device_id"]: int(item["messages"]) for item in items}
+    return {item["device_id"]: int(item["message_count"]) for item in items}
 
 
 def bench_ingest(
