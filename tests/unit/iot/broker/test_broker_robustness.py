@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -13,14 +14,17 @@ from openfeeder.iot.broker.codec import (
     Connack,
     Connect,
     Disconnect,
+    PubAck,
+    Publish,
     Suback,
     Subscribe,
     SubscriptionRequest,
+    Unsubscribe,
     Will,
     encode,
 )
-from openfeeder.iot.broker.codes import ReasonCode
-from openfeeder.iot.broker.properties import encode_varint
+from openfeeder.iot.broker.codes import PacketType, ReasonCode
+from openfeeder.iot.broker.properties import PropertyId, encode_varint
 
 MAX_PACKET = 4096
 
@@ -198,3 +202,35 @@ def test_many_bad_clients_do_not_disturb_a_good_one(broker: BrokerThread, peers:
     peers.connected().publish(f"{root}/after", b"still here")
     assert good.expect()[0].payload == b"still here"
     assert broker.stats()["protocol_errors"] == 20
+
+
+def test_mutated_packets_never_cause_an_internal_error(
+    broker: BrokerThread, peers: PeerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="openfeeder.iot.broker")
+    rng = random.Random(2024)
+    root = unique()
+    seeds = [
+        encode(Publish(f"{root}/a", b"xx", 1, packet_id=3, message_expiry_s=5)),
+        encode(Subscribe(1, [SubscriptionRequest(f"{root}/#", 2, True, True, 1)])),
+        encode(Unsubscribe(2, [f"{root}/a", "b"])),
+        encode(PubAck(PacketType.PUBREL, 4)),
+        encode(Disconnect(4, {PropertyId.SESSION_EXPIRY_INTERVAL: 1})),
+    ]
+    good = peers.connected()
+    good.subscribe(f"{root}/alive")
+    for index in range(60):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randrange(len(data))
+            data[position] = rng.randrange(256)
+        raw = RawPeer(broker.port)
+        try:
+            raw.send(Connect(unique(f"fuzz{index}"), 5, will=Will(f"{root}/will", b"w")))
+            raw.send(bytes(data))
+        finally:
+            raw.close()
+    wait_until(lambda: broker.stats()["connections_current"] == 1, "the fuzzed connections to go")
+    peers.connected().publish(f"{root}/alive", b"yes")
+    assert good.expect()[0].payload == b"yes"
+    assert not [r for r in caplog.records if getattr(r, "event", "") == "mqtt_internal_error"]
