@@ -256,35 +256,34 @@ BAD_REQUESTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "bad", BAD_REQUESTS, ids=lambda bad: f"{bad.method} {bad.path} {bad.field}"
-)
 def test_bad_input_is_a_problem_naming_the_field_and_stores_nothing(
-    tmp_path: Path, mqtt_url: str, bad: BadRequest
+    tmp_path: Path, mqtt_url: str, subtests: pytest.Subtests
 ) -> None:
-    new = unique("dev")
-    path = bad.path.replace(NEW, new)
-    body = bad.body
-    if body is not None and body.get("device_id") == NEW:
-        body = {**body, "device_id": new}
     with (
         running_catalog(catalog_settings(tmp_path, mqtt_url=mqtt_url)) as catalog,
         httpx.Client(base_url=catalog.url) as http,
     ):
         before_topology = http.get("/v1/topology").json()
-        if bad.method == "GET":
-            response = http.get(path, params=body)
-        else:
-            response = http.request(bad.method, path, json=body)
-        assert response.status_code == bad.status
-        assert response.headers["content-type"] == PROBLEM
-        problem = response.json()
-        assert problem["status"] == bad.status
-        assert problem["field"] == bad.field
-        assert problem["type"].startswith("urn:openfeeder:problem:")
-        assert problem["title"]
-        assert problem["detail"]
-        # nothing was stored
+        for bad in BAD_REQUESTS:
+            with subtests.test(msg=f"{bad.method} {bad.path} {bad.field}"):
+                new = unique("dev")
+                path = bad.path.replace(NEW, new)
+                body = bad.body
+                if body is not None and body.get("device_id") == NEW:
+                    body = {**body, "device_id": new}
+                if bad.method == "GET":
+                    response = http.get(path, params=body)
+                else:
+                    response = http.request(bad.method, path, json=body)
+                assert response.status_code == bad.status
+                assert response.headers["content-type"] == PROBLEM
+                problem = response.json()
+                assert problem["status"] == bad.status
+                assert problem["field"] == bad.field
+                assert problem["type"].startswith("urn:openfeeder:problem:")
+                assert problem["title"]
+                assert problem["detail"]
+        # nothing of any of them was stored
         assert http.get("/v1/devices").json()["total"] == 0
         assert http.get("/v1/services").json() == []
         assert http.get("/v1/algorithms").json() == []
