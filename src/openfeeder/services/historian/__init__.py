@@ -8,7 +8,9 @@ What it does, end to end
    ``historian-{instance}.monitoring``): while a historian restarts the broker keeps queueing for
    it, within the broker's limits (Mosquitto: ``max_queued_messages``, 1000 by default; raise it).
    The link asks for a receive maximum of 65535 so that Mosquitto may keep that many messages in
-   flight to it instead of its default 20. Each payload is decoded strictly; malformed JSON, an
+   flight to it instead of its default 20. Both broker links are a lean MQTT v5 client on the
+   project's codec (:mod:`.lean_link`), not paho, whose per-message cost alone would take half a
+   core at the target rate. Each payload is decoded strictly; malformed JSON, an
    unknown schema version, an oversize payload, invalid fields, a topic outside the scheme and a
    device the catalog does not list (``require_registered_devices``; the list is re-read at most
    every ``device_refresh_interval_s`` when an unknown id shows up; when the catalog is unreachable
@@ -27,8 +29,10 @@ What it does, end to end
    batch the historian publishes a retained ``Committed(device_id, seq, t_ns, high_water_seq)`` on
    the **grid_ops** broker for each device whose mark advanced, at most every
    ``committed_interval_ms`` per device, the latest mark always following (:mod:`.committed`).
-   A mark may be published late or twice but never ahead of what is committed; a device should
-   treat marks as monotonic (several historians publish for one device).
+   A device that re-sends what its mark already covers is reminded of the mark, and every mark
+   is published again after a reconnect. A mark may be published late or twice but never ahead
+   of what is committed; a device should treat marks as monotonic (several historians publish
+   for one device).
 4. **Losses.** A meter whose bounded buffer overflowed announces the readings it dropped for good
    with an ``Event`` of kind ``data_dropped`` on grid_ops, values ``first_seq`` and ``last_seq``
    (unit ``1``). The historian subscribes to events (persistent session too), records the range in

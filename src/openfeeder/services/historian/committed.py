@@ -3,8 +3,11 @@
 After each committed batch the writer hands over the devices whose mark advanced. A device's mark
 is published at most every ``committed_interval_ms``; a mark that advanced within the interval is
 published when the interval ends (the latest one, never a stale one), so the last mark of a stream
-always goes out. Publication runs on its own thread so that the writer never waits for MQTT.
-``seq`` is this historian's own counter per device (from 0 at each start).
+always goes out. A device that sends again what its mark already covers has evidently missed the
+mark: it is *reminded* (its mark published again, same throttle). After every (re)connect all marks
+are published again, since publishes in flight when a connection dropped are not re-sent. Marks due
+together go out in one write; publication runs on its own thread so that the writer never waits
+for MQTT. ``seq`` is this historian's own counter per device (from 0 at each start).
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from openfeeder.errors import MessagingError
-from openfeeder.iot.mqtt import MqttLink, PublishHandle
 from openfeeder.iot.schema import Committed, encode
-from openfeeder.iot.topics import MESSAGE_SPECS, MessageClass, committed_topic
+from openfeeder.iot.topics import committed_topic
+from openfeeder.services.historian.lean_link import LeanLink, OutgoingMessage, PublishAck
+from openfeeder.services.historian.records import BatchResult
 
 __all__ = ["CommittedPublisher"]
 
 _LOG = logging.getLogger("openfeeder.services.historian")
 _TICK_S: Final = 0.02
-_SPEC = MESSAGE_SPECS[MessageClass.COMMITTED]
 
 
 class CommittedPublisher:
@@ -33,7 +36,7 @@ class CommittedPublisher:
 
     def __init__(
         self,
-        link: MqttLink,
+        link: LeanLink,
         *,
         interval_ms: int,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -45,9 +48,9 @@ class CommittedPublisher:
         self._pending: dict[str, int] = {}  # device -> mark waiting to be published
         self._due: list[tuple[float, str]] = []  # (monotonic time, device) heap of pending ones
         self._last_sent_s: dict[str, float] = {}
-        self._published: dict[str, int] = {}  # device -> last mark published
+        self._published: dict[str, int] = {}  # device -> last mark published (or being)
         self._seq: dict[str, int] = {}
-        self._last_handle: PublishHandle | None = None
+        self._last_ack: PublishAck | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="historian-marks", daemon=True)
@@ -57,12 +60,21 @@ class CommittedPublisher:
     def start(self) -> None:
         self._thread.start()
 
-    def update(self, marks: Mapping[str, int]) -> None:
-        """New marks (from the writer's thread); negative ones (nothing committed) are skipped."""
+    def on_batch(self, result: BatchResult) -> None:
+        """From the writer's thread after a commit."""
+        self.update(result.advanced)
+        self.update(result.resent, remind=True)
+
+    def update(self, marks: Mapping[str, int], *, remind: bool = False) -> None:
+        """Schedule these marks; negative ones (nothing committed) are skipped.
+
+        Without ``remind`` a mark is published only if it is above the last one published.
+        """
         now = time.monotonic()
         with self._lock:
             for device_id, mark in marks.items():
-                if mark < 0 or mark <= self._published.get(device_id, -1):
+                published = self._published.get(device_id, -1)
+                if mark < 0 or mark < published or (mark == published and not remind):
                     continue
                 if device_id not in self._pending:
                     last = self._last_sent_s.get(device_id)
@@ -70,6 +82,18 @@ class CommittedPublisher:
                     heapq.heappush(self._due, (due, device_id))
                 self._pending[device_id] = max(mark, self._pending.get(device_id, -1))
         self._wake.set()
+
+    def seed(self, marks: Mapping[str, int]) -> None:
+        """Marks already committed (at start): published at the next :meth:`republish_all`."""
+        with self._lock:
+            self._published.update({d: m for d, m in marks.items() if m >= 0})
+
+    def republish_all(self) -> None:
+        """Publish every mark again at once (after a reconnect)."""
+        with self._lock:
+            marks = dict(self._published)
+            self._last_sent_s.clear()
+        self.update(marks, remind=True)
 
     def published_mark(self, device_id: str) -> int | None:
         return self._published.get(device_id)
@@ -80,8 +104,8 @@ class CommittedPublisher:
         self._wake.set()
         self._thread.join(timeout_s)
         self._publish_due(flush=True)
-        handle = self._last_handle
-        if handle is not None and not handle.wait(timeout_s):
+        ack = self._last_ack
+        if ack is not None and not ack.wait(timeout_s):
             _LOG.warning("last committed marks not acknowledged by the broker before stopping")
 
     def _run(self) -> None:
@@ -101,21 +125,24 @@ class CommittedPublisher:
                     batch.append((device_id, mark))
                     self._last_sent_s[device_id] = now
                     self._published[device_id] = mark
-        for device_id, mark in batch:
-            self._publish(device_id, mark)
-
-    def _publish(self, device_id: str, mark: int) -> None:
-        seq = self._seq.get(device_id, 0)
-        self._seq[device_id] = seq + 1
-        payload = Committed(
-            device_id=device_id, seq=seq, t_ns=self._clock_ns(), high_water_seq=mark
-        )
-        try:
-            self._last_handle = self._link.publish(
-                committed_topic(device_id), encode(payload), qos=_SPEC.qos, retain=_SPEC.retain
-            )
-        except MessagingError as err:
-            self.errors += 1
-            _LOG.warning("committed mark not published: %s", err, extra={"device_id": device_id})
+        if not batch:
             return
-        self.published += 1
+        t_ns = self._clock_ns()
+        messages: list[OutgoingMessage] = []
+        for device_id, mark in batch:
+            seq = self._seq.get(device_id, 0)
+            self._seq[device_id] = seq + 1
+            payload = Committed(device_id=device_id, seq=seq, t_ns=t_ns, high_water_seq=mark)
+            messages.append((committed_topic(device_id), encode(payload), True))
+        try:
+            self._last_ack = self._link.publish_many(messages)
+        except MessagingError as err:  # not connected: all marks go out again on connect
+            self.errors += 1
+            _LOG.warning(
+                "%d committed marks not published: %s",
+                len(messages),
+                err,
+                extra={"size": len(messages)},
+            )
+            return
+        self.published += len(messages)

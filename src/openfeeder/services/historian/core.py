@@ -16,21 +16,17 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from openfeeder.config import Settings
-from openfeeder.errors import ConfigError, StorageError
-from openfeeder.iot.mqtt import MqttLink, PublishHandle
+from openfeeder.errors import ConfigError, MessagingError, StorageError
 from openfeeder.iot.schema import LinkState, Status, encode
 from openfeeder.iot.topics import (
     ID_PATTERN,
-    MESSAGE_SPECS,
     BrokerContext,
-    MessageClass,
     Topic,
     event_filter,
     measurement_filter,
     shared,
     status_topic,
 )
-from openfeeder.services.historian.bulk_link import BulkSubscriber
 from openfeeder.services.historian.committed import CommittedPublisher
 from openfeeder.services.historian.directory import (
     CatalogDirectory,
@@ -38,6 +34,7 @@ from openfeeder.services.historian.directory import (
     OpenDirectory,
 )
 from openfeeder.services.historian.ingest import Intake, LastBatch, QueueItem, Writer
+from openfeeder.services.historian.lean_link import LeanLink
 from openfeeder.services.historian.records import LayoutRegistry, LossRange, MessageRow
 from openfeeder.services.historian.store import SqlStore, open_store
 
@@ -48,8 +45,7 @@ _LOG = logging.getLogger("openfeeder.services.historian")
 RECEIVE_MAXIMUM: Final = 65535
 """MQTT v5 receive maximum of the measurement link: Mosquitto may keep this many messages in flight
 to the historian (without it, 20 plus a 1000-message queue, which overflow in milliseconds)."""
-GRID_OPS_MAX_INFLIGHT: Final = 1000
-_STATUS_SPEC = MESSAGE_SPECS[MessageClass.STATUS]
+GRID_OPS_RECEIVE_MAXIMUM: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +123,8 @@ class Historian:
             refresh_interval_s=config.device_refresh_interval_s,
             layouts=self.layouts,
         )
-        self._intake_link: BulkSubscriber | None = None
-        self._grid_ops: MqttLink | None = None
-        self._birth: PublishHandle | None = None
+        self._intake_link: LeanLink | None = None
+        self._grid_ops: LeanLink | None = None
         self._store: SqlStore | None = None
         self._writer: Writer | None = None
         self._publisher: CommittedPublisher | None = None
@@ -148,8 +143,8 @@ class Historian:
             store.close()
             raise
         self._store = store
-        # Measurements: the lean intake link (see bulk_link for why not paho here).
-        monitoring = BulkSubscriber(
+        # Lean links rather than paho: see lean_link for the measured reason.
+        monitoring = LeanLink(
             self.settings.brokers.monitoring,
             client_id=f"{self.service_id}.monitoring",
             topic_filter=shared(measurement_filter(), config.shared_group),
@@ -157,22 +152,23 @@ class Historian:
             session_expiry_s=config.session_expiry_s,
             receive_maximum=RECEIVE_MAXIMUM,
             will=self._death(),
-            on_connect=self._on_intake_connected,
+            on_connect=lambda: self._on_connected(BrokerContext.MONITORING),
         )
-        grid_ops = MqttLink(
+        grid_ops = LeanLink(
             self.settings.brokers.grid_ops,
             client_id=f"{self.service_id}.grid_ops",
-            will=self._death(),
-            clean_start=False,  # a persistent session: the broker queues events while we restart
+            topic_filter=event_filter(),  # data_dropped announcements (not shared: all of us)
+            handler=self.intake.on_event,
             session_expiry_s=config.session_expiry_s,
-            max_inflight=GRID_OPS_MAX_INFLIGHT,
-            on_connection_change=self._on_grid_ops_connection,
+            receive_maximum=GRID_OPS_RECEIVE_MAXIMUM,
+            will=self._death(),
+            on_connect=lambda: self._on_connected(BrokerContext.GRID_OPS),
         )
         self._intake_link, self._grid_ops = monitoring, grid_ops
         publisher = CommittedPublisher(
             grid_ops, interval_ms=config.committed_interval_ms, clock_ns=self._clock_ns
         )
-        publisher.update(book.marks())  # what a crash may have left unpublished
+        publisher.seed(book.marks())  # published on connect: a crash may have left them unsent
         writer = Writer(
             self._queue,
             store=store,
@@ -181,7 +177,7 @@ class Historian:
             batch_max_messages=config.batch_max_messages,
             batch_max_delay_ms=config.batch_max_delay_ms,
             retention_days=config.retention_days,
-            on_committed=publisher.update,
+            on_committed=publisher.on_batch,
             clock_ns=self._clock_ns,
         )
         self._publisher, self._writer = publisher, writer
@@ -189,7 +185,6 @@ class Historian:
             self.directory.refresh()
         writer.start()
         publisher.start()
-        grid_ops.subscribe(event_filter(), self.intake.on_event)
         grid_ops.start()
         monitoring.start()
         self._started = True
@@ -215,37 +210,22 @@ class Historian:
         )
         return encode(status)
 
-    def _on_intake_connected(self) -> None:  # a birth on every (re)connect of each link
-        if self._intake_link is not None:
-            self._intake_link.publish(
-                status_topic(self.service_id), self._status(LinkState.ONLINE), retain=True
-            )
-
-    def _on_grid_ops_connection(self, connected: bool) -> None:
-        if not connected:
-            self._birth = None
-        elif self._grid_ops is not None:  # the birth's ack proves the subscription is in
-            self._birth = self._grid_ops.publish(
-                status_topic(self.service_id),
-                self._status(LinkState.ONLINE),
-                qos=_STATUS_SPEC.qos,
-                retain=True,
-            )
+    def _on_connected(self, context: BrokerContext) -> None:
+        """On every (re)connect of a link: a birth; on grid_ops, every mark again."""
+        link = self._intake_link if context is BrokerContext.MONITORING else self._grid_ops
+        if link is None:
+            return
+        link.publish(status_topic(self.service_id), self._status(LinkState.ONLINE), retain=True)
+        if context is BrokerContext.GRID_OPS and self._publisher is not None:
+            self._publisher.republish_all()
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Both links connected and subscribed within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        if self._intake_link is None or self._grid_ops is None:
-            return False
-        if not self._intake_link.wait_subscribed(timeout_s):
-            return False
-        if not self._grid_ops.wait_connected(max(0.0, deadline - time.monotonic())):
-            return False
-        while self._birth is None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return self._birth.wait(max(0.0, deadline - time.monotonic()))
+        return all(
+            link is not None and link.wait_subscribed(max(0.0, deadline - time.monotonic()))
+            for link in (self._intake_link, self._grid_ops)
+        )
 
     def stop(self) -> None:
         """Stop consuming, commit what was accepted, publish the marks, disconnect cleanly."""
@@ -255,10 +235,7 @@ class Historian:
         self._started = False
         monitoring, grid_ops = self._intake_link, self._grid_ops
         if monitoring is not None:
-            if monitoring.connected:
-                status = self._status(LinkState.OFFLINE)
-                if not monitoring.publish(self._death()[0], status, retain=True).wait(2.0):
-                    _LOG.warning("offline status not acknowledged on the monitoring broker")
+            self._say_goodbye(monitoring)
             monitoring.stop()  # unacknowledged messages stay in our broker session
         if self._writer is not None:
             self._writer.stop()
@@ -267,15 +244,7 @@ class Historian:
         if self._publisher is not None:
             self._publisher.stop()
         if grid_ops is not None:
-            if grid_ops.connected:
-                handle = grid_ops.publish(
-                    self._death()[0],
-                    self._status(LinkState.OFFLINE),
-                    qos=_STATUS_SPEC.qos,
-                    retain=True,
-                )
-                if not handle.wait(2.0):
-                    _LOG.warning("offline status not acknowledged on the grid_ops broker")
+            self._say_goodbye(grid_ops)
             grid_ops.stop()
         self.intake.closed = True
         self._commit_leftovers()
@@ -283,6 +252,18 @@ class Historian:
             self._store.close()
         self._close_directory()
         _LOG.info("historian %s stopped", self.instance, extra={"event": "stopped"})
+
+    def _say_goodbye(self, link: LeanLink) -> None:
+        if not link.connected:
+            return
+        try:
+            acked = link.publish(
+                status_topic(self.service_id), self._status(LinkState.OFFLINE), retain=True
+            ).wait(2.0)
+        except MessagingError:
+            acked = False
+        if not acked:
+            _LOG.warning("offline status not acknowledged by %s", link.client_id)
 
     def _commit_directly(self, item: QueueItem) -> None:
         self._commit_items([item])

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -193,7 +193,7 @@ class Writer:
         batch_max_messages: int,
         batch_max_delay_ms: int,
         retention_days: float,
-        on_committed: Callable[[Mapping[str, int]], None],
+        on_committed: Callable[[BatchResult], None],
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._queue = items
@@ -301,8 +301,8 @@ class Writer:
                 time.sleep(min(_RETRY_MAX_S, 0.2 * 2**attempt))
         self.failing = False
         self._account(result, time.perf_counter() - started)
-        if result.advanced:
-            self._on_committed(result.advanced)
+        if result.advanced or result.resent:
+            self._on_committed(result)
 
     def _account(self, result: BatchResult, elapsed_s: float) -> None:
         self.batches += 1

@@ -134,6 +134,9 @@ class BatchResult:
     losses: int
     advanced: Mapping[str, int]
     """Devices whose committed mark moved, with the new mark."""
+    resent: Mapping[str, int]
+    """Devices that sent again what their mark already covered (they may have missed the mark),
+    with their mark."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,6 +215,7 @@ class SqlStore(ABC):
         new_layouts = sorted({row.layout_id for row in rows} - self._stored_layouts)
         new_pairs = sorted({(row.device_id, row.layout_id) for row in rows} - self._device_layouts)
         changes = book.stage(devices)
+        resent = {row.device_id for row in rows if row.seq <= book.mark(row.device_id)}
         with self._write() as tx:
             tx.insert_layouts([layouts(layout_id) for layout_id in new_layouts])
             inserted = tx.insert_messages(rows) if rows else 0
@@ -240,6 +241,7 @@ class SqlStore(ABC):
             duplicates=len(rows) - inserted,
             losses=len(losses),
             advanced=advanced,
+            resent={device_id: book.mark(device_id) for device_id in resent - advanced.keys()},
         )
 
     def delete_older_than(self, cutoff_ns: int) -> int:
