@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,6 +134,67 @@ class PrivateMosquitto:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@dataclass
+class EmbeddedBrokerProcess:
+    """OpenFeeder's embedded broker (``openfeeder broker``) as a process the test may kill."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        program = "import sys; from openfeeder.cli import main; sys.exit(main())"
+        log = (self.directory / "broker.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", program, "broker", "--port", str(self.port)],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                    return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the embedded broker exited: {self.log()}") from None
+                time.sleep(0.05)
+        raise RuntimeError(f"the embedded broker did not listen on {self.port}: {self.log()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM: clean stop; SIGKILL: a crash (it keeps everything in memory: all is lost)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def log(self) -> str:
+        path = self.directory / "broker.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@pytest.fixture
+def embedded_broker(tmp_path: Path) -> Iterator[Callable[[], EmbeddedBrokerProcess]]:
+    """Factory: ``broker = embedded_broker()`` runs ``openfeeder broker`` on a free port."""
+    started: list[EmbeddedBrokerProcess] = []
+
+    def make() -> EmbeddedBrokerProcess:
+        directory = tmp_path / f"embedded-{len(started)}"
+        directory.mkdir()
+        broker = EmbeddedBrokerProcess(directory)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop(signal.SIGKILL)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import PrivateMosquitto
+from conftest import EmbeddedBrokerProcess, PrivateMosquitto
 from openfeeder.config import (
     AgentSettings,
     BrokerSettings,
@@ -59,7 +59,7 @@ class LimitedSource:
 
 @dataclass
 class Platform:
-    broker: PrivateMosquitto
+    broker: PrivateMosquitto | EmbeddedBrokerProcess
     postgres_url: str
     workdir: Path
     reporting_interval_s: float = 0.05

@@ -25,7 +25,7 @@ from platform_support import (
     wait_for,
 )
 
-from conftest import PrivateMosquitto
+from conftest import EmbeddedBrokerProcess, PrivateMosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,11 +33,17 @@ METERS = 3
 READINGS = 100  # per meter, at 20 messages/s: 5 s of stream
 
 
-@pytest.fixture
+@pytest.fixture(params=["mosquitto", "embedded"])
 def platform(
-    tmp_path: Path, private_mosquitto: Callable[[], PrivateMosquitto], postgres_url: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    private_mosquitto: Callable[[], PrivateMosquitto],
+    embedded_broker: Callable[[], EmbeddedBrokerProcess],
+    postgres_url: str,
 ) -> Iterator[Platform]:
-    running = Platform(broker=private_mosquitto(), postgres_url=postgres_url, workdir=tmp_path)
+    """The platform on a real Mosquitto, and on OpenFeeder's embedded broker."""
+    broker = private_mosquitto() if request.param == "mosquitto" else embedded_broker()
+    running = Platform(broker=broker, postgres_url=postgres_url, workdir=tmp_path)
     try:
         running.start_catalog()
         running.start_historian()
@@ -52,13 +58,15 @@ def _assert_same_rows(platform: Platform) -> None:
     wait_for(
         lambda: all_committed(agents),
         timeout_s=60,
-        what=lambda: "the historian committing all: "
-        + "; ".join(
-            f"{a.device_id} next={a.stats().next_seq} committed={a.stats().committed_seq} "
-            f"buffered={a.stats().buffered} resends={a.stats().resends}"
-            for a in agents
-        )
-        + f" historian: {platform.historian.historian.health() if platform.historian else None}",
+        what=lambda: (
+            "the historian committing all: "
+            + "; ".join(
+                f"{a.device_id} next={a.stats().next_seq} committed={a.stats().committed_seq} "
+                f"buffered={a.stats().buffered} resends={a.stats().resends}"
+                for a in agents
+            )
+            + f" historian: {platform.historian.historian.health() if platform.historian else None}"
+        ),
     )
     stored = stored_rows(platform.postgres_url, [agent.device_id for agent in agents])
     duplicates = [row for row, count in Counter(stored).items() if count > 1]
