@@ -491,9 +491,157 @@ def bench_ingest(
     return {"rows": rows}
 
 
+# --- disconnect detection -------------------------------------------------------------------------
+
+
+class EventWatcher:
+    """Records when each device's catalog events (kind -> first arrival time_ns) arrive."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+        from urllib.parse import urlsplit
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.events: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        parts = urlsplit(url)
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"bench-events-{time.monotonic_ns()}",
+            protocol=paho.MQTTv5,
+        )
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        self._client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        self._client.subscribe("openfeeder/v1/event/+", qos=1)
+        self._client.loop_start()
+        self._subscribed.wait(10)
+
+    def _on_message(self, _client: object, _userdata: object, message: Any) -> None:
+        now = time.time_ns()
+        document = json.loads(message.payload)
+        with self._lock:
+            self.events.setdefault((document["device_id"], document["kind"]), now)
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for _, k in self.events if k == kind)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def bench_disconnect(devices: int, timeouts_s: tuple[float, ...]) -> dict[str, Any]:
+    import httpx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for timeout_s in timeouts_s:
+            err.print(
+                f"disconnect: {devices} devices fall silent, timeout {timeout_s:g} s ...", end=" "
+            )
+            port = free_port()
+            with broker("mosquitto", workdir) as url:
+                config = write_config(
+                    workdir / f"disconnect-{timeout_s:g}.toml",
+                    url,
+                    catalog={
+                        "listen_port": port,
+                        "url": f"http://127.0.0.1:{port}",
+                        "storage_url": f"sqlite:///{workdir}/catalog-{timeout_s:g}.db",
+                        "disconnect_timeout_s": timeout_s,
+                    },
+                )
+                with service(
+                    ["catalog", "serve", "--config", str(config)],
+                    port,
+                    workdir,
+                    f"catalog-disc-{timeout_s:g}",
+                ):
+                    watcher = EventWatcher(url)
+                    last_seen_ns: dict[str, int] = {}
+                    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                        for number in range(devices):
+                            device = f"silent-{number:04d}"
+                            body = {"device_id": device, "device_type": "meter"}
+                            client.post("/v1/devices/boot", json=body).raise_for_status()
+                            last_seen_ns[device] = time.time_ns()  # the catalog saw it by now
+                        deadline = time.monotonic() + timeout_s + 30
+                        while (
+                            watcher.count("device_disconnected") < devices
+                            and time.monotonic() < deadline
+                        ):
+                            time.sleep(0.05)
+                        polled_ns = {}
+                        for device in last_seen_ns:
+                            polled_ns[device] = time.time_ns()
+                            client.get(f"/v1/devices/{device}/settings").raise_for_status()
+                        deadline = time.monotonic() + 30
+                        while (
+                            watcher.count("device_reconnected") < devices
+                            and time.monotonic() < deadline
+                        ):
+                            time.sleep(0.05)
+                    watcher.stop()
+            delays = [
+                (watcher.events[(d, "device_disconnected")] - seen) / 1e9 - timeout_s
+                for d, seen in last_seen_ns.items()
+                if (d, "device_disconnected") in watcher.events
+            ]
+            clears = [
+                (watcher.events[(d, "device_reconnected")] - polled) / 1e9
+                for d, polled in polled_ns.items()
+                if (d, "device_reconnected") in watcher.events
+            ]
+            row = {
+                "devices": devices,
+                "timeout_s": timeout_s,
+                "detected": len(delays),
+                "delay_after_timeout_p50_s": percentile(delays, 50),
+                "delay_after_timeout_p99_s": percentile(delays, 99),
+                "delay_after_timeout_max_s": max(delays, default=float("nan")),
+                "cleared": len(clears),
+                "clear_p99_s": percentile(clears, 99),
+            }
+            err.print(f"max {row['delay_after_timeout_max_s']:.2f} s after the timeout")
+            rows.append(row)
+    table = Table(
+        title="disconnect detection: announced delay after the configured timeout (requirement: <= 1 s)"
+    )
+    for col in (
+        "devices",
+        "timeout",
+        "detected",
+        "p50 after timeout",
+        "p99",
+        "max",
+        "cleared on poll",
+        "clear p99",
+    ):
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["devices"]),
+            f"{row['timeout_s']:g} s",
+            str(row["detected"]),
+            f"{row['delay_after_timeout_p50_s'] * 1e3:.0f} ms",
+            f"{row['delay_after_timeout_p99_s'] * 1e3:.0f} ms",
+            f"{row['delay_after_timeout_max_s'] * 1e3:.0f} ms",
+            str(row["cleared"]),
+            f"{row['clear_p99_s'] * 1e3:.0f} ms",
+        )
+    out.print(table)
+    return {"rows": rows}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.iot", description=__doc__)
-    parser.add_argument("which", choices=["broker", "ingest", "storm", "all"])
+    parser.add_argument("which", choices=["broker", "ingest", "storm", "disconnect", "all"])
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--messages", type=int, default=25_000, help="per publisher")
     parser.add_argument("--size", type=int, default=600, help="payload bytes")
@@ -505,6 +653,7 @@ def main() -> int:
     parser.add_argument("--meters", type=int, default=25, help="ingest: meters per process")
     parser.add_argument("--rate", type=float, default=100.0, help="ingest: messages/s per meter")
     parser.add_argument("--seconds", type=float, default=20.0, help="ingest: duration")
+    parser.add_argument("--disconnect-devices", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     report: dict[str, Any] = {"cpus": os.cpu_count()}
@@ -523,6 +672,8 @@ def main() -> int:
         )
     if args.which in ("storm", "all"):
         report["storm"] = bench_storm(args.devices, args.concurrency, storages)
+    if args.which in ("disconnect", "all"):
+        report["disconnect"] = bench_disconnect(args.disconnect_devices, (2.0, 5.0))
     path = args.out or RESULTS / f"iot-{args.which}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
