@@ -144,7 +144,7 @@ def meters_command(
     specs = [
         MeterSpec(device_id=device_id, seed=seed + index, params=params, location=location)
         for index, (device_id, (location, params)) in enumerate(
-            zip(ids, _placements(settings, count), strict=True)
+            zip(ids, meter_placements(settings, count), strict=True)
         )
     ]
     workers = processes or math.ceil(count / MAX_AGENTS_PER_PROCESS)
@@ -162,7 +162,7 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is too much
 
 
-def _placements(settings: Settings, count: int) -> list[tuple[Location | None, SyntheticParams]]:
+def meter_placements(settings: Settings, count: int) -> list[tuple[Location | None, SyntheticParams]]:
     """Meter ``k`` on the ``k``-th load bus of the case (round-robin), with a source to match."""
     case = settings.catalog.case
     if not case:
