@@ -1,7 +1,9 @@
 """``openfeeder demo``: the most complete thing the project runs today.
 
 Until FLISR and the digital twin land, the demo loads the ``turin`` case, traces its topology, runs
-a symmetric and an unbalanced power flow, and a one-day 15-minute time series, and prints a summary.
+a symmetric and an unbalanced power flow, and a one-day 15-minute time series, and prints a summary;
+then it runs the metering platform of seed 003 in one process (embedded broker, device catalog,
+historian, meter agents with a hot-deployed algorithm; see :mod:`openfeeder.cli.demo_iot`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from openfeeder.analysis.pf_report import summarize_power_flow
 from openfeeder.analysis.powerflow import run_power_flow, run_time_series
 from openfeeder.cli.analysis_cmd import print_topology
+from openfeeder.cli.demo_iot import run_metering_demo
 from openfeeder.cli.render import console, model_size_line, print_power_flow
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.topology import analyze_topology, topology_summary
@@ -28,8 +31,22 @@ _RESIDENTIAL_DAY = np.array(
 
 @click.command("demo")
 @click.option("--case", "case", default="turin", show_default=True, help="Case to run.")
-def demo_command(case: str) -> None:
-    """Load a grid, trace it and run power flows; prints a readable summary."""
+@click.option(
+    "--meters",
+    type=click.IntRange(0, 100),
+    default=12,
+    show_default=True,
+    help="Meter agents of the metering part (0 skips it).",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(2, 3600),
+    default=10.0,
+    show_default=True,
+    help="How long the meters stream.",
+)
+def demo_command(case: str, meters: int, seconds: float) -> None:
+    """Load a grid, trace it, run power flows, then stream from meters; prints a summary."""
     out = console()
     model = resolve_case(case)
     out.rule(f"OpenFeeder demo: {model.name}")
@@ -61,3 +78,7 @@ def demo_command(case: str) -> None:
         f"{worst // 4:02d}:{worst % 4 * 15:02d}; peak supply {peak:.3f} MW; energy losses "
         f"{series.p_loss_mw.sum() / 4 * 1e3:.1f} kWh"
     )
+
+    if meters:
+        out.rule(f"metering platform: {meters} meters streaming for {seconds:g} s")
+        run_metering_demo(out, case=case, meters=meters, seconds=seconds)

@@ -176,7 +176,26 @@ def test_export_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 
 
 def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "demo")
+    code, out, _ = run(capsys, "demo", "--meters", "0")
     assert code == 0
     assert "OpenFeeder demo: turin" in out
     assert "96 snapshots solved" in out
+    assert "metering platform" not in out
+
+
+def test_demo_metering_platform(capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole platform in one process: meters boot, stream, get an algorithm, are stored."""
+    code, out, _ = run(capsys, "demo", "--meters", "3", "--seconds", "4")
+    assert code == 0
+    assert "metering platform: 3 meters" in out
+    assert "assigned it to 1 meters" in out
+    rows = [line for line in out.splitlines() if line.startswith("│ meter-")]
+    assert len(rows) == 3
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("│").split("│")]
+        produced, stored, committed = int(cells[2]), int(cells[3]), int(cells[4])
+        assert produced >= 4  # 0.5 s reporting interval for 4 s
+        assert produced - 3 <= stored <= produced
+        assert committed >= produced - 4
+    assert "energy 1.0.0" in rows[0]
+    assert " 0 rejected, 0 sequence gaps" in out
