@@ -162,7 +162,9 @@ def _configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is too much
 
 
-def meter_placements(settings: Settings, count: int) -> list[tuple[Location | None, SyntheticParams]]:
+def meter_placements(
+    settings: Settings, count: int
+) -> list[tuple[Location | None, SyntheticParams]]:
     """Meter ``k`` on the ``k``-th load bus of the case (round-robin), with a source to match."""
     case = settings.catalog.case
     if not case:
