@@ -9,9 +9,15 @@ catch them all; below it, the branches follow what the caller can do about it::
     +-- AnalysisError             a calculation could not produce a result
     |   +-- NotConvergedError     iterative solver gave up; carries iterations and the worst bus
     +-- MessagingError            a topic or payload is outside the messaging contract; carries topic,
-    |                             reason (a StrEnum from openfeeder.iot) and the failing field
+    |   |                         reason (a StrEnum from openfeeder.iot) and the failing field
+    |   +-- ProtocolError         (iot.broker) a client broke MQTT; carries the v5 reason code
     +-- ConfigError               settings or command-line options are unusable
+    |   +-- BrokerBindError       (iot.broker) the embedded broker cannot listen on host:port
     +-- StorageError              a database cannot be opened or written; carries the (redacted) url
+    +-- CatalogError              (iot.catalog_client) the device catalog refused or did not answer;
+    |                             carries url, HTTP status, field and the problem+json document
+    +-- PackageError              (iot.agent.packages) an algorithm package is invalid or unverified
+    +-- ProblemError              (services.catalog) a REST error answered as problem+json
     +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
 
 Exceptions carry structured attributes, and code that translates a library error raises one of these
