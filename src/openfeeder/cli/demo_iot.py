@@ -67,8 +67,18 @@ def _settings(workdir: Path, broker_url: str, case: str, catalog_url: str, port:
 
 def run_metering_demo(out: Console, *, case: str, meters: int, seconds: float) -> None:
     """Run the platform for ``seconds`` with ``meters`` meters and print what happened."""
-    for name in ("openfeeder", "httpx", "uvicorn"):  # the demo prints; services only warn
+    quiet = ("openfeeder", "httpx", "uvicorn")  # the demo prints; the services' logs stay quiet
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name in quiet:
         logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        _run(out, case=case, meters=meters, seconds=seconds)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run(out: Console, *, case: str, meters: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="openfeeder-demo-") as tmp:
         workdir = Path(tmp)
         with BrokerThread(port=0) as broker:
