@@ -192,7 +192,7 @@ class HistorianSettings(_Section):
     """An unknown device id re-reads the catalog's device list at most this often."""
     queue_max_messages: int = Field(default=50_000, ge=1, le=10_000_000)
     """Accepted messages waiting for the writer; when full, intake from the broker pauses."""
-    committed_interval_ms: int = Field(default=1000, ge=0, le=600_000)
+    committed_interval_ms: int = Field(default=200, ge=0, le=600_000)
     """Publish a device's committed mark at most this often (the latest one always follows);
     keep it well below ``[agent] resend_after_s``."""
     session_expiry_s: int = Field(default=3600, ge=0, le=2**32 - 1)

@@ -9,6 +9,7 @@ serialize on a transaction-scoped advisory lock keyed by the schema name (see :m
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresqlStore"]
+
+_LOG = logging.getLogger("openfeeder.services.historian")
 
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS historian_schema (version integer NOT NULL)",
@@ -297,11 +300,32 @@ class PostgresqlStore(SqlStore):
                 url=self._shown,
             )
 
+    @property
+    def backend_pids(self) -> tuple[int, int]:
+        """Server process ids of the writer and the reader connection (for diagnostics)."""
+        return self._writer.info.backend_pid, self._reader.info.backend_pid
+
+    def _usable(self, connection: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """``connection``, or a new one if the server closed it (restart, network): the writer
+        keeps retrying a batch, and each retry must get a working connection."""
+        if not connection.closed and not connection.broken:
+            return connection
+        connection.close()
+        fresh = connect_postgresql(self.url, autocommit=True)
+        _LOG.info("reconnected to PostgreSQL %s", self._shown, extra={"url": self._shown})
+        return fresh
+
     @contextmanager
     def _write(self) -> Iterator[_PostgresqlWrite]:
         import psycopg
 
         with self._write_lock:
+            if self._writer.closed or self._writer.broken:
+                self._writer = self._usable(self._writer)
+                try:
+                    self._writer.execute(_STAGE)
+                except psycopg.Error as err:
+                    raise StorageError(f"{self._shown}: {err}", url=self._shown) from err
             try:
                 with self._writer.transaction():
                     self._writer.execute(_LOCK)
@@ -328,10 +352,17 @@ class PostgresqlStore(SqlStore):
         import psycopg
 
         with self._read_lock:
-            try:
-                return self._reader.execute(sql, params).fetchall()
-            except psycopg.Error as err:
-                raise StorageError(f"{self._shown}: query failed: {err}", url=self._shown) from err
+            for attempt in (1, 2):  # a read is safe to repeat on a fresh connection
+                try:
+                    self._reader = self._usable(self._reader)
+                    return self._reader.execute(sql, params).fetchall()
+                except psycopg.Error as err:
+                    if attempt == 1 and self._reader.broken:
+                        continue
+                    raise StorageError(
+                        f"{self._shown}: query failed: {err}", url=self._shown
+                    ) from err
+        raise StorageError(f"{self._shown}: query failed", url=self._shown)  # not reached
 
     def raw(
         self, device_id: str, channel: str, *, start_ns: int, end_ns: int, limit: int

@@ -229,3 +229,26 @@ def test_channels_and_queries_span_layout_changes(store: SqlStore) -> None:
     assert len(store.raw("m1", "f", start_ns=0, end_ns=10 * SECOND_NS, limit=10)) == 1
     assert store.channels("nobody") == []
     assert store.device("nobody") is None
+
+
+@pytest.mark.integration
+def test_postgresql_store_reconnects_after_losing_its_connections(postgres_url: str) -> None:
+    import psycopg
+
+    from openfeeder.errors import StorageError
+    from openfeeder.services.historian.postgresql_store import PostgresqlStore
+
+    store = open_store(postgres_url)
+    assert isinstance(store, PostgresqlStore)
+    try:
+        book = store.load_marks()
+        commit(store, book, [row("m1", 0)])
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            for pid in store.backend_pids:  # as a server restart would
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StorageError):
+            commit(store, book, [row("m1", 1)])  # the batch in flight fails; the writer retries
+        assert commit(store, book, [row("m1", 1)]) == {"m1": 1}
+        assert store.stored_seqs("m1") == [0, 1]
+    finally:
+        store.close()
