@@ -59,6 +59,8 @@ __all__ = ["LeanLink", "OutgoingMessage", "PublishAck"]
 _LOG = logging.getLogger("openfeeder.services.historian")
 
 READ_CHUNK_BYTES: Final = 256 * 1024
+RECEIVE_BUFFER_BYTES: Final = 16 * 1024 * 1024
+"""Requested socket receive buffer (the kernel caps it at ``net.core.rmem_max``)."""
 DEFAULT_MAX_PACKET_BYTES: Final = 1024 * 1024
 PUBLISH_CHUNK: Final = 500
 """At most this many messages per write; the rest follow as acknowledgements come back."""
@@ -70,6 +72,25 @@ _PINGREQ: Final = bytes((PacketType.PINGREQ << 4, 0))
 
 OutgoingMessage = tuple[Topic | str, bytes, bool]
 """Topic, payload and retain flag of a QoS 1 message to publish."""
+
+
+def _open_socket(host: str, port: int, *, timeout_s: float) -> socket.socket:
+    """A TCP connection with a large receive buffer (set before connecting, so that the window
+    scales): while the reader is busy the broker can keep writing to us instead of queueing, and
+    Mosquitto's queue for one client is small (1000 messages by default)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+        except OSError as err:
+            sock.close()
+            error = err
+            continue
+        return sock
+    raise error or OSError(f"cannot resolve {host}")
 
 
 class _ConnectionLostError(Exception):
@@ -236,9 +257,7 @@ class LeanLink:
 
     def _connect(self) -> None:
         settings = self._settings
-        sock = socket.create_connection(
-            (settings.host, settings.port), timeout=settings.connect_timeout_s
-        )
+        sock = _open_socket(settings.host, settings.port, timeout_s=settings.connect_timeout_s)
         if settings.tls:
             context = ssl.create_default_context(
                 cafile=str(settings.ca_file) if settings.ca_file else None
