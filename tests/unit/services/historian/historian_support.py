@@ -106,7 +106,7 @@ def historian_settings(
             shared_group=unique("grp"),
             batch_max_delay_ms=20,
             committed_interval_ms=50,
-            session_expiry_s=120,
+            session_expiry_s=15,  # long enough for the restart tests; short on a shared broker
             require_registered_devices=require_registered,
             device_refresh_interval_s=0.2,
         ),

@@ -41,7 +41,7 @@ def test_serve_runs_until_sigterm_and_exits_0(tmp_path: Path, mqtt_url: str) -> 
         f'[brokers.grid_ops]\nurl = "{mqtt_url}"\n[brokers.monitoring]\nurl = "{mqtt_url}"\n'
         f'[storage]\nurl = "{sqlite_url(tmp_path)}"\n[logging]\njson_lines = true\n'
         f'[historian]\nlisten_port = 0\nshared_group = "{unique("grp")}"\n'
-        "require_registered_devices = false\nsession_expiry_s = 60\n",
+        "require_registered_devices = false\nsession_expiry_s = 15\n",
         encoding="utf-8",
     )
     code = "import sys; from openfeeder.cli.historian_cmd import historian_group; historian_group()"

@@ -39,7 +39,7 @@ def _link(url: str, client_id: str, root: str, handler: Callable[[str, bytes], N
         client_id=client_id,
         topic_filter=TopicFilter(f"{root}/#"),
         handler=handler,
-        session_expiry_s=60,
+        session_expiry_s=15,
     )
 
 
