@@ -31,7 +31,7 @@ from openfeeder.iot.topics import MessageClass
 from openfeeder.services.historian.directory import DeviceDirectory
 from openfeeder.services.historian.marks import MarkBook
 from openfeeder.services.historian.records import BatchResult, LayoutRegistry, LossRange, MessageRow
-from openfeeder.services.historian.store import HistorianStore
+from openfeeder.services.historian.store import HOLE_RECHECK_NS, HistorianStore
 
 __all__ = ["DATA_DROPPED", "Intake", "LastBatch", "QueueItem", "Writer"]
 
@@ -42,6 +42,8 @@ DATA_DROPPED: Final = "data_dropped"
 UNKNOWN_DEVICE: Final = "unknown_device"
 INVALID_LOSS: Final = "invalid_loss_range"
 RETENTION_INTERVAL_S: Final = 600.0
+RECHECK_DEVICES: Final = 1000
+"""Devices whose stale holes one recheck transaction looks up, at most."""
 _NS_PER_DAY: Final = 86_400 * 10**9
 _PUT_TIMEOUT_S: Final = 1.0
 _RETRY_MAX_S: Final = 5.0
@@ -208,6 +210,7 @@ class Writer:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="historian-writer", daemon=True)
         self._next_retention = time.monotonic()
+        self._next_recheck = time.monotonic()
         self.batches = 0
         self.stored = 0
         self.duplicates = 0
@@ -238,6 +241,7 @@ class Writer:
                     self._commit(items)
                 elif self._stopping.is_set():
                     return
+                self._maybe_recheck()
                 self._maybe_retention()
             except Exception:  # a bug must not silently stop the intake's only consumer
                 _LOG.exception("historian writer error", extra={"event": "writer_error"})
@@ -315,6 +319,28 @@ class Writer:
             latency_ms=round(elapsed_s * 1000, 3),
             committed_ns=self._clock_ns(),
         )
+
+    def _maybe_recheck(self) -> None:
+        """Look again, at most once a second, at holes no new message has made us look at."""
+        now = time.monotonic()
+        if now < self._next_recheck:
+            return
+        self._next_recheck = now + HOLE_RECHECK_NS / 1e9
+        now_ns = self._clock_ns()
+        devices = self.book.stale_holes(
+            now_ns=now_ns, recheck_after_ns=HOLE_RECHECK_NS, limit=RECHECK_DEVICES
+        )
+        if not devices:
+            return
+        try:
+            result = self._store.commit_batch(
+                [], [], layouts=self._layouts.get, book=self.book, now_ns=now_ns, recheck=devices
+            )
+        except StorageError as err:
+            _LOG.error("hole recheck failed: %s", err, extra={"event": "recheck_failed"})
+            return
+        if result.advanced:
+            self._on_committed(result)
 
     def _maybe_retention(self) -> None:
         if self._retention_days <= 0 or time.monotonic() < self._next_retention:

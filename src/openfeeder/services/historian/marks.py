@@ -50,6 +50,11 @@ class SeqRuns:
         return other
 
     @property
+    def has_runs(self) -> bool:
+        """Something above the mark is accounted for: the mark waits at a hole."""
+        return bool(self._los)
+
+    @property
     def runs(self) -> list[tuple[int, int]]:
         """The runs above the mark as closed intervals ``(first, last)``, ascending."""
         return list(zip(self._los, self._his, strict=True))
@@ -160,6 +165,7 @@ class MarkBook:
     def __init__(self, states: Mapping[str, SeqRuns] | None = None) -> None:
         self._states: dict[str, SeqRuns] = dict(states or {})
         self._hole_checks: dict[str, _HoleCheck] = {}
+        self._holed = {device_id for device_id, state in self._states.items() if state.has_runs}
 
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._states
@@ -198,3 +204,22 @@ class MarkBook:
     def replace(self, states: Mapping[str, SeqRuns], hole_checks: Mapping[str, _HoleCheck]) -> None:
         self._states.update(states)
         self._hole_checks.update(hole_checks)
+        for device_id, state in states.items():
+            if state.has_runs:
+                self._holed.add(device_id)
+            else:
+                self._holed.discard(device_id)
+
+    def stale_holes(self, *, now_ns: int, recheck_after_ns: int, limit: int) -> list[str]:
+        """Devices whose mark waits at a hole not looked up in the database lately.
+
+        Another historian of the group may have filled it since; without new messages from
+        the device nothing else would look again.
+        """
+        stale: list[str] = []
+        for device_id in self._holed:
+            if now_ns - self.hole_check(device_id).checked_ns >= recheck_after_ns:
+                stale.append(device_id)
+                if len(stale) >= limit:
+                    break
+        return stale

@@ -74,6 +74,7 @@ class HistorianStore(Protocol):
         layouts: Callable[[int], Layout],
         book: MarkBook,
         now_ns: int,
+        recheck: Iterable[str] = (),
     ) -> BatchResult: ...
 
     def delete_older_than(self, cutoff_ns: int) -> int: ...
@@ -204,14 +205,19 @@ class SqlStore(ABC):
         layouts: Callable[[int], Layout],
         book: MarkBook,
         now_ns: int,
+        recheck: Iterable[str] = (),
     ) -> BatchResult:
         """Store one batch and advance the marks, in one transaction; idempotent on (device, seq).
 
-        ``book`` changes only if the transaction commits; on an error (a ``StorageError`` from
-        the backend) nothing of the batch is stored and the batch can be retried as it is.
+        ``recheck`` adds devices without messages in the batch whose holes are looked up again
+        (:meth:`MarkBook.stale_holes`). ``book`` changes only if the transaction commits; on an
+        error (a ``StorageError`` from the backend) nothing of the batch is stored and the batch
+        can be retried as it is.
         """
         rows = _unique(messages)
-        devices = sorted({row.device_id for row in rows} | {loss.device_id for loss in losses})
+        devices = sorted(
+            {row.device_id for row in rows} | {loss.device_id for loss in losses} | set(recheck)
+        )
         new_layouts = sorted({row.layout_id for row in rows} - self._stored_layouts)
         new_pairs = sorted({(row.device_id, row.layout_id) for row in rows} - self._device_layouts)
         changes = book.stage(devices)

@@ -62,9 +62,17 @@ def row(
 
 
 def commit(
-    store: SqlStore, book: MarkBook, rows: list[MessageRow], losses: list[LossRange] | None = None
+    store: SqlStore,
+    book: MarkBook,
+    rows: list[MessageRow],
+    losses: list[LossRange] | None = None,
+    *,
+    now_ns: int = 0,
+    recheck: list[str] | None = None,
 ) -> dict[str, int]:
-    result = store.commit_batch(rows, losses or [], layouts=LAYOUTS.get, book=book, now_ns=0)
+    result = store.commit_batch(
+        rows, losses or [], layouts=LAYOUTS.get, book=book, now_ns=now_ns, recheck=recheck or []
+    )
     return dict(result.advanced)
 
 
@@ -165,6 +173,26 @@ def test_two_historians_sharing_one_database_get_the_marks_right(store_url: str)
         commit(one, book_one, [row("m1", 20)])
         assert book_one.mark("m1") == 20  # and the first one read the persisted mark
         assert one.stored_seqs("m1") == list(range(21))
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_stale_hole_is_looked_up_again_without_new_messages(store_url: str) -> None:
+    one, two = open_store(store_url), open_store(store_url)
+    try:
+        book_one, book_two = one.load_marks(), two.load_marks()
+        commit(two, book_two, [row("m1", 1)])  # the other historian got seq 1 first
+        commit(one, book_one, [row("m1", 0), row("m1", 2)])
+        assert book_one.mark("m1") == 2  # seq 1 found in the hole at once
+        commit(one, book_one, [row("m1", 4)], now_ns=10)  # hole at 3: nothing there yet
+        commit(two, book_two, [row("m1", 3)])  # then the other historian stores seq 3
+        assert book_one.stale_holes(now_ns=20, recheck_after_ns=SECOND_NS, limit=10) == []
+        later = 10 + 2 * SECOND_NS
+        stale = book_one.stale_holes(now_ns=later, recheck_after_ns=SECOND_NS, limit=10)
+        assert stale == ["m1"]
+        assert commit(one, book_one, [], now_ns=later, recheck=stale) == {"m1": 4}
+        assert book_one.stale_holes(now_ns=later * 2, recheck_after_ns=SECOND_NS, limit=10) == []
     finally:
         one.close()
         two.close()
