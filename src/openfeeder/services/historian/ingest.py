@@ -46,6 +46,8 @@ RECHECK_DEVICES: Final = 1000
 """Devices whose stale holes one recheck transaction looks up, at most."""
 _NS_PER_DAY: Final = 86_400 * 10**9
 _PUT_TIMEOUT_S: Final = 1.0
+REFRESH_WAIT_S: Final = 0.5
+"""How long a message from an unknown device waits for the registry to be re-read."""
 _RETRY_MAX_S: Final = 5.0
 
 QueueItem = MessageRow | LossRange
@@ -115,11 +117,24 @@ class Intake:
         now = time.monotonic()
         if now - self._last_refresh >= self._refresh_interval_s:
             self._last_refresh = now
-            self._directory.refresh()
-            if self._directory.known(device_id):
+            # Re-read the registry on another thread and wait for it only briefly: a catalog
+            # that hangs must not stop the intake (the device re-sends if rejected meanwhile).
+            done = threading.Event()
+            threading.Thread(
+                target=self._refresh, args=(done,), name="historian-devices", daemon=True
+            ).start()
+            if done.wait(REFRESH_WAIT_S) and self._directory.known(device_id):
                 return True
         self._reject(UNKNOWN_DEVICE, topic, f"device {device_id!r} is not registered", "device_id")
         return False
+
+    def _refresh(self, done: threading.Event) -> None:
+        try:
+            self._directory.refresh()
+        except Exception:  # a directory's bug must not go unnoticed, nor stop later refreshes
+            _LOG.exception("device directory refresh failed")
+        finally:
+            done.set()
 
     def _loss_of(self, event: Event, topic: str) -> LossRange | None:
         values = {reading.channel: reading.value for reading in event.values}
