@@ -1,16 +1,18 @@
 """The historian's pipeline: MQTT callbacks -> bounded queue -> writer thread -> store.
 
-:class:`Intake` runs on paho's network threads: it decodes each message with
+:class:`Intake` runs on the broker links' reader threads (:mod:`.lean_link`): it decodes each
+message with
 :class:`~openfeeder.iot.schema.RejectCounter` (malformed JSON, unknown schema version, oversize,
 invalid fields, a topic outside the scheme: rejected, counted by reason, one log line each), rejects
 devices the :class:`~.directory.DeviceDirectory` does not know, counts sequence gaps, and puts the
-compact row on the queue. The queue is bounded: when it is full ``put`` blocks the paho thread, so
-that the historian stops reading from the broker instead of dropping what it accepted.
+compact row on the queue. The queue is bounded: when it is full ``put`` blocks the reader thread,
+so that the historian stops reading from the broker instead of dropping what it accepted.
 
 :class:`Writer` is one thread that takes up to ``batch_max_messages`` rows, or what arrived within
-``batch_max_delay_ms`` of the first, commits them as one transaction (:meth:`.store.SqlStore.commit_batch`),
-retries on storage errors, and hands the advanced marks to the committed-mark publisher. It also runs
-retention between batches.
+``batch_max_delay_ms`` of the first, commits them as one transaction
+(:meth:`.store.SqlStore.commit_batch`), retries on storage errors, and hands the advanced marks to
+the committed-mark publisher. Between batches it looks again at stale holes (once a second) and
+runs retention (every 10 minutes).
 """
 
 from __future__ import annotations
