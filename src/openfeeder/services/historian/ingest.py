@@ -56,7 +56,7 @@ QueueItem = MessageRow | LossRange
 
 
 class Intake:
-    """Decodes and checks incoming messages on paho's threads and queues what is accepted."""
+    """Decodes and checks incoming messages on the links' reader threads; queues what is accepted."""
 
     def __init__(
         self,
