@@ -86,7 +86,7 @@ class Intake:
         self.direct_sink: Callable[[QueueItem], None] | None = None
         """Set at shutdown once the writer is gone: late items are committed by this instead."""
 
-    # -- paho callbacks ---------------------------------------------------------------------
+    # -- link callbacks ---------------------------------------------------------------------
 
     def on_measurement(self, topic: str, payload: bytes) -> None:
         self.received += 1
