@@ -89,7 +89,9 @@ def broker(kind: str, workdir: Path) -> Iterator[str]:
         cmd = openfeeder_cmd("broker", "--port", str(port), "--log-level", "warning")
     elif kind == "mosquitto":
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        config = workdir / f"mosquitto-{port}.conf"
+        workdir = workdir / f"mosquitto-{port}"  # its own persistence file, never a previous run's
+        workdir.mkdir()
+        config = workdir / "mosquitto.conf"
         # the machine's production settings (/etc/mosquitto), on a private port
         config.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
@@ -204,8 +206,9 @@ def postgres_schema() -> Iterator[str]:
 
 @contextmanager
 def storage(kind: str, workdir: Path, name: str) -> Iterator[str]:
+    """A fresh, empty database for one run."""
     if kind == "sqlite":
-        yield f"sqlite:///{workdir}/{name}.db"
+        yield f"sqlite:///{workdir}/{name}-{time.monotonic_ns()}.db"
     else:
         with postgres_schema() as url:
             yield url
@@ -441,7 +444,9 @@ def bench_ingest(
                     (t for marks in watcher.seen.values() for _, t in marks), default=started_ns
                 )
                 stored = sum(counts.get(d, 0) for d in devices)
-                elapsed = (last_ns - started_ns) / 1e9
+                # from the first message sent (not the load processes' start-up) to the last mark
+                first_sent_ns = min(r["sent_ns"][0] for r in results)
+                elapsed = (last_ns - first_sent_ns) / 1e9
                 latencies = _latencies(watcher, results)
                 row = {
                     "broker": broker_kind,

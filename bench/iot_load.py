@@ -200,7 +200,7 @@ def storm(catalog_url: str, count: int, concurrency: int) -> dict[str, object]:
                 versions[device] = response.headers["etag"]
                 return elapsed
 
-            async def poll(device: str) -> float:
+            async def poll(number: int, device: str) -> float:
                 async with gate:
                     started = time.perf_counter()
                     response = await client.get(
