@@ -203,7 +203,9 @@ def storm(catalog_url: str, count: int, concurrency: int) -> dict[str, object]:
             async def poll(number: int, device: str) -> float:
                 async with gate:
                     started = time.perf_counter()
-                    response = await client.get(
+                    response = await send(
+                        clients[number % pools],
+                        "GET",
                         f"/v1/devices/{device}/settings",
                         headers={"If-None-Match": versions[device]},
                     )
