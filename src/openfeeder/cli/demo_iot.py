@@ -182,10 +182,7 @@ def _report(out: Console, fleet: Fleet, specs: list[MeterSpec], historian_url: s
             f"/v1/devices/{first}/readings", params={"channel": "u_a", "bucket_s": 2}
         ).json()
         health = client.get("/health").json()
-    table = Table(
-        title="meters: stored = rows in the historian, committed = its durable mark per meter, "
-        "buffered = kept on the meter's disk until committed"
-    )
+    table = Table(title="meters and what the historian holds of them")
     for column in (
         "meter",
         "bus",
