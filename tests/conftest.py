@@ -90,6 +90,21 @@ def free_port() -> int:
         return port
 
 
+def _wait_listening(
+    port: int, process: subprocess.Popen[bytes], name: str, log: Callable[[], str]
+) -> None:
+    """Return once ``port`` accepts connections; raise with the log if ``process`` died or hung."""
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited: {log()}") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on {port}: {log()}")
+
+
 @dataclass
 class PrivateMosquitto:
     """A real Mosquitto process of the test's own, on a free port, that the test may kill."""
@@ -114,15 +129,7 @@ class PrivateMosquitto:
         self.process = subprocess.Popen(
             [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log()}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+        _wait_listening(self.port, self.process, "mosquitto", self.log)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop it: SIGTERM is a clean stop (it saves its state), SIGKILL a crash."""
@@ -157,15 +164,7 @@ class EmbeddedBrokerProcess:
             stderr=log,
         )
         log.close()
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the embedded broker exited: {self.log()}") from None
-                time.sleep(0.05)
-        raise RuntimeError(f"the embedded broker did not listen on {self.port}: {self.log()}")
+        _wait_listening(self.port, self.process, "the embedded broker", self.log)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """SIGTERM: clean stop; SIGKILL: a crash (it keeps everything in memory: all is lost)."""
