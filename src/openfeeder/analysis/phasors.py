@@ -22,7 +22,11 @@ from typing import Any, Final, cast
 import numpy as np
 import numpy.typing as npt
 from power_grid_model import CalculationMethod, ComponentType
-from power_grid_model.errors import PowerGridError
+from power_grid_model.errors import (  # type: ignore[attr-defined]  # re-exported
+    IterationDiverge,
+    MaxIterationReached,
+    PowerGridError,
+)
 
 from openfeeder.analysis.engine_input import to_engine_input
 from openfeeder.analysis.powerflow import (
@@ -171,7 +175,7 @@ def solve_phasors(
                 f"got {gen_p.shape} and {gen_q.shape}"
             )
         update[ComponentType.asym_gen] = _batch_update(gen["id"], gen_p, gen_q, None, False)
-    wanted: dict[ComponentType, list[str]] = {ComponentType.node: ["u", "u_angle"]}
+    wanted: dict[ComponentType, Any] = {ComponentType.node: ["u", "u_angle"]}
     for component in _BRANCH_TYPES:
         if component in engine_input:
             wanted[component] = ["p_from", "q_from", "p_to", "q_to"]
@@ -183,13 +187,18 @@ def solve_phasors(
             error_tolerance=error_tolerance,
             max_iterations=max_iterations,
             calculation_method=CalculationMethod.newton_raphson,
-            update_data=update if update else None,
+            update_data=cast(Any, update if update else None),
             threading=threads,
             output_component_types=wanted,
         )
+    except (IterationDiverge, MaxIterationReached) as err:
+        raise NotConvergedError(
+            f"three-phase power flow did not converge: {err}",
+            iterations=None,
+            max_deviation=None,
+            worst_bus=None,
+        ) from err
     except PowerGridError as err:
-        if "iteration" in str(err).lower():
-            raise NotConvergedError(f"three-phase power flow did not converge: {err}") from err
         raise AnalysisError(f"three-phase power flow failed: {err}") from err
     columns = cast(dict[ComponentType, dict[str, npt.NDArray[Any]]], output)
     node = columns[ComponentType.node]
@@ -204,9 +213,11 @@ def solve_phasors(
         i_from_parts.append(_reshape(data["p_from"] + 1j * data["q_from"], steps))
         i_to_parts.append(_reshape(data["p_to"] + 1j * data["q_to"], steps))
     n_branch = model.line.size + model.transformer.size + model.switch.size
-    s_from = np.concatenate(i_from_parts, axis=1) if i_from_parts else np.zeros((steps, 0, 3))
-    s_to = np.concatenate(i_to_parts, axis=1) if i_to_parts else np.zeros((steps, 0, 3))
-    assert s_from.shape[1] == n_branch
+    empty = np.zeros((steps, 0, 3), dtype=np.complex128)
+    s_from = np.concatenate(i_from_parts, axis=1) if i_from_parts else empty
+    s_to = np.concatenate(i_to_parts, axis=1) if i_to_parts else empty
+    if s_from.shape[1] != n_branch:
+        raise AnalysisError(f"engine returned {s_from.shape[1]} branches, expected {n_branch}")
     if load.size:
         data = columns[ComponentType.asym_load]
         s_load = _reshape(data["p"] + 1j * data["q"], steps)
@@ -257,7 +268,9 @@ def _rows(ids: IntArray, wanted: npt.ArrayLike, what: str) -> npt.NDArray[np.int
     position = np.searchsorted(ids, wanted_arr, sorter=order)
     position = np.minimum(position, max(ids.size - 1, 0))
     rows = order[position] if ids.size else np.zeros(wanted_arr.size, dtype=np.int64)
-    bad = (ids.size == 0) | (ids[rows] != wanted_arr) if ids.size else np.ones(wanted_arr.size, bool)
+    bad = (
+        (ids.size == 0) | (ids[rows] != wanted_arr) if ids.size else np.ones(wanted_arr.size, bool)
+    )
     if np.any(bad):
         raise KeyError(f"unknown {what} id {int(wanted_arr[np.argmax(bad)])}")
     return rows.astype(np.int64)
