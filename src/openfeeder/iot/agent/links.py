@@ -8,12 +8,16 @@ hands out, with this machine's credentials, CA file and timeouts for each contex
 - subscribes to the device's filters (config, cmd, committed, topology) and to the input topics of
   its algorithms, each on the broker its message class travels on, and routes every incoming
   message through one handler (paho gives a message to the first matching subscription only):
-  committed marks and configurations go to the agent, commands are answered ``rejected`` (a meter
-  has nothing to operate; each ``command_id`` once), topology versions are noted, and everything is
-  offered to the algorithms; payloads the codec refuses are counted, never fatal;
+  committed marks and configurations go to the agent; a command is taken once per ``command_id``
+  (at-least-once delivery repeats it), answered ``rejected`` / ``expired`` when its ``deadline_ns``
+  has passed in domain time, and otherwise handed to ``on_command`` (the agent's command worker,
+  never run on the network thread) or, for a device with nothing to operate, answered ``rejected``;
+  topology versions are noted, and everything is offered to the algorithms; payloads the codec
+  refuses are counted, never fatal;
 - publishes the retained birth ``Status(ONLINE, firmware, capabilities)`` on each connection as soon
   as it is (re)established, before any data on it (:meth:`AgentLinks.new_connections`), events,
-  algorithm outputs and, on a clean stop, ``Status(OFFLINE, reason="shutdown")``;
+  command acknowledgements, algorithm outputs and, on a clean stop,
+  ``Status(OFFLINE, reason="shutdown")``;
 - moves to other brokers when a new configuration names other endpoints.
 
 Sequence numbers of events, statuses, acknowledgements and each algorithm's outputs count from 0 for
@@ -82,7 +86,10 @@ class AgentLinks:
         on_config: Callable[[DeviceSettings], None],
         route: Callable[[str, bytes], None],
         on_monitoring_ack: Callable[[], None],
+        on_command: Callable[[Command], None] | None = None,
     ) -> None:
+        """``clock_ns`` gives domain time (payload stamps, command deadlines); ``on_command``
+        receives the commands this device must act on (None: it has nothing to operate)."""
         self.device_id = device_id
         self._local = local
         self._firmware = firmware
@@ -92,6 +99,7 @@ class AgentLinks:
         self._on_config = on_config
         self._route = route
         self._on_monitoring_ack = on_monitoring_ack
+        self._on_command = on_command
         self._lock = threading.RLock()
         self._messenger: Messenger | None = None
         self._endpoints: object = None
@@ -102,6 +110,9 @@ class AgentLinks:
         self._event_seq = itertools.count()
         self._status_seq = itertools.count()
         self._ack_seq = itertools.count()
+        # events and acks come from several threads (loop, command worker, the twin's): numbering
+        # and publishing under one lock keeps each topic's seq in the order of publication
+        self._numbering = threading.Lock()
         self._algo_seq: dict[str, itertools.count[int]] = {}
         self._seen_commands: deque[str] = deque(maxlen=256)
         self.topology_version: int | None = None
@@ -265,16 +276,33 @@ class AgentLinks:
         if not isinstance(decoded, Command) or decoded.command_id in self._seen_commands:
             return
         self._seen_commands.append(decoded.command_id)
-        self.publish(
-            CommandAck(
-                device_id=self.device_id,
-                seq=next(self._ack_seq),
-                t_ns=self._clock_ns(),
-                command_id=decoded.command_id,
-                status=AckStatus.REJECTED,
-                detail="a meter has nothing to operate",
+        now_ns = self._clock_ns()
+        log_extra = {"device_id": self.device_id, "command_id": decoded.command_id}
+        if decoded.deadline_ns is not None and decoded.deadline_ns < now_ns:
+            _LOG.warning(
+                "%s: command %s (%s) expired %.3f s ago (domain time)",
+                self.device_id,
+                decoded.command_id,
+                decoded.action,
+                (now_ns - decoded.deadline_ns) / 1e9,
+                extra=log_extra,
             )
+            self.publish_ack(decoded.command_id, AckStatus.REJECTED, "expired")
+            return
+        if self._on_command is None:
+            self.publish_ack(
+                decoded.command_id, AckStatus.REJECTED, "a meter has nothing to operate"
+            )
+            return
+        _LOG.info(
+            "%s: command %s: %s %d",
+            self.device_id,
+            decoded.command_id,
+            decoded.action,
+            decoded.target_id,
+            extra=log_extra,
         )
+        self._on_command(decoded)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -295,17 +323,32 @@ class AgentLinks:
         self, kind: str, severity: Severity, message: str, values: Sequence[Reading] = ()
     ) -> None:
         """Publish an ``Event`` about this meter on the grid_ops broker (any thread)."""
-        self.publish(
-            Event(
-                device_id=self.device_id,
-                seq=next(self._event_seq),
-                t_ns=self._clock_ns(),
-                kind=kind,
-                severity=severity,
-                message=message[:2048],
-                values=tuple(values),
+        with self._numbering:
+            self.publish(
+                Event(
+                    device_id=self.device_id,
+                    seq=next(self._event_seq),
+                    t_ns=self._clock_ns(),
+                    kind=kind,
+                    severity=severity,
+                    message=message[:2048],
+                    values=tuple(values),
+                )
             )
-        )
+
+    def publish_ack(self, command_id: str, status: AckStatus, detail: str = "") -> None:
+        """Publish a ``CommandAck`` for ``command_id`` on the grid_ops broker (any thread)."""
+        with self._numbering:
+            self.publish(
+                CommandAck(
+                    device_id=self.device_id,
+                    seq=next(self._ack_seq),
+                    t_ns=self._clock_ns(),
+                    command_id=command_id,
+                    status=status,
+                    detail=detail[:2048],
+                )
+            )
 
     def publish_measurement(self, payload: bytes) -> PublishTracker:
         """One encoded measurement on the monitoring broker (the store-and-forward path)."""

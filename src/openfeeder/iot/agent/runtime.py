@@ -1,8 +1,9 @@
 """The meter agent: self-configuration, the measurement loop, store-and-forward, plug-ins, health.
 
-``MeterAgent(settings, device_id=..., source=..., catalog=...)``; :meth:`MeterAgent.start` returns
-at once, :meth:`MeterAgent.stop` shuts down cleanly. Two threads of its own (plus paho's network
-thread per broker connection and one per algorithm):
+``MeterAgent(settings, device_id=..., source=..., catalog=..., clock=...)``; :meth:`MeterAgent.start`
+returns at once, :meth:`MeterAgent.stop` shuts down cleanly. Two threads of its own (plus paho's
+network thread per broker connection, one per algorithm, and the optional command and pacer threads
+below):
 
 - **control**: boots against the catalog (``POST /v1/devices/boot``; retried with back-off 0.5 s ..
   30 s while the catalog is unreachable; with settings cached from an earlier run in
@@ -11,12 +12,29 @@ thread per broker connection and one per algorithm):
   applies new settings from a poll or from a ``ConfigChange`` pushed on its retained config topic:
   rates, broker endpoints, subscriptions, and the algorithm set (hot swap, see
   :mod:`openfeeder.iot.agent.algorithm_host`);
-- **loop**: every ``reporting_interval_s`` on a monotonic schedule (tick ``k`` at ``t0 + k *
-  interval``, so no drift accumulates; ticks missed by more than one interval are skipped and
-  counted), acquire -> compute -> append to the on-disk buffer -> publish from the buffer ->
-  hand the readings to the algorithms. It also applies committed marks, re-publishes the birth
-  after each reconnect, and runs the algorithms' deadline watchdog. It never waits for the control
-  thread, so a swap or a slow catalog never delays a measurement.
+- **loop**: every ``reporting_interval_s`` of *domain* time (tick ``k`` at ``t0 + k * interval`` in
+  ``clock.now_ns()``, so no drift accumulates; ticks missed by more than one interval are skipped
+  and counted), acquire -> compute -> append to the on-disk buffer -> publish from the buffer ->
+  hand the readings to the algorithms -> ``on_tick``. It also applies committed marks,
+  re-publishes the birth after each reconnect, and runs the algorithms' deadline watchdog. It never
+  waits for the control thread, so a swap or a slow catalog never delays a measurement.
+
+Domain time: the agent reads and paces time through a :class:`~openfeeder.sim.clock.Clock`
+(:class:`~openfeeder.sim.clock.RealClock` by default, as in the field). Stamps, tick times and
+command deadlines are domain time; the loop waits the remaining domain time divided by
+``clock.speed`` in wall time, so in a twin accelerated 10x a meter reports 10x as often. A stepped
+clock (speed infinite) has no wall-time rate: a **pacer** thread sleeps on the clock until the next
+tick's time and wakes the loop, so the meter reports exactly when the twin advances time to it (a
+twin that wants every interval reported advances one interval at a time and waits for
+:attr:`MeterAgent.last_tick_ns`). Network timeouts, polls and plug-in deadlines stay in wall time:
+they are about the machine, not the grid.
+
+Commands: a device with a :class:`CommandHandler` (a switch, a regulator of the twin) gets the
+commands addressed to it, once per ``command_id`` and only before their ``deadline_ns`` (domain
+time; late ones are answered REJECTED "expired"), on a **command** thread of its own, one at a time
+in arrival order: handling may take the operating time of a mechanism and must never hold up the
+network thread. The handler answers through a :class:`CommandContext` (acks and events on grid_ops).
+Without a handler every command is answered REJECTED (a meter has nothing to operate).
 
 Seq: the next measurement seq is persisted in the buffer; at boot the agent waits up to
 ``retained_wait_s`` for the historian's retained ``Committed`` mark and continues at
@@ -30,8 +48,10 @@ published where) is :mod:`openfeeder.iot.agent.links`; the buffer :mod:`openfeed
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -62,6 +82,8 @@ from openfeeder.iot.device_settings import (
     Location,
 )
 from openfeeder.iot.schema import (
+    AckStatus,
+    Command,
     Quality,
     Reading,
     Severity,
@@ -74,13 +96,17 @@ from openfeeder.iot.topics import (
     config_filter,
     topology_filter,
 )
+from openfeeder.sim.clock import NS_PER_S, Clock, RealClock
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "AgentState",
     "AgentStats",
+    "CommandContext",
+    "CommandHandler",
     "MeterAgent",
     "SettingsSource",
+    "TickHook",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -90,6 +116,12 @@ FIRMWARE: Final = f"openfeeder-agent {__version__}"
 _BOOT_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 _MAX_WAIT_S: Final = 0.5
 """Longest sleep of the loop: bounds how late a reconnect or a mark is noticed."""
+COMMAND_QUEUE_MAX: Final = 64
+"""Commands waiting for the command thread; more are answered REJECTED (busy), not queued
+without bound behind a handler that is slow or stuck."""
+
+TickHook = Callable[[int], None]
+"""Called on the loop thread after each tick with its domain time (ns); must be quick."""
 
 
 class SettingsSource(Protocol):
@@ -139,6 +171,63 @@ class AgentStats:
     plugins: tuple[PluginStats, ...]
 
 
+class CommandContext:
+    """What a :class:`CommandHandler` may do while it handles one command (from any thread).
+
+    Acks and events go out on the grid_ops broker through the agent's own connection, numbered with
+    the agent's other acks and events. ``clock`` is the agent's domain clock and ``stop`` is set when
+    the agent stops, so a handler that waits for a mechanism waits with
+    ``context.clock.sleep(duration_s, context.stop)`` and gives up when that returns False.
+    """
+
+    __slots__ = ("_links", "clock", "command", "device_id", "stop")
+
+    def __init__(
+        self, command: Command, *, links: AgentLinks, clock: Clock, stop: threading.Event
+    ) -> None:
+        self.command = command
+        self.device_id = links.device_id
+        self.clock = clock
+        self.stop = stop
+        self._links = links
+
+    def ack(self, status: AckStatus, detail: str = "") -> None:
+        """Acknowledge the command: ACCEPTED (started), then DONE or FAILED; or REJECTED."""
+        _LOG.info(
+            "%s: command %s %s%s",
+            self.device_id,
+            self.command.command_id,
+            status,
+            f": {detail}" if detail else "",
+            extra={
+                "device_id": self.device_id,
+                "command_id": self.command.command_id,
+                "ack_status": str(status),
+            },
+        )
+        self._links.publish_ack(self.command.command_id, status, detail)
+
+    def event(
+        self, kind: str, severity: Severity, message: str, values: Sequence[Reading] = ()
+    ) -> None:
+        """Publish an ``Event`` about this device (e.g. a switch's new position)."""
+        self._links.emit_event(kind, severity, message, values)
+
+
+class CommandHandler(Protocol):
+    """What a device does with the commands addressed to it (a switch operates its mechanism)."""
+
+    def handle_command(self, command: Command, context: CommandContext) -> None:
+        """Act on ``command`` and answer through ``context``.
+
+        Runs on the agent's command thread, one command at a time, so it may block for the
+        operating time of a mechanism (in domain time, see :class:`CommandContext`). The answer is
+        the handler's: ACCEPTED then DONE or FAILED, a REJECTED, or none at all (a mechanism that is
+        stuck answers nothing). An exception is logged and answered FAILED.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     settings: DeviceSettings
@@ -161,8 +250,12 @@ class MeterAgent:
         limits: MeteringLimits | None = None,
         retained_wait_s: float = 1.0,
         call_deadline_s: float = DEFAULT_CALL_DEADLINE_S,
-        clock_ns: Callable[[], int] = time.time_ns,
+        clock: Clock | None = None,
+        command_handler: CommandHandler | None = None,
+        on_tick: TickHook | None = None,
     ) -> None:
+        """``clock``: domain time (default: the wall clock); ``command_handler``: who acts on
+        commands (None: every command is rejected); ``on_tick``: called after each tick."""
         self.device_id = device_id
         self._settings = settings
         self._source = source
@@ -176,7 +269,10 @@ class MeterAgent:
         )
         self._limits = limits
         self._retained_wait_s = retained_wait_s
-        self._clock_ns = clock_ns
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._command_handler = command_handler
+        self._on_tick = on_tick
+        self._last_tick_ns: int | None = None
         self._dir = settings.agent.state_dir / device_id
         self._state = AgentState.NEW
         self._current: DeviceSettings | None = None
@@ -191,16 +287,31 @@ class MeterAgent:
         self._loop_thread = threading.Thread(
             target=self._loop_main, name=f"agent-loop-{device_id}", daemon=True
         )
+        self._commands: queue.Queue[Command | None] = queue.Queue(COMMAND_QUEUE_MAX)
+        self._command_thread = (
+            threading.Thread(target=self._command_main, name=f"agent-cmd-{device_id}", daemon=True)
+            if command_handler is not None
+            else None
+        )
+        # the pacer wakes the loop when a stepped clock (no wall-time rate) reaches the next tick
+        self._next_tick_ns = 0
+        self._scheduled = threading.Event()
+        self._pacer_thread = (
+            threading.Thread(target=self._pacer_main, name=f"agent-pace-{device_id}", daemon=True)
+            if math.isinf(self._clock.speed)
+            else None
+        )
         self._links = AgentLinks(
             settings.brokers,
             device_id=device_id,
             firmware=FIRMWARE,
             capabilities=self._boot_request.capabilities,
-            clock_ns=clock_ns,
+            clock_ns=self._clock.now_ns,
             on_committed=self._on_committed,
             on_config=lambda new: self._control_queue.put(_Pending(new, "push")),
             route=self._route,
             on_monitoring_ack=self._on_monitoring_ack,
+            on_command=self._enqueue_command if command_handler is not None else None,
         )
         self._store: MeasurementStore | None = None
         self._forwarder: Forwarder | None = None
@@ -229,6 +340,17 @@ class MeterAgent:
         return self._state
 
     @property
+    def clock(self) -> Clock:
+        """The domain clock the agent stamps and paces by."""
+        return self._clock
+
+    @property
+    def last_tick_ns(self) -> int | None:
+        """Domain time of the latest tick (None before the first): a twin stepping its clock
+        waits for its meters to reach a step before taking the next."""
+        return self._last_tick_ns
+
+    @property
     def device_settings(self) -> DeviceSettings | None:
         """The settings in force (None before the first boot)."""
         return self._current
@@ -238,6 +360,8 @@ class MeterAgent:
         if self._state is not AgentState.NEW:
             raise RuntimeError(f"agent {self.device_id} was already started")
         self._state = AgentState.BOOTING
+        if self._command_thread is not None:
+            self._command_thread.start()
         self._control_thread.start()
 
     def wait_running(self, timeout_s: float) -> bool:
@@ -253,10 +377,13 @@ class MeterAgent:
         self._state = AgentState.STOPPING
         self._stopping.set()
         self._wake.set()
+        self._scheduled.set()
         self._control_queue.put(None)
+        self._wake_command_thread()
         self._control_thread.join(timeout_s)
-        if self._loop_thread.is_alive():
-            self._loop_thread.join(timeout_s)
+        for thread in (self._loop_thread, self._pacer_thread, self._command_thread):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout_s)
         self._host.stop_all()
         self._links.close()
         if self._store is not None:
@@ -365,6 +492,8 @@ class MeterAgent:
         if self._stopping.is_set():  # stopped while connecting: stop() cleans up what exists
             return
         self._loop_thread.start()
+        if self._pacer_thread is not None:
+            self._pacer_thread.start()
         self._state = AgentState.RUNNING
         self._running.set()
         self._host.apply(settings.algorithms, settings.grid)
@@ -497,46 +626,87 @@ class MeterAgent:
     # -- loop thread ---------------------------------------------------------------------------
 
     def _loop_main(self) -> None:
-        next_tick = time.monotonic()
+        clock = self._clock
+        next_tick_ns = clock.now_ns()
+        self._schedule(next_tick_ns)
         while not self._stopping.is_set():
             try:
                 self._apply_pending_mark()
                 self._check_connections()
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._tick()
-                    next_tick = self._next_tick(next_tick)
+                if clock.now_ns() >= next_tick_ns:
+                    try:
+                        t_ns = self._tick()
+                        self._run_tick_hook(t_ns)
+                    finally:  # a failing tick must not be retried at once, forever
+                        next_tick_ns = self._next_tick(next_tick_ns)
+                        self._schedule(next_tick_ns)
                 self._deliver()
                 self._host.watchdog()
             except Exception:  # the loop must go on; the error is logged with its traceback
                 _LOG.exception("agent %s loop iteration failed", self.device_id)
-            timeout = min(max(0.0, next_tick - time.monotonic()), _MAX_WAIT_S)
-            if self._wake.wait(timeout):
+            if self._wake.wait(self._wait_s(next_tick_ns)):
                 self._wake.clear()
 
-    def _next_tick(self, previous: float) -> float:
+    def _wait_s(self, next_tick_ns: int) -> float:
+        """Wall-clock seconds to sleep: the domain time left to the tick at the clock's speed."""
+        speed = self._clock.speed
+        if math.isinf(speed):  # stepped: the pacer wakes the loop when the clock gets there
+            return _MAX_WAIT_S
+        remaining_s = (next_tick_ns - self._clock.now_ns()) / NS_PER_S / speed
+        return min(max(0.0, remaining_s), _MAX_WAIT_S)
+
+    def _schedule(self, next_tick_ns: int) -> None:
+        self._next_tick_ns = next_tick_ns
+        self._scheduled.set()
+
+    def _pacer_main(self) -> None:
+        """Stepped clock only: sleep on the clock until the scheduled tick, then wake the loop."""
+        while not self._stopping.is_set():
+            self._scheduled.wait()
+            self._scheduled.clear()
+            if self._clock.sleep_until(self._next_tick_ns, self._stopping):
+                self._wake.set()
+
+    def _next_tick(self, previous_ns: int) -> int:
         current = self._current
-        interval = current.reporting_interval_s if current is not None else 1.0
-        following = previous + interval
-        now = time.monotonic()
-        if following <= now:  # late by more than an interval: skip, never burst to catch up
-            missed = int((now - following) // interval) + 1
+        interval_s = current.reporting_interval_s if current is not None else 1.0
+        interval_ns = max(1, round(interval_s * NS_PER_S))
+        following = previous_ns + interval_ns
+        now_ns = self._clock.now_ns()
+        if following <= now_ns:  # late by more than an interval: skip, never burst to catch up
+            missed = (now_ns - following) // interval_ns + 1
             self.skipped_ticks += missed
-            following += missed * interval
+            following += missed * interval_ns
         return following
 
-    def _tick(self) -> None:
+    def _run_tick_hook(self, t_ns: int) -> None:
+        hook = self._on_tick
+        if hook is None:
+            return
+        try:
+            hook(t_ns)
+        except Exception:  # the device's own checks must not stop its measurements
+            _LOG.exception(
+                "%s: tick hook failed at %d",
+                self.device_id,
+                t_ns,
+                extra={"device_id": self.device_id},
+            )
+
+    def _tick(self) -> int:
+        """One measurement; its domain time (ns)."""
+        t_ns = self._clock.now_ns()
+        self._last_tick_ns = t_ns
         current, store, forwarder = self._current, self._store, self._forwarder
         if current is None or store is None or forwarder is None:
-            return
-        t_ns = self._clock_ns()
+            return t_ns
         try:
             acquisition = self._source.acquire(t_ns=t_ns, sampling_rate_hz=current.sampling_rate_hz)
             values = compute(acquisition, self._limits)
         except Exception:  # a broken source must not stop the meter: count, log, skip
             self.source_errors += 1
             _LOG.exception("%s: acquisition failed", self.device_id)
-            return
+            return t_ns
         seq = store.next_seq
         payload = encode_measurement(self.device_id, seq, values, self._limits)
         dropped = store.append(seq, values.t_ns, payload)
@@ -547,6 +717,7 @@ class MeterAgent:
             channels = self._host.input_channels()
             readings = to_readings(values, self._limits, channels=channels)
             self._host.dispatch(readings, values.t_ns)
+        return t_ns
 
     def _deliver(self) -> None:
         forwarder = self._forwarder
@@ -575,6 +746,61 @@ class MeterAgent:
                 self._forwarder.on_connected()
             else:
                 self._forwarder.announce_pending()
+
+    # -- command thread ------------------------------------------------------------------------
+
+    def _enqueue_command(self, command: Command) -> None:
+        """From the network thread: queue for the command thread, never wait."""
+        try:
+            self._commands.put_nowait(command)
+        except queue.Full:
+            _LOG.warning(
+                "%s: command %s refused, %d commands already waiting",
+                self.device_id,
+                command.command_id,
+                COMMAND_QUEUE_MAX,
+                extra={"device_id": self.device_id, "command_id": command.command_id},
+            )
+            self._links.publish_ack(
+                command.command_id,
+                AckStatus.REJECTED,
+                f"device {self.device_id} busy: {COMMAND_QUEUE_MAX} commands waiting",
+            )
+
+    def _wake_command_thread(self) -> None:
+        if self._command_thread is None:
+            return
+        # a full queue: it is busy, and sees the stop event after the command it handles
+        with contextlib.suppress(queue.Full):
+            self._commands.put_nowait(None)
+
+    def _command_main(self) -> None:
+        handler = self._command_handler
+        if handler is None:
+            return
+        while not self._stopping.is_set():
+            command = self._commands.get()
+            if command is None or self._stopping.is_set():
+                return
+            context = CommandContext(
+                command, links=self._links, clock=self._clock, stop=self._stopping
+            )
+            deadline_ns = command.deadline_ns
+            if deadline_ns is not None and deadline_ns < self._clock.now_ns():  # waited too long
+                context.ack(AckStatus.REJECTED, "expired")
+                continue
+            try:
+                handler.handle_command(command, context)
+            except Exception as err:  # the handler's bug: answer it, keep taking commands
+                _LOG.exception(
+                    "%s: command %s (%s %d) failed",
+                    self.device_id,
+                    command.command_id,
+                    command.action,
+                    command.target_id,
+                    extra={"device_id": self.device_id, "command_id": command.command_id},
+                )
+                context.ack(AckStatus.FAILED, f"{type(err).__name__}: {err}")
 
     # -- settings cache ------------------------------------------------------------------------
 
