@@ -1,0 +1,770 @@
+"""Sampled three-phase waveforms from piecewise-steady phasor states: what a recorder would capture.
+
+:func:`generate_waveforms` turns the :class:`~openfeeder.sim.segments.StateSegment` timeline of an
+event into voltage and current samples at one or more :class:`MeasuringPoint` (a bus voltage with
+the current of a branch end or of a load), for a window ``[start_ns, end_ns)`` at 3200, 4000 or
+8000 Hz, the rates disturbance recorders and merging units use. The result is a
+:class:`WaveformRecord`, which :mod:`openfeeder.sim.comtrade` writes as IEEE C37.111 files.
+
+Physics, and why each part is there:
+
+- **Fundamental.** A phasor ``P`` (RMS) is the waveform ``Re(sqrt2 P exp(j theta(t)))`` with
+  ``theta(t) = 2 pi f t`` and ``t`` the absolute UTC time since the epoch. One time axis for every
+  segment and every record keeps the phase continuous where segments meet (a fault does not reset
+  the phase of the grid) and lets two records of one event, cut differently, agree sample for
+  sample. The phase at the window start is computed in exact rational arithmetic, because
+  ``2 pi f t`` with ``t`` near 1.7e9 s would lose four decimal digits in floating point.
+- **DC offset.** Currents in an inductive network cannot jump. Where a segment starts with a
+  sudden change (``transient=True``: fault inception, reclosing onto a fault), the phasor waveform
+  jumps; the network answers with a DC component equal to minus that jump, decaying with the
+  segment's ``dc_time_constant_s`` (X / (omega R) of the loop). The jump is taken against the
+  complete previous current, its own decaying offset and arc state included, so the current is
+  continuous at the inception to rounding. A transient first segment is energized from rest.
+  Voltages get no offset: they may jump.
+- **Harmonics.** Fractions of each segment's fundamental (defaults: 5th 2 % and 7th 1 % on
+  voltages, 3rd 3 %, 5th 2 %, 7th 1 % on currents). Order ``h`` of a phase whose fundamental is at
+  angle ``phi`` is at ``h phi``, so a balanced set gives the sequences real grids show: the 3rd
+  zero sequence, the 5th negative, the 7th positive.
+- **Arcs.** In a segment with an :class:`~openfeeder.sim.segments.ArcBehaviour`, the arcing phases
+  carry the healthy (previous segment's) state plus the *fault part* (this segment minus the
+  previous one) only while the arc burns. The arc strikes at the segment start, burns at least
+  ``burn_cycles``, goes out at the next zero of the arc current, and strikes again once
+  ``restrike_after_cycles`` have passed and the recovering voltage across the gap reaches
+  ``restrike_fraction`` of its peak (near a voltage peak). While it burns, the arcing phases' voltage
+  carries the arc's square-wave voltage, in phase with the arc current. The arc current is not in
+  a :class:`~openfeeder.analysis.phasors.PhasorState`; the fault part of the branch end whose fault
+  part is largest on the arcing phase (the branch feeding the fault) stands for it, and the
+  recovering voltage is that of the bus whose voltage changes most (the faulted bus). The timing
+  is therefore one for the whole grid: every measuring point and every record of the event sees
+  the same extinctions and re-strikes. Each re-strike of a transient segment starts its fault part
+  from zero with its own decaying offset. Phases not in ``arc.phases`` follow the segment as usual.
+- **Noise.** Additive Gaussian, a fraction of each point's full scale (the largest fundamental RMS
+  of the quantity at that point over all segments), from ``numpy.random.default_rng(seed)``: the
+  same seed gives the same samples.
+
+Everything is vectorized over samples; Python loops run over segments, harmonic orders and arc
+strikes only.
+
+Conventions are those of :mod:`openfeeder.analysis.phasors`: phase-to-ground volts, amperes flowing
+*into* the branch at the named end (into the load for a load).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from openfeeder.analysis.phasors import PhasorState
+from openfeeder.errors import OpenFeederError
+from openfeeder.model.grid import GridModel, lookup
+from openfeeder.sim.segments import ArcBehaviour, StateSegment
+
+__all__ = [
+    "ALLOWED_SAMPLING_RATES_HZ",
+    "DEFAULT_CURRENT_HARMONICS",
+    "DEFAULT_VOLTAGE_HARMONICS",
+    "CurrentAt",
+    "MeasuringPoint",
+    "WaveformError",
+    "WaveformEvent",
+    "WaveformOptions",
+    "WaveformRecord",
+    "fundamental_phasors",
+    "generate_waveforms",
+    "rms_over_cycles",
+]
+
+FloatArray = npt.NDArray[np.float64]
+ComplexArray = npt.NDArray[np.complex128]
+IntArray = npt.NDArray[np.int64]
+
+NS_PER_S: Final = 1_000_000_000
+ALLOWED_SAMPLING_RATES_HZ: Final = (3200, 4000, 8000)
+"""Rates of disturbance recorders and IEC 61869-9 merging units; each gives whole nanoseconds per
+sample, so sample instants are exact integers on the UTC nanosecond axis."""
+DEFAULT_VOLTAGE_HARMONICS: Final[Mapping[int, float]] = MappingProxyType({5: 0.02, 7: 0.01})
+DEFAULT_CURRENT_HARMONICS: Final[Mapping[int, float]] = MappingProxyType(
+    {3: 0.03, 5: 0.02, 7: 0.01}
+)
+_SQRT2: Final = math.sqrt(2.0)
+_NEVER: Final = np.iinfo(np.int64).max
+_ZERO_SEARCH_STEPS_PER_CYCLE: Final = 512
+_ZERO_SEARCH_CYCLES: Final = 20
+"""A fully offset arc current crosses zero within a few cycles once its DC part has decayed a
+little; an arc current that stays one-sided for 20 cycles burns to the end of its segment."""
+
+
+class WaveformError(OpenFeederError, ValueError):
+    """Inputs a waveform (or COMTRADE file) cannot be made from; the message says which and where.
+
+    A :class:`ValueError` as well, so callers that validate arguments the standard way catch it.
+    """
+
+
+class CurrentAt(StrEnum):
+    """Where a measuring point's current comes from."""
+
+    BRANCH_FROM = "branch_from"
+    BRANCH_TO = "branch_to"
+    LOAD = "load"
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuringPoint:
+    """A recorder's inputs: the voltages of one bus and the currents of one branch end or load.
+
+    Build it with :meth:`at_branch_end` or :meth:`at_load`, which find the bus in the model; the
+    plain constructor trusts ``bus_id``.
+    """
+
+    name: str
+    bus_id: int
+    current_at: CurrentAt
+    element_id: int
+    """Branch id (line, transformer or switch) or load id."""
+
+    @classmethod
+    def at_branch_end(
+        cls,
+        model: GridModel,
+        branch_id: int,
+        *,
+        end: Literal["from", "to"] = "from",
+        name: str | None = None,
+    ) -> MeasuringPoint:
+        """The bus at ``end`` of a line, transformer (from = HV) or switch, and that end's current."""
+        if end not in ("from", "to"):
+            raise WaveformError(f"branch end must be 'from' or 'to', got {end!r}")
+        for table, ends in (
+            ("line", ("from_bus", "to_bus")),
+            ("transformer", ("hv_bus", "lv_bus")),
+            ("switch", ("from_bus", "to_bus")),
+        ):
+            rows = model.table(table)
+            row = int(lookup(rows["id"], [branch_id])[0])
+            if row >= 0:
+                bus = int(rows[ends[0] if end == "from" else ends[1]][row])
+                at = CurrentAt.BRANCH_FROM if end == "from" else CurrentAt.BRANCH_TO
+                return cls(name or f"{table} {branch_id} {end}", bus, at, int(branch_id))
+        raise WaveformError(f"no line, transformer or switch with id {branch_id} in the model")
+
+    @classmethod
+    def at_load(cls, model: GridModel, load_id: int, *, name: str | None = None) -> MeasuringPoint:
+        """The bus of a load and the load's current."""
+        row = int(lookup(model.load["id"], [load_id])[0])
+        if row < 0:
+            raise WaveformError(f"no load with id {load_id} in the model")
+        bus = int(model.load["bus"][row])
+        return cls(name or f"load {load_id}", bus, CurrentAt.LOAD, int(load_id))
+
+
+@dataclass(frozen=True, slots=True)
+class WaveformEvent:
+    """Something that happened inside a record: a segment start (its cause) or an arc change."""
+
+    t_ns: int
+    cause: str
+    """A segment's cause (``fault``, ``trip``, ...), or ``arc_extinction`` / ``arc_restrike``."""
+
+
+def _check_harmonics(harmonics: Mapping[int, float], what: str) -> None:
+    for order, fraction in harmonics.items():
+        if not isinstance(order, int) or order < 2:
+            raise WaveformError(f"{what}: harmonic order must be an integer >= 2, got {order!r}")
+        if not (math.isfinite(fraction) and fraction >= 0.0):
+            raise WaveformError(
+                f"{what}: harmonic {order} fraction must be finite and >= 0, got {fraction!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaveformOptions:
+    """What the waveforms carry beyond the fundamental (see the module docstring)."""
+
+    voltage_harmonics: Mapping[int, float] = field(
+        default_factory=lambda: dict(DEFAULT_VOLTAGE_HARMONICS)
+    )
+    """Harmonic order -> amplitude as a fraction of the fundamental, on every voltage."""
+    current_harmonics: Mapping[int, float] = field(
+        default_factory=lambda: dict(DEFAULT_CURRENT_HARMONICS)
+    )
+    """Harmonic order -> amplitude as a fraction of the fundamental, on every current."""
+    voltage_noise_fraction: float = 0.001
+    """Standard deviation of the voltage noise, a fraction of the point's full-scale RMS."""
+    current_noise_fraction: float = 0.001
+    """Standard deviation of the current noise, a fraction of the point's full-scale RMS."""
+    seed: int | None = 0
+    """Seed of the noise generator; None draws fresh entropy (records then differ run to run)."""
+
+    def __post_init__(self) -> None:
+        _check_harmonics(self.voltage_harmonics, "voltage_harmonics")
+        _check_harmonics(self.current_harmonics, "current_harmonics")
+        for name in ("voltage_noise_fraction", "current_noise_fraction"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise WaveformError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaveformRecord:
+    """Three-phase samples at one or more measuring points over one window.
+
+    Sample ``k`` is taken at ``start_ns + k * sample_period_ns`` (UTC ns). Channels per point, in
+    order: voltages of phases a, b, c (V, phase to ground), then currents a, b, c (A).
+    """
+
+    start_ns: int
+    sampling_rate_hz: int
+    frequency_hz: float
+    points: tuple[MeasuringPoint, ...]
+    voltage_v: FloatArray
+    """Shape (points, 3, samples)."""
+    current_a: FloatArray
+    """Shape (points, 3, samples)."""
+    events: tuple[WaveformEvent, ...]
+    """Segment starts and arc changes inside the window, in time order."""
+
+    @property
+    def samples(self) -> int:
+        return int(self.voltage_v.shape[2])
+
+    @property
+    def sample_period_ns(self) -> int:
+        return NS_PER_S // self.sampling_rate_hz
+
+    @property
+    def end_ns(self) -> int:
+        """One sample period after the last sample: the window is ``[start_ns, end_ns)``."""
+        return self.start_ns + self.samples * self.sample_period_ns
+
+    @property
+    def time_ns(self) -> IntArray:
+        """UTC instant of every sample."""
+        return self.start_ns + np.arange(self.samples, dtype=np.int64) * self.sample_period_ns
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """``"<point> VA"`` ... ``"<point> IC"``, in channel order."""
+        return tuple(
+            f"{point.name} {quantity}{phase}"
+            for point in self.points
+            for quantity in ("V", "I")
+            for phase in "ABC"
+        )
+
+    @property
+    def channel_units(self) -> tuple[str, ...]:
+        return tuple(unit for _ in self.points for unit in ("V",) * 3 + ("A",) * 3)
+
+    @property
+    def trigger_ns(self) -> int:
+        """The first event after the first sample (the record's reason), else the first sample."""
+        later = [event.t_ns for event in self.events if event.t_ns > self.start_ns]
+        return later[0] if later else self.start_ns
+
+    def rms(self, start_ns: int, *, cycles: int = 1) -> tuple[FloatArray, FloatArray]:
+        """RMS over ``cycles`` whole cycles from the first sample at or after ``start_ns``.
+
+        Returns (voltage, current), each of shape (points, 3).
+        """
+        first, count = _cycle_window(self, start_ns, cycles)
+        window = slice(first, first + count)
+        return (
+            rms_over_cycles(self.voltage_v[..., window]),
+            rms_over_cycles(self.current_a[..., window]),
+        )
+
+    def phasors(self, start_ns: int, *, cycles: int = 1) -> tuple[ComplexArray, ComplexArray]:
+        """Fundamental RMS phasors (full-cycle DFT) of ``cycles`` cycles from ``start_ns``.
+
+        Angles are on the absolute time axis of :func:`generate_waveforms`, so they compare
+        directly with the :class:`~openfeeder.analysis.phasors.PhasorState` the samples came from.
+        Returns (voltage, current), each of shape (points, 3).
+        """
+        first, count = _cycle_window(self, start_ns, cycles)
+        t_ns = self.start_ns + (first + np.arange(count, dtype=np.int64)) * self.sample_period_ns
+        theta = _theta(t_ns, int(t_ns[0]), self.frequency_hz)
+        window = slice(first, first + count)
+        return (
+            fundamental_phasors(self.voltage_v[..., window], theta),
+            fundamental_phasors(self.current_a[..., window], theta),
+        )
+
+
+def rms_over_cycles(samples: FloatArray) -> FloatArray:
+    """RMS along the last axis; meaningful when that axis spans whole cycles."""
+    rms: FloatArray = np.sqrt(np.mean(np.square(samples), axis=-1))
+    return rms
+
+
+def fundamental_phasors(samples: FloatArray, theta_rad: FloatArray) -> ComplexArray:
+    """RMS phasor of the fundamental by a DFT over whole cycles.
+
+    ``theta_rad`` is the fundamental's angle at each sample; over whole cycles with whole samples
+    per cycle the DFT rejects DC-free harmonics exactly, so the result is the phasor the samples
+    were made from.
+    """
+    rotation = np.exp(-1j * theta_rad)
+    result: ComplexArray = (_SQRT2 / samples.shape[-1]) * (samples @ rotation)
+    return result
+
+
+def _cycle_window(record: WaveformRecord, start_ns: int, cycles: int) -> tuple[int, int]:
+    """First sample index and sample count of ``cycles`` cycles from ``start_ns``."""
+    if cycles < 1:
+        raise WaveformError(f"cycles must be >= 1, got {cycles}")
+    per_cycles = Fraction(record.sampling_rate_hz) * cycles / Fraction(record.frequency_hz)
+    if per_cycles.denominator != 1:
+        raise WaveformError(
+            f"{cycles} cycles at {record.frequency_hz} Hz are {float(per_cycles):.3f} samples at "
+            f"{record.sampling_rate_hz} Hz, not a whole number; use a multiple of "
+            f"{per_cycles.denominator} cycles"
+        )
+    count = int(per_cycles)
+    first = max(0, -(-(start_ns - record.start_ns) // record.sample_period_ns))
+    if first + count > record.samples:
+        raise WaveformError(
+            f"{cycles} cycles from {start_ns} ns run past the record's end at {record.end_ns} ns"
+        )
+    return first, count
+
+
+def _theta(t_ns: IntArray, reference_ns: int, frequency_hz: float) -> FloatArray:
+    """Fundamental angle 2 pi f t on the absolute axis, for integer times near ``reference_ns``.
+
+    The reference's angle is exact (rational arithmetic); only the integer offsets from it go
+    through floating point, where they are small.
+    """
+    return _theta_offset((t_ns - reference_ns).astype(np.float64), reference_ns, frequency_hz)
+
+
+def _theta_offset(offset_ns: FloatArray, reference_ns: int, frequency_hz: float) -> FloatArray:
+    """Fundamental angle at ``reference_ns + offset_ns`` (offsets may be fractional ns)."""
+    cycles_at_reference = Fraction(reference_ns, NS_PER_S) * Fraction(frequency_hz)
+    phase0 = float(cycles_at_reference - math.floor(cycles_at_reference))
+    angle: FloatArray = 2.0 * np.pi * (phase0 + frequency_hz * (offset_ns / NS_PER_S))
+    return angle
+
+
+def _steady(
+    phasors: ComplexArray, harmonics: tuple[tuple[int, float], ...], theta: FloatArray
+) -> FloatArray:
+    """Instantaneous values of phasors (..., ) plus harmonics at angles theta (N,): (..., N)."""
+    amplitude = _SQRT2 * phasors[..., None]
+    out: FloatArray = amplitude.real * np.cos(theta) - amplitude.imag * np.sin(theta)
+    if harmonics:
+        magnitude = np.abs(phasors)[..., None] * _SQRT2
+        angle = np.angle(phasors)[..., None]
+        for order, fraction in harmonics:
+            if fraction > 0.0:
+                out += fraction * magnitude * np.cos(order * (theta + angle))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _ArcPlan:
+    """When one arc segment's arc burns, for the whole grid."""
+
+    strikes_ns: IntArray
+    """Start of every burning interval; the first is the segment start."""
+    outs_ns: IntArray
+    """End of every burning interval (:data:`_NEVER`: burns past the segment end)."""
+    proxy: complex
+    """Steady fault part of the arc current's stand-in (RMS phasor)."""
+    proxy_dc: FloatArray
+    """DC offset of the stand-in at each strike (K,)."""
+    point_dc: FloatArray
+    """DC offset of every point's fault current part at each strike (K, points, 3)."""
+
+
+class _Timeline:
+    """The segments seen from the measuring points, with the offsets and arc plans resolved."""
+
+    def __init__(
+        self,
+        segments: Sequence[StateSegment],
+        points: Sequence[MeasuringPoint],
+        end_ns: int,
+        reference_ns: int,
+        options: WaveformOptions,
+    ) -> None:
+        self.segments = segments
+        self.frequency_hz = segments[0].state.frequency_hz
+        self.reference_ns = reference_ns
+        self.v_harmonics = tuple(sorted(options.voltage_harmonics.items()))
+        self.i_harmonics = tuple(sorted(options.current_harmonics.items()))
+        self.u_v = np.stack([_point_voltages(s.state, i, points) for i, s in enumerate(segments)])
+        self.i_a = np.stack([_point_currents(s.state, i, points) for i, s in enumerate(segments)])
+        self.starts = np.array([s.start_ns for s in segments], dtype=np.int64)
+        self.ends = np.append(self.starts[1:], max(end_ns, int(self.starts[-1]) + 1))
+        n_points = len(points)
+        self.dc: list[FloatArray] = []
+        self.arcs: list[_ArcPlan | None] = []
+        for index, segment in enumerate(segments):
+            if segment.transient:
+                if index == 0:
+                    before = np.zeros((n_points, 3))
+                else:
+                    before = self.current(index - 1, self.starts[index : index + 1])[..., 0]
+                now = self.steady_current(index, self.starts[index : index + 1])[..., 0]
+                self.dc.append(before - now)
+            else:
+                self.dc.append(np.zeros((n_points, 3)))
+            self.arcs.append(None if segment.arc is None else self._plan_arc(index, segment.arc))
+
+    def theta(self, t_ns: IntArray) -> FloatArray:
+        return _theta(t_ns, self.reference_ns, self.frequency_hz)
+
+    def steady_current(self, index: int, t_ns: IntArray) -> FloatArray:
+        return _steady(self.i_a[index], self.i_harmonics, self.theta(t_ns))
+
+    def steady_voltage(self, index: int, t_ns: IntArray) -> FloatArray:
+        return _steady(self.u_v[index], self.v_harmonics, self.theta(t_ns))
+
+    def _decay(self, index: int, elapsed_ns: IntArray | FloatArray) -> FloatArray:
+        """exp(-elapsed / tau) of segment ``index``; elapsed times are small (relative) numbers."""
+        tau_s = self.segments[index].dc_time_constant_s
+        decay: FloatArray = np.exp(-elapsed_ns.astype(np.float64) / (tau_s * NS_PER_S))
+        return decay
+
+    def _burning(self, plan: _ArcPlan, t_ns: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+        strike = np.searchsorted(plan.strikes_ns, t_ns, side="right") - 1
+        strike = np.maximum(strike, 0)
+        return strike, t_ns < plan.outs_ns[strike]
+
+    def current(self, index: int, t_ns: IntArray) -> FloatArray:
+        """Complete current of segment ``index`` at times inside it: (points, 3, N)."""
+        segment = self.segments[index]
+        steady = self.steady_current(index, t_ns)
+        out = steady.copy()
+        if segment.transient:
+            out += self.dc[index][..., None] * self._decay(index, t_ns - self.starts[index])
+        plan = self.arcs[index]
+        if plan is not None and segment.arc is not None:
+            phases = list(segment.arc.phases)
+            healthy = self.steady_current(index - 1, t_ns)[:, phases]
+            strike, burning = self._burning(plan, t_ns)
+            offsets = np.moveaxis(plan.point_dc[strike][:, :, phases], 0, -1)
+            decay = self._decay(index, t_ns - plan.strikes_ns[strike])
+            fault_part = steady[:, phases] - healthy + offsets * decay
+            out[:, phases] = healthy + np.where(burning, fault_part, 0.0)
+        return out
+
+    def voltage(self, index: int, t_ns: IntArray) -> FloatArray:
+        """Complete voltage of segment ``index`` at times inside it: (points, 3, N)."""
+        segment = self.segments[index]
+        out = self.steady_voltage(index, t_ns)
+        plan = self.arcs[index]
+        if plan is not None and segment.arc is not None:
+            phases = list(segment.arc.phases)
+            healthy = self.steady_voltage(index - 1, t_ns)[:, phases]
+            strike, burning = self._burning(plan, t_ns)
+            arc_current = self._proxy_current(index, plan, strike, t_ns)
+            arc_v = segment.arc.arc_voltage_v * np.sign(arc_current)
+            fault_part = out[:, phases] - healthy + arc_v
+            out[:, phases] = healthy + np.where(burning, fault_part, 0.0)
+        return out
+
+    def _proxy_current(
+        self, index: int, plan: _ArcPlan, strike: IntArray, t_ns: IntArray
+    ) -> FloatArray:
+        """The arc current's stand-in while it burns (its sign sets the arc voltage's)."""
+        steady = _steady(np.array(plan.proxy), (), self.theta(t_ns))
+        elapsed = t_ns - plan.strikes_ns[strike]
+        result: FloatArray = steady + plan.proxy_dc[strike] * self._decay(index, elapsed)
+        return result
+
+    def _plan_arc(self, index: int, arc: ArcBehaviour) -> _ArcPlan:
+        """Strike and extinction instants of an arc segment (one loop turn per strike)."""
+        segment = self.segments[index]
+        if index == 0:
+            raise WaveformError(
+                "segment 0 is an arc segment; an arc needs a preceding segment (the state "
+                "without the arc) to fall back to while it is out"
+            )
+        _check_arc(arc, index)
+        reference = arc.phases[0]
+        before, now = self.segments[index - 1].state, segment.state
+        if before.i_from_a.shape != now.i_from_a.shape or before.u_v.shape != now.u_v.shape:
+            raise WaveformError(
+                f"arc segment {index} and the segment before it describe different grids "
+                "(branch or bus counts differ)"
+            )
+        fault_parts = np.concatenate(
+            [now.i_from_a[:, reference] - before.i_from_a[:, reference],
+             now.i_to_a[:, reference] - before.i_to_a[:, reference]]
+        )  # fmt: skip
+        if fault_parts.size == 0 or np.max(np.abs(fault_parts)) == 0.0:
+            raise WaveformError(
+                f"arc segment {index} ({segment.cause}) carries no fault current on phase "
+                f"{'abc'[reference]}: no branch current differs from the segment before"
+            )
+        proxy = complex(fault_parts[np.argmax(np.abs(fault_parts))])
+        du = np.abs(now.u_v[:, reference] - before.u_v[:, reference])
+        recovery = complex(before.u_v[int(np.argmax(du)), reference])
+        start, end = int(self.starts[index]), int(self.ends[index])
+        period_ns = NS_PER_S / self.frequency_hz
+        strikes, outs = [start], []
+        while True:
+            strike = strikes[-1]
+            dc = self._strike_dc(index, proxy, strike)
+            out = self._next_zero(index, proxy, dc, strike, strike + arc.burn_cycles * period_ns)
+            if out is None or out >= end:
+                outs.append(_NEVER)
+                break
+            outs.append(out)
+            ready = out + math.ceil(arc.restrike_after_cycles * period_ns)
+            restrike = self._restrike(recovery, ready, arc.restrike_fraction)
+            if restrike is None or restrike >= end:
+                break
+            strikes.append(restrike)
+        strikes_ns = np.array(strikes, dtype=np.int64)
+        proxy_dc = np.array([self._strike_dc(index, proxy, s) for s in strikes])
+        if segment.transient:
+            fault_at_strike = self.steady_current(index, strikes_ns) - self.steady_current(
+                index - 1, strikes_ns
+            )
+            point_dc = -np.moveaxis(fault_at_strike, -1, 0)
+            point_dc[0] = self.dc[index]  # the first strike is the segment's own inception
+        else:
+            point_dc = np.zeros((len(strikes), *self.i_a.shape[1:]))
+        return _ArcPlan(strikes_ns, np.array(outs, dtype=np.int64), proxy, proxy_dc, point_dc)
+
+    def _strike_dc(self, index: int, proxy: complex, strike_ns: int) -> float:
+        """Offset that starts the stand-in arc current from zero at a strike (transient only)."""
+        if not self.segments[index].transient:
+            return 0.0
+        steady = _steady(np.array(proxy), (), self.theta(np.array([strike_ns])))
+        return -float(steady[0])
+
+    def _next_zero(
+        self, index: int, proxy: complex, dc: float, strike_ns: int, earliest_ns: float
+    ) -> int | None:
+        """First zero of the stand-in arc current at or after ``earliest_ns`` (ns), or None."""
+        period_ns = NS_PER_S / self.frequency_hz
+        step_ns = period_ns / _ZERO_SEARCH_STEPS_PER_CYCLE
+        offsets: FloatArray = (
+            np.arange(_ZERO_SEARCH_STEPS_PER_CYCLE * _ZERO_SEARCH_CYCLES + 1, dtype=np.float64)
+            * step_ns
+        )
+        base = math.ceil(earliest_ns)
+        theta = _theta_offset(
+            (base - self.reference_ns) + offsets, self.reference_ns, self.frequency_hz
+        )
+        values: FloatArray = _steady(np.array(proxy), (), theta)
+        values += dc * self._decay(index, (base - strike_ns) + offsets)
+        crossing = np.flatnonzero((values[:-1] == 0.0) | (values[:-1] * values[1:] < 0.0))
+        if crossing.size == 0:
+            return None
+        k = int(crossing[0])
+        before, after = float(values[k]), float(values[k + 1])
+        fraction = 0.0 if before == 0.0 else before / (before - after)
+        return base + math.ceil(float(offsets[k]) + fraction * step_ns)
+
+    def _restrike(self, recovery: complex, ready_ns: int, fraction: float) -> int | None:
+        """First instant from ``ready_ns`` when the recovering voltage reaches ``fraction`` of its
+        peak (analytic: |cos x| >= fraction), or None when there is no voltage to restrike."""
+        if abs(recovery) == 0.0:
+            return None
+        x0 = float(self.theta(np.array([ready_ns]))[0]) + float(np.angle(recovery))
+        y = x0 % math.pi
+        half_width = math.acos(fraction)
+        if y <= half_width or y >= math.pi - half_width:
+            return ready_ns
+        wait_s = (math.pi - half_width - y) / (2.0 * math.pi * self.frequency_hz)
+        return ready_ns + math.ceil(wait_s * NS_PER_S)
+
+
+def _check_arc(arc: ArcBehaviour, index: int) -> None:
+    where = f"arc of segment {index}"
+    if not arc.phases or len(set(arc.phases)) != len(arc.phases):
+        raise WaveformError(f"{where}: phases must be distinct and not empty, got {arc.phases}")
+    if any(p not in (0, 1, 2) for p in arc.phases):
+        raise WaveformError(f"{where}: phases are 0, 1, 2 (a, b, c), got {arc.phases}")
+    if not (math.isfinite(arc.burn_cycles) and arc.burn_cycles > 0.0):
+        raise WaveformError(f"{where}: burn_cycles must be > 0, got {arc.burn_cycles}")
+    if not (math.isfinite(arc.restrike_after_cycles) and arc.restrike_after_cycles >= 0.0):
+        raise WaveformError(
+            f"{where}: restrike_after_cycles must be >= 0, got {arc.restrike_after_cycles}"
+        )
+    if not 0.0 < arc.restrike_fraction <= 1.0:
+        raise WaveformError(
+            f"{where}: restrike_fraction must be in (0, 1], got {arc.restrike_fraction}"
+        )
+    if not (math.isfinite(arc.arc_voltage_v) and arc.arc_voltage_v >= 0.0):
+        raise WaveformError(f"{where}: arc_voltage_v must be >= 0, got {arc.arc_voltage_v}")
+
+
+def _point_voltages(
+    state: PhasorState, index: int, points: Sequence[MeasuringPoint]
+) -> ComplexArray:
+    try:
+        rows = state.bus_rows([p.bus_id for p in points])
+    except KeyError as err:
+        raise WaveformError(f"segment {index}: {err.args[0]} (a measuring point's bus)") from err
+    voltages: ComplexArray = state.u_v[rows]
+    return voltages
+
+
+def _point_currents(
+    state: PhasorState, index: int, points: Sequence[MeasuringPoint]
+) -> ComplexArray:
+    out = np.zeros((len(points), 3), dtype=np.complex128)
+    for kind, source, rows_of in (
+        (CurrentAt.BRANCH_FROM, state.i_from_a, state.branch_rows),
+        (CurrentAt.BRANCH_TO, state.i_to_a, state.branch_rows),
+        (CurrentAt.LOAD, state.i_load_a, state.load_rows),
+    ):
+        chosen = [k for k, p in enumerate(points) if p.current_at == kind]
+        if not chosen:
+            continue
+        try:
+            rows = rows_of([points[k].element_id for k in chosen])
+        except KeyError as err:
+            raise WaveformError(
+                f"segment {index}: {err.args[0]} (the current of a measuring point)"
+            ) from err
+        out[chosen] = source[rows]
+    return out
+
+
+def _check_inputs(
+    segments: Sequence[StateSegment], start_ns: int, end_ns: int, sampling_rate_hz: int
+) -> None:
+    if sampling_rate_hz not in ALLOWED_SAMPLING_RATES_HZ:
+        allowed = ", ".join(str(rate) for rate in ALLOWED_SAMPLING_RATES_HZ)
+        raise WaveformError(f"sampling rate {sampling_rate_hz} Hz is not one of {allowed} Hz")
+    if not segments:
+        raise WaveformError("no segments: a waveform needs at least one phasor state")
+    if end_ns <= start_ns:
+        raise WaveformError(f"window end {end_ns} ns is not after its start {start_ns} ns")
+    if start_ns < segments[0].start_ns:
+        raise WaveformError(
+            f"window starts at {start_ns} ns, before the first segment "
+            f"({segments[0].cause}) at {segments[0].start_ns} ns: no state is known there"
+        )
+    frequency = segments[0].state.frequency_hz
+    if not (math.isfinite(frequency) and frequency > 0.0):
+        raise WaveformError(f"segment 0 has frequency {frequency} Hz")
+    for index in range(1, len(segments)):
+        if segments[index].start_ns <= segments[index - 1].start_ns:
+            raise WaveformError(
+                f"segment {index} ({segments[index].cause}) starts at "
+                f"{segments[index].start_ns} ns, not after segment {index - 1} at "
+                f"{segments[index - 1].start_ns} ns"
+            )
+        if segments[index].state.frequency_hz != frequency:
+            raise WaveformError(
+                f"segment {index} is at {segments[index].state.frequency_hz} Hz, segment 0 at "
+                f"{frequency} Hz: one record has one frequency"
+            )
+    for index, segment in enumerate(segments):
+        if segment.transient and not (
+            math.isfinite(segment.dc_time_constant_s) and segment.dc_time_constant_s > 0.0
+        ):
+            raise WaveformError(
+                f"segment {index} ({segment.cause}): dc_time_constant_s must be > 0, "
+                f"got {segment.dc_time_constant_s}"
+            )
+    nyquist = sampling_rate_hz / 2.0
+    if frequency >= nyquist:
+        raise WaveformError(f"{frequency} Hz is above the Nyquist limit of {sampling_rate_hz} Hz")
+
+
+def generate_waveforms(
+    segments: Sequence[StateSegment],
+    points: MeasuringPoint | Sequence[MeasuringPoint],
+    *,
+    start_ns: int,
+    end_ns: int,
+    sampling_rate_hz: int = 4000,
+    options: WaveformOptions | None = None,
+) -> WaveformRecord:
+    """Voltage and current samples at ``points`` over ``[start_ns, end_ns)`` (UTC ns).
+
+    ``segments`` are in time order; the last one lasts past ``end_ns``. The window must not start
+    before the first segment. Errors are :class:`WaveformError` (a ``ValueError``) naming the
+    offending segment, point or argument.
+    """
+    options = options or WaveformOptions()
+    point_list = (points,) if isinstance(points, MeasuringPoint) else tuple(points)
+    if not point_list:
+        raise WaveformError("no measuring points")
+    _check_inputs(segments, start_ns, end_ns, sampling_rate_hz)
+    frequency = segments[0].state.frequency_hz
+    for orders, what in (
+        (options.voltage_harmonics, "voltage_harmonics"),
+        (options.current_harmonics, "current_harmonics"),
+    ):
+        too_high = [
+            h for h, m in orders.items() if m > 0.0 and h * frequency >= sampling_rate_hz / 2
+        ]
+        if too_high:
+            raise WaveformError(
+                f"{what}: harmonic {too_high[0]} ({too_high[0] * frequency:g} Hz) is above the "
+                f"Nyquist limit of {sampling_rate_hz} Hz sampling"
+            )
+    starts = np.array([s.start_ns for s in segments], dtype=np.int64)
+    used = int(np.searchsorted(starts, end_ns, side="left"))  # segments starting before end_ns
+    timeline = _Timeline(segments[:used], point_list, end_ns, start_ns, options)
+
+    period_ns = NS_PER_S // sampling_rate_hz
+    n_samples = -(-(end_ns - start_ns) // period_ns)
+    t_ns = start_ns + np.arange(n_samples, dtype=np.int64) * period_ns
+    owner = np.searchsorted(timeline.starts, t_ns, side="right") - 1
+    voltage = np.empty((len(point_list), 3, n_samples))
+    current = np.empty((len(point_list), 3, n_samples))
+    for index in np.unique(owner).tolist():
+        chosen = slice(*np.flatnonzero(owner == index)[[0, -1]] + np.array([0, 1]))
+        voltage[..., chosen] = timeline.voltage(index, t_ns[chosen])
+        current[..., chosen] = timeline.current(index, t_ns[chosen])
+
+    _add_noise(voltage, current, timeline, options)
+    events = [
+        WaveformEvent(int(s.start_ns), s.cause)
+        for s in segments[:used]
+        if start_ns <= s.start_ns < end_ns
+    ]
+    for plan in timeline.arcs:
+        if plan is None:
+            continue
+        events += [
+            WaveformEvent(int(t), "arc_restrike")
+            for t in plan.strikes_ns[1:]
+            if start_ns <= t < end_ns
+        ]
+        events += [
+            WaveformEvent(int(t), "arc_extinction") for t in plan.outs_ns if start_ns <= t < end_ns
+        ]
+    events.sort(key=lambda event: event.t_ns)
+    return WaveformRecord(
+        start_ns=start_ns,
+        sampling_rate_hz=sampling_rate_hz,
+        frequency_hz=frequency,
+        points=point_list,
+        voltage_v=voltage,
+        current_a=current,
+        events=tuple(events),
+    )
+
+
+def _add_noise(
+    voltage: FloatArray, current: FloatArray, timeline: _Timeline, options: WaveformOptions
+) -> None:
+    """Gaussian noise scaled to each point's full scale (largest fundamental RMS seen)."""
+    if options.voltage_noise_fraction == 0.0 and options.current_noise_fraction == 0.0:
+        return
+    rng = np.random.default_rng(options.seed)
+    noise = rng.standard_normal((2, *voltage.shape))
+    v_scale = np.abs(timeline.u_v).max(axis=(0, 2)) * options.voltage_noise_fraction
+    i_scale = np.abs(timeline.i_a).max(axis=(0, 2)) * options.current_noise_fraction
+    voltage += noise[0] * v_scale[:, None, None]
+    current += noise[1] * i_scale[:, None, None]
