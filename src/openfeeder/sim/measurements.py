@@ -146,11 +146,11 @@ class DeviceReadings:
 
     @property
     def p_true_w(self) -> FloatArray:
-        return (self.u_true_v * np.conj(self.i_true_a)).real
+        return _power(self.u_true_v, self.i_true_a)[0]
 
     @property
     def q_true_var(self) -> FloatArray:
-        return (self.u_true_v * np.conj(self.i_true_a)).imag
+        return _power(self.u_true_v, self.i_true_a)[1]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -438,11 +438,9 @@ class MeasurementModel:
             self._clock_offset_s[rows][None, :]
             + self._jitter_std_s[rows][None, :] * z[..., _JITTER]
         )
-        rotation = np.exp(-2j * np.pi * frequency_hz * error_s)[..., None]
-        u_v = u_true * (1.0 + ratio * z[..., _V_RATIO]) * np.exp(1j * phase * z[..., _V_PHASE])
-        i_a = i_true * (1.0 + ratio * z[..., _I_RATIO]) * np.exp(1j * phase * z[..., _I_PHASE])
-        u_v *= rotation
-        i_a *= rotation
+        timing_rad = (-2.0 * np.pi * frequency_hz * error_s)[..., None]
+        u_v = _distort(u_true, ratio * z[..., _V_RATIO], phase * z[..., _V_PHASE] + timing_rad)
+        i_a = _distort(i_true, ratio * z[..., _I_RATIO], phase * z[..., _I_PHASE] + timing_rad)
         freq = frequency_hz + self._frequency_std_hz[rows][None, :] * z[..., _FREQUENCY]
         valid = uniforms[..., _NORMALS] >= self.dropout_probability
         t_reported = t_ns[:, None] + np.rint(error_s * _NS_PER_S).astype(np.int64)
@@ -454,13 +452,13 @@ class MeasurementModel:
         u_v[lost] = np.nan
         i_a[lost] = np.nan
         freq[lost] = np.nan
-        power = u_v * np.conj(i_a)
+        p_w, q_var = _power(u_v, i_a)
         return _Block(
             t_ns=t_reported,
             u_v=u_v,
             i_a=i_a,
-            p_w=power.real.copy(),
-            q_var=power.imag.copy(),
+            p_w=p_w,
+            q_var=q_var,
             frequency_hz=freq,
             valid=valid,
             u_true_v=u_true,
@@ -504,6 +502,28 @@ def _gather(
     return u_true, i_true
 
 
+def _distort(x: ComplexArray, ratio_error: FloatArray, angle_rad: FloatArray) -> ComplexArray:
+    """``x * (1 + ratio_error) * exp(j angle_rad)``, computed with real multiplications and
+    additions only: numpy's SIMD complex loops may fuse multiply-adds differently for different
+    array lengths, and one device measured alone must match, bit for bit, the same device measured
+    with thousands of others."""
+    gain = 1.0 + ratio_error
+    cos = gain * np.cos(angle_rad)
+    sin = gain * np.sin(angle_rad)
+    out = np.empty(np.broadcast_shapes(x.shape, cos.shape), dtype=np.complex128)
+    out.real = x.real * cos - x.imag * sin
+    out.imag = x.real * sin + x.imag * cos
+    return out
+
+
+def _power(u_v: ComplexArray, i_a: ComplexArray) -> tuple[FloatArray, FloatArray]:
+    """``P + jQ = V I*`` per phase, in real arithmetic for the reason given in :func:`_distort`."""
+    return (
+        u_v.real * i_a.real + u_v.imag * i_a.imag,
+        u_v.imag * i_a.real - u_v.real * i_a.imag,
+    )
+
+
 def _mix(x: U64Array) -> U64Array:
     """splitmix64's finalizer: a bijection of 64-bit words whose output bits all depend on every
     input bit (wrapping arithmetic is intended)."""
@@ -537,8 +557,10 @@ def _uniforms(keys: U64Array, count: int) -> FloatArray:
 
 def _box_muller(u: FloatArray) -> FloatArray:
     """Standard normals from pairs of uniforms along the last axis (even length)."""
-    radius = np.sqrt(-2.0 * np.log(u[..., 0::2]))
-    angle = 2.0 * np.pi * u[..., 1::2]
+    # Contiguous inputs: the transcendental functions then take the same (SIMD) path whatever the
+    # array's length, so the draws of a device do not depend on how many are measured with it.
+    radius = np.sqrt(-2.0 * np.log(np.ascontiguousarray(u[..., 0::2])))
+    angle = 2.0 * np.pi * np.ascontiguousarray(u[..., 1::2])
     out = np.empty(u.shape, dtype=np.float64)
     out[..., 0::2] = radius * np.cos(angle)
     out[..., 1::2] = radius * np.sin(angle)
