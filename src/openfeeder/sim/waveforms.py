@@ -65,6 +65,7 @@ import numpy.typing as npt
 from openfeeder.analysis.phasors import PhasorState
 from openfeeder.errors import OpenFeederError
 from openfeeder.model.grid import GridModel, lookup
+from openfeeder.sim.clock import NS_PER_S
 from openfeeder.sim.segments import ArcBehaviour, StateSegment
 
 __all__ = [
@@ -86,7 +87,6 @@ FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 IntArray = npt.NDArray[np.int64]
 
-NS_PER_S: Final = 1_000_000_000
 ALLOWED_SAMPLING_RATES_HZ: Final = (3200, 4000, 8000)
 """Rates of disturbance recorders and IEC 61869-9 merging units; each gives whole nanoseconds per
 sample, so sample instants are exact integers on the UTC nanosecond axis."""
