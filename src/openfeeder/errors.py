@@ -38,6 +38,7 @@ __all__ = [
     "MessagingError",
     "NotConvergedError",
     "OpenFeederError",
+    "ScenarioError",
     "StorageError",
 ]
 
@@ -137,6 +138,10 @@ class MessagingError(OpenFeederError):
 
 class ConfigError(OpenFeederError):
     """Settings or options are unusable."""
+
+
+class ScenarioError(ConfigError):
+    """A twin scenario file is unusable; the message names the file and the key."""
 
 
 class StorageError(OpenFeederError):

@@ -158,6 +158,11 @@ class SolvedWorld:
         with self._lock:
             return self._load_p.copy(), self._load_q.copy(), self._gen_p.copy()
 
+    def solved(self) -> PhasorState:
+        """The power-flow state at the present switch positions, ignoring any imposed state."""
+        with self._lock:
+            return self._state
+
     def impose(self, state: PhasorState | None) -> None:
         """Hold the grid in ``state`` (a fault in progress); None returns to the solved state."""
         with self._lock:
