@@ -16,6 +16,10 @@ makes it a switch is its command handler, which drives one switch of the twin's
 - ``reset``: clears the latched fault indicator (FTUs only).
 - ``set``: refused; a switch has no set-points.
 
+The controller checks before it drives the mechanism, in this order: the target is its switch,
+lockout (for ``close``), the present position; so even a stuck switch answers a refused or needless
+command.
+
 Fault injection (:class:`SwitchMode`, at construction or at any time with
 :meth:`VirtualSwitch.set_mode`): ``slow`` multiplies the operating time by ``slow_factor`` and adds
 ``slow_extra_s``; ``fail`` is a stuck mechanism, whose controller sends **no** acknowledgement at all

@@ -10,6 +10,7 @@ speed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import statistics
@@ -33,6 +34,7 @@ from openfeeder.config import (
     StorageSettings,
 )
 from openfeeder.iot.agent import MeterAgent, SyntheticSource
+from openfeeder.iot.agent.runtime import CommandContext
 from openfeeder.iot.broker import BrokerThread
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.mqtt import MqttLink
@@ -125,6 +127,7 @@ class Operator:
         *,
         command_id: str | None = None,
         deadline_ns: int | None = None,
+        parameters: dict[str, bool | int | float | str] | None = None,
         repeat: int = 1,
     ) -> str:
         """Publish a command (``repeat`` times, the same payload: an at-least-once redelivery)."""
@@ -136,6 +139,7 @@ class Operator:
             action=action,
             target_id=target_id,
             deadline_ns=deadline_ns,
+            parameters=parameters or {},
         )
         data = encode(command)
         for _ in range(repeat):
@@ -225,7 +229,7 @@ SwitchFactory = Callable[..., Rig]
 @pytest.fixture
 def rig(platform: Platform) -> Iterator[SwitchFactory]:
     """``rig(switch_id, **options)``: a started VirtualSwitch whose boot position was reported."""
-    made: list[Rig] = []
+    cleanup = contextlib.ExitStack()
 
     def make(switch_id: int = 301, *, clock: ScaledClock | None = None, **options: Any) -> Rig:
         clock = clock or ScaledClock(time.time_ns(), FACTOR)
@@ -241,19 +245,17 @@ def rig(platform: Platform) -> Iterator[SwitchFactory]:
             retained_wait_s=0.1,
             **options,
         )
-        operator = Operator(platform.broker_url, switch.device_id, clock).__enter__()
-        made.append(Rig(switch, world, clock, operator, operations))
+        operator = cleanup.enter_context(Operator(platform.broker_url, switch.device_id, clock))
+        cleanup.callback(switch.stop)
         switch.start()
         assert switch.wait_running(TIMEOUT_S)
         boot = operator.event("switch_position")  # also proves it listens for commands
         assert _reading(boot, "closed") == float(world.switch_closed(switch_id))
         assert "at boot" in boot.message
-        return made[-1]
+        return Rig(switch, world, clock, operator, operations)
 
-    yield make
-    for made_rig in made:
-        made_rig.switch.stop()
-        made_rig.operator.__exit__()
+    with cleanup:
+        yield make
 
 
 # --- switches ---------------------------------------------------------------------------------------
@@ -455,6 +457,62 @@ def test_factory_builds_a_device_per_remote_switch_that_boots_and_operates(
             assert (info.location.case, info.location.element_id) == ("turin", 313)
         finally:
             switches.stop()
+
+
+class _Faulty:
+    """A command handler with a bug: the agent must answer FAILED and keep taking commands."""
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def handle_command(self, command: Command, context: CommandContext) -> None:
+        self.handled.append(command.command_id)
+        if command.action is CommandAction.SET:
+            raise ValueError(f"set-point {sorted(command.parameters)} out of range")
+        context.ack(AckStatus.DONE, "ok")
+
+
+def test_agent_command_path_with_and_without_a_handler(platform: Platform) -> None:
+    clock = ScaledClock(time.time_ns(), FACTOR)
+    faulty = _Faulty()
+    devices = {"handled": _unique("dev"), "meter": _unique("meter")}
+    agents = {
+        name: MeterAgent(
+            platform.settings,
+            device_id=device,
+            source=SyntheticSource(3),
+            catalog=platform.catalog,
+            retained_wait_s=0.1,
+            clock=clock,
+            command_handler=faulty if name == "handled" else None,
+        )
+        for name, device in devices.items()
+    }
+    with contextlib.ExitStack() as stack:
+        operators = {
+            name: stack.enter_context(Operator(platform.broker_url, device, clock))
+            for name, device in devices.items()
+        }
+        for agent in agents.values():
+            stack.callback(agent.stop)
+            agent.start()
+            assert agent.wait_running(TIMEOUT_S)
+        meter, handled = operators["meter"], operators["handled"]
+        # a meter without a handler has nothing to operate (an expired command: expired)
+        refused = meter.command(CommandAction.OPEN, 301)
+        assert meter.ack(refused, AckStatus.REJECTED).detail == "a meter has nothing to operate"
+        late = meter.command(CommandAction.OPEN, 301, deadline_ns=clock.now_ns() - NS_PER_S)
+        assert meter.ack(late, AckStatus.REJECTED).detail == "expired"
+        # a handler's exception is answered FAILED with the error, and the next command runs
+        broken = handled.command(CommandAction.SET, 7, parameters={"p_mw": 1.5})
+        failed = handled.ack(broken, AckStatus.FAILED)
+        assert "ValueError" in failed.detail
+        assert "p_mw" in failed.detail
+        fine = handled.command(CommandAction.RESET, 7)
+        handled.ack(fine, AckStatus.DONE)
+        late = handled.command(CommandAction.RESET, 7, deadline_ns=clock.now_ns() - NS_PER_S)
+        assert handled.ack(late, AckStatus.REJECTED).detail == "expired"
+        assert faulty.handled == [broken, fine]  # the expired one never reached the handler
 
 
 # --- pacing of any meter by the domain clock -------------------------------------------------------
