@@ -727,7 +727,7 @@ def generate_waveforms(
         voltage[..., chosen] = timeline.voltage(index, t_ns[chosen])
         current[..., chosen] = timeline.current(index, t_ns[chosen])
 
-    _add_noise(voltage, current, timeline, options)
+    _add_noise(voltage, current, segments, point_list, options)
     events = [
         WaveformEvent(int(s.start_ns), s.cause)
         for s in segments[:used]
@@ -757,14 +757,22 @@ def generate_waveforms(
 
 
 def _add_noise(
-    voltage: FloatArray, current: FloatArray, timeline: _Timeline, options: WaveformOptions
+    voltage: FloatArray,
+    current: FloatArray,
+    segments: Sequence[StateSegment],
+    points: Sequence[MeasuringPoint],
+    options: WaveformOptions,
 ) -> None:
-    """Gaussian noise scaled to each point's full scale (largest fundamental RMS seen)."""
+    """Gaussian noise scaled to each point's full scale: the largest fundamental RMS over all
+    segments, those outside the window included, so the noise does not depend on the cut."""
     if options.voltage_noise_fraction == 0.0 and options.current_noise_fraction == 0.0:
         return
+    v_scale = np.zeros(len(points))
+    i_scale = np.zeros(len(points))
+    for index, segment in enumerate(segments):
+        v_scale = np.maximum(v_scale, np.abs(_point_voltages(segment.state, index, points)).max(1))
+        i_scale = np.maximum(i_scale, np.abs(_point_currents(segment.state, index, points)).max(1))
     rng = np.random.default_rng(options.seed)
     noise = rng.standard_normal((2, *voltage.shape))
-    v_scale = np.abs(timeline.u_v).max(axis=(0, 2)) * options.voltage_noise_fraction
-    i_scale = np.abs(timeline.i_a).max(axis=(0, 2)) * options.current_noise_fraction
-    voltage += noise[0] * v_scale[:, None, None]
-    current += noise[1] * i_scale[:, None, None]
+    voltage += noise[0] * (v_scale * options.voltage_noise_fraction)[:, None, None]
+    current += noise[1] * (i_scale * options.current_noise_fraction)[:, None, None]
