@@ -46,8 +46,8 @@ from openfeeder.model.synth import generate_feeders
 
 __all__ = [
     "SCENARIO_DIR",
-    "DeviceOutageEvent",
     "DeviceModeEvent",
+    "DeviceOutageEvent",
     "DevicesSpec",
     "ExtraDevice",
     "FaultEvent",
@@ -288,7 +288,7 @@ class Scenario(_Strict):
         return model
 
     def _check_references(self, model: GridModel) -> None:
-        lines = {int(i): float(n) for i, n in zip(model.line["id"], model.line["length_km"])}
+        lines = {int(i): float(n) for i, n in zip(model.line["id"], model.line["length_km"], strict=False)}
         switches = set(model.switch["id"].tolist())
         buses = set(model.bus["id"].tolist())
         for index, event in enumerate(self.events):

@@ -60,7 +60,8 @@ def test_stepped_clock_moves_only_when_advanced_and_wakes_sleepers() -> None:
     thread.start()
     clock.advance_to(4_999)
     thread.join(0.3)
-    assert thread.is_alive() and woke == []
+    assert thread.is_alive()
+    assert woke == []
     clock.advance_to(5_000)
     thread.join(5.0)
     assert woke == [5_000]
@@ -78,9 +79,11 @@ def test_a_stop_event_interrupts_a_sleep() -> None:
 def test_clock_for_speed_words_and_factors() -> None:
     assert isinstance(clock_for_speed("realtime"), RealClock)
     stepped = clock_for_speed("max", start_ns=42)
-    assert isinstance(stepped, SteppedClock) and stepped.now_ns() == 42
+    assert isinstance(stepped, SteppedClock)
+    assert stepped.now_ns() == 42
     scaled = clock_for_speed("60x", start_ns=0)
-    assert isinstance(scaled, ScaledClock) and scaled.speed == 60.0
+    assert isinstance(scaled, ScaledClock)
+    assert scaled.speed == 60.0
     assert isinstance(clock_for_speed(math.inf, start_ns=0), SteppedClock)
     with pytest.raises(ValueError, match="realtime"):
         clock_for_speed("quickly")

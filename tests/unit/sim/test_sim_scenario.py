@@ -98,7 +98,7 @@ def test_bad_scenarios_name_the_file_and_the_key(tmp_path: Path, extra: str, whe
 
 
 def test_unknown_case_invalid_toml_and_missing_grid(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="scenario.case"):
+    with pytest.raises(ScenarioError, match=r"scenario\.case"):
         load_scenario(_write(tmp_path, MINIMAL.replace("turin", "atlantis"))).build_model()
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load_scenario(_write(tmp_path, "[scenario\n"))
