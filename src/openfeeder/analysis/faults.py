@@ -249,6 +249,8 @@ class FaultResult:
     """The power flow at the same operating point without the fault (same arrays)."""
     u_fault_v: ComplexArray
     """Phase-to-ground voltage at the fault point, (3,); for a broken conductor its source side."""
+    u_prefault_v: ComplexArray
+    """Phase-to-ground voltage at the fault point before the fault, (3,)."""
     u_load_side_v: ComplexArray
     """For a broken conductor the load-side end of the break; else the same as ``u_fault_v``."""
     i_fault_a: ComplexArray
@@ -420,6 +422,7 @@ def _shunt_fault(setup: _Setup, fault_type: FaultType) -> FaultResult:
     return FaultResult(
         state=view.state(during),
         u_fault_v=u_fault,
+        u_prefault_v=u_pre,
         u_load_side_v=u_fault,
         i_fault_a=i_fault,
         loop_impedance_ohm=loop,
@@ -496,6 +499,7 @@ def _open_conductor(setup: _Setup, *, ground: bool) -> FaultResult:
     return FaultResult(
         state=view.state(during),
         u_fault_v=during.u_at(source_side),
+        u_prefault_v=pre.u_at(cut),
         u_load_side_v=during.u_at(load_side),
         i_fault_a=i_fault,
         loop_impedance_ohm=loop,
