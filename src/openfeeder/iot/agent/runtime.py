@@ -346,8 +346,9 @@ class MeterAgent:
 
     @property
     def last_tick_ns(self) -> int | None:
-        """Domain time of the latest tick (None before the first): a twin stepping its clock
-        waits for its meters to reach a step before taking the next."""
+        """Domain time of the latest completed tick (measurement buffered and handed to the
+        publisher, ``on_tick`` run; None before the first): a twin stepping its clock waits for
+        its meters to reach a step before taking the next."""
         return self._last_tick_ns
 
     @property
@@ -637,6 +638,7 @@ class MeterAgent:
                     try:
                         t_ns = self._tick()
                         self._run_tick_hook(t_ns)
+                        self._last_tick_ns = t_ns  # the tick's work is done
                     finally:  # a failing tick must not be retried at once, forever
                         next_tick_ns = self._next_tick(next_tick_ns)
                         self._schedule(next_tick_ns)
@@ -696,7 +698,6 @@ class MeterAgent:
     def _tick(self) -> int:
         """One measurement; its domain time (ns)."""
         t_ns = self._clock.now_ns()
-        self._last_tick_ns = t_ns
         current, store, forwarder = self._current, self._store, self._forwarder
         if current is None or store is None or forwarder is None:
             return t_ns
