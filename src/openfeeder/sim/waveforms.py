@@ -357,15 +357,20 @@ def _theta_offset(offset_ns: FloatArray, reference_ns: int, frequency_hz: float)
 def _steady(
     phasors: ComplexArray, harmonics: tuple[tuple[int, float], ...], theta: FloatArray
 ) -> FloatArray:
-    """Instantaneous values of phasors (..., ) plus harmonics at angles theta (N,): (..., N)."""
+    """Instantaneous values of phasors (...) plus harmonics at angles theta (N,): (..., N).
+
+    Each order is ``Re(C exp(j h theta))`` with ``C = sqrt2 m |P| exp(j h arg P)``: the cosines
+    and sines are taken of the (N,) angles once per order, not of every channel's samples.
+    """
     amplitude = _SQRT2 * phasors[..., None]
     out: FloatArray = amplitude.real * np.cos(theta) - amplitude.imag * np.sin(theta)
-    if harmonics:
-        magnitude = np.abs(phasors)[..., None] * _SQRT2
-        angle = np.angle(phasors)[..., None]
-        for order, fraction in harmonics:
-            if fraction > 0.0:
-                out += fraction * magnitude * np.cos(order * (theta + angle))
+    for order, fraction in harmonics:
+        if fraction > 0.0:
+            coefficient = (
+                (fraction * _SQRT2) * np.abs(phasors) * np.exp(1j * order * np.angle(phasors))
+            )
+            out += coefficient.real[..., None] * np.cos(order * theta)
+            out -= coefficient.imag[..., None] * np.sin(order * theta)
     return out
 
 
