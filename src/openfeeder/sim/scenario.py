@@ -193,7 +193,8 @@ class FaultEvent(_Event):
     line: int
     distance_m: Annotated[float, Field(ge=0)]
     r_f_ohm: Annotated[float, Field(ge=0)] = 0.0
-    phase: Literal["a", "b", "c"] = "a"
+    phase: Annotated[str, Field(pattern=r"^[abc]{1,3}$")] | None = None
+    """Faulted phase letters (``a``, ``bc``); None: a, or b and c for two-phase faults."""
     duration_s: Annotated[float, Field(gt=0)] | None = None
     """None: permanent (stays until repaired)."""
     evolve_to: Literal["ll", "lll", "llg"] | None = None

@@ -567,7 +567,8 @@ class Twin:
         last = timeline.segments[-1].start_ns
         start_ns = max(first, fault_start - round(wave.pre_s * NS_PER_S))
         end_ns = last + round(wave.post_s * NS_PER_S)
-        watched = [timeline.tripped_breaker] if timeline.tripped_breaker is not None else []
+        head = timeline.tripped_breaker if timeline.tripped_breaker is not None else timeline.breaker_id
+        watched = [head]
         watched += [
             s
             for s, flag in sorted(timeline.fault_indicators.items())
