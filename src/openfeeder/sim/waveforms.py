@@ -65,6 +65,7 @@ import numpy.typing as npt
 from openfeeder.analysis.phasors import PhasorState
 from openfeeder.errors import OpenFeederError
 from openfeeder.model.grid import GridModel, lookup
+from openfeeder.sim._signal import ArcStandIn, SignalModel, theta_at
 from openfeeder.sim.clock import NS_PER_S
 from openfeeder.sim.segments import ArcBehaviour, StateSegment
 
@@ -95,11 +96,6 @@ DEFAULT_CURRENT_HARMONICS: Final[Mapping[int, float]] = MappingProxyType(
     {3: 0.03, 5: 0.02, 7: 0.01}
 )
 _SQRT2: Final = math.sqrt(2.0)
-_NEVER: Final = np.iinfo(np.int64).max
-_ZERO_SEARCH_STEPS_PER_CYCLE: Final = 512
-_ZERO_SEARCH_CYCLES: Final = 20
-"""A fully offset arc current crosses zero within a few cycles once its DC part has decayed a
-little; an arc current that stays one-sided for 20 cycles burns to the end of its segment."""
 
 
 class WaveformError(OpenFeederError, ValueError):
@@ -291,7 +287,7 @@ class WaveformRecord:
         """
         first, count = _cycle_window(self, start_ns, cycles)
         t_ns = self.start_ns + (first + np.arange(count, dtype=np.int64)) * self.sample_period_ns
-        theta = _theta(t_ns, int(t_ns[0]), self.frequency_hz)
+        theta = theta_at(t_ns, int(t_ns[0]), self.frequency_hz)
         window = slice(first, first + count)
         return (
             fundamental_phasors(self.voltage_v[..., window], theta),
@@ -337,255 +333,38 @@ def _cycle_window(record: WaveformRecord, start_ns: int, cycles: int) -> tuple[i
     return first, count
 
 
-def _theta(t_ns: IntArray, reference_ns: int, frequency_hz: float) -> FloatArray:
-    """Fundamental angle 2 pi f t on the absolute axis, for integer times near ``reference_ns``.
-
-    The reference's angle is exact (rational arithmetic); only the integer offsets from it go
-    through floating point, where they are small.
-    """
-    return _theta_offset((t_ns - reference_ns).astype(np.float64), reference_ns, frequency_hz)
-
-
-def _theta_offset(offset_ns: FloatArray, reference_ns: int, frequency_hz: float) -> FloatArray:
-    """Fundamental angle at ``reference_ns + offset_ns`` (offsets may be fractional ns)."""
-    cycles_at_reference = Fraction(reference_ns, NS_PER_S) * Fraction(frequency_hz)
-    phase0 = float(cycles_at_reference - math.floor(cycles_at_reference))
-    angle: FloatArray = 2.0 * np.pi * (phase0 + frequency_hz * (offset_ns / NS_PER_S))
-    return angle
-
-
-def _steady(
-    phasors: ComplexArray, harmonics: tuple[tuple[int, float], ...], theta: FloatArray
-) -> FloatArray:
-    """Instantaneous values of phasors (...) plus harmonics at angles theta (N,): (..., N).
-
-    Each order is ``Re(C exp(j h theta))`` with ``C = sqrt2 m |P| exp(j h arg P)``: the cosines
-    and sines are taken of the (N,) angles once per order, not of every channel's samples.
-    """
-    amplitude = _SQRT2 * phasors[..., None]
-    out: FloatArray = amplitude.real * np.cos(theta) - amplitude.imag * np.sin(theta)
-    for order, fraction in harmonics:
-        if fraction > 0.0:
-            coefficient = (
-                (fraction * _SQRT2) * np.abs(phasors) * np.exp(1j * order * np.angle(phasors))
-            )
-            out += coefficient.real[..., None] * np.cos(order * theta)
-            out -= coefficient.imag[..., None] * np.sin(order * theta)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _ArcPlan:
-    """When one arc segment's arc burns, for the whole grid."""
-
-    strikes_ns: IntArray
-    """Start of every burning interval; the first is the segment start."""
-    outs_ns: IntArray
-    """End of every burning interval (:data:`_NEVER`: burns past the segment end)."""
-    proxy: complex
-    """Steady fault part of the arc current's stand-in (RMS phasor)."""
-    proxy_dc: FloatArray
-    """DC offset of the stand-in at each strike (K,)."""
-    point_dc: FloatArray
-    """DC offset of every point's fault current part at each strike (K, points, 3)."""
-
-
-class _Timeline:
-    """The segments seen from the measuring points, with the offsets and arc plans resolved."""
-
-    def __init__(
-        self,
-        segments: Sequence[StateSegment],
-        points: Sequence[MeasuringPoint],
-        end_ns: int,
-        reference_ns: int,
-        options: WaveformOptions,
-    ) -> None:
-        self.segments = segments
-        self.frequency_hz = segments[0].state.frequency_hz
-        self.reference_ns = reference_ns
-        self.v_harmonics = tuple(sorted(options.voltage_harmonics.items()))
-        self.i_harmonics = tuple(sorted(options.current_harmonics.items()))
-        self.u_v = np.stack([_point_voltages(s.state, i, points) for i, s in enumerate(segments)])
-        self.i_a = np.stack([_point_currents(s.state, i, points) for i, s in enumerate(segments)])
-        self.starts = np.array([s.start_ns for s in segments], dtype=np.int64)
-        self.ends = np.append(self.starts[1:], max(end_ns, int(self.starts[-1]) + 1))
-        n_points = len(points)
-        self.dc: list[FloatArray] = []
-        self.arcs: list[_ArcPlan | None] = []
-        for index, segment in enumerate(segments):
-            if segment.transient:
-                if index == 0:
-                    before = np.zeros((n_points, 3))
-                else:
-                    before = self.current(index - 1, self.starts[index : index + 1])[..., 0]
-                now = self.steady_current(index, self.starts[index : index + 1])[..., 0]
-                self.dc.append(before - now)
-            else:
-                self.dc.append(np.zeros((n_points, 3)))
-            self.arcs.append(None if segment.arc is None else self._plan_arc(index, segment.arc))
-
-    def theta(self, t_ns: IntArray) -> FloatArray:
-        return _theta(t_ns, self.reference_ns, self.frequency_hz)
-
-    def steady_current(self, index: int, t_ns: IntArray) -> FloatArray:
-        return _steady(self.i_a[index], self.i_harmonics, self.theta(t_ns))
-
-    def steady_voltage(self, index: int, t_ns: IntArray) -> FloatArray:
-        return _steady(self.u_v[index], self.v_harmonics, self.theta(t_ns))
-
-    def _decay(self, index: int, elapsed_ns: IntArray | FloatArray) -> FloatArray:
-        """exp(-elapsed / tau) of segment ``index``; elapsed times are small (relative) numbers."""
-        tau_s = self.segments[index].dc_time_constant_s
-        decay: FloatArray = np.exp(-elapsed_ns.astype(np.float64) / (tau_s * NS_PER_S))
-        return decay
-
-    def _burning(self, plan: _ArcPlan, t_ns: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-        strike = np.searchsorted(plan.strikes_ns, t_ns, side="right") - 1
-        strike = np.maximum(strike, 0)
-        return strike, t_ns < plan.outs_ns[strike]
-
-    def current(self, index: int, t_ns: IntArray) -> FloatArray:
-        """Complete current of segment ``index`` at times inside it: (points, 3, N)."""
-        segment = self.segments[index]
-        steady = self.steady_current(index, t_ns)
-        out = steady.copy()
-        if segment.transient:
-            out += self.dc[index][..., None] * self._decay(index, t_ns - self.starts[index])
-        plan = self.arcs[index]
-        if plan is not None and segment.arc is not None:
-            phases = list(segment.arc.phases)
-            healthy = self.steady_current(index - 1, t_ns)[:, phases]
-            strike, burning = self._burning(plan, t_ns)
-            offsets = np.moveaxis(plan.point_dc[strike][:, :, phases], 0, -1)
-            decay = self._decay(index, t_ns - plan.strikes_ns[strike])
-            fault_part = steady[:, phases] - healthy + offsets * decay
-            out[:, phases] = healthy + np.where(burning, fault_part, 0.0)
-        return out
-
-    def voltage(self, index: int, t_ns: IntArray) -> FloatArray:
-        """Complete voltage of segment ``index`` at times inside it: (points, 3, N)."""
-        segment = self.segments[index]
-        out = self.steady_voltage(index, t_ns)
-        plan = self.arcs[index]
-        if plan is not None and segment.arc is not None:
-            phases = list(segment.arc.phases)
-            healthy = self.steady_voltage(index - 1, t_ns)[:, phases]
-            strike, burning = self._burning(plan, t_ns)
-            arc_current = self._proxy_current(index, plan, strike, t_ns)
-            arc_v = segment.arc.arc_voltage_v * np.sign(arc_current)
-            fault_part = out[:, phases] - healthy + arc_v
-            out[:, phases] = healthy + np.where(burning, fault_part, 0.0)
-        return out
-
-    def _proxy_current(
-        self, index: int, plan: _ArcPlan, strike: IntArray, t_ns: IntArray
-    ) -> FloatArray:
-        """The arc current's stand-in while it burns (its sign sets the arc voltage's)."""
-        steady = _steady(np.array(plan.proxy), (), self.theta(t_ns))
-        elapsed = t_ns - plan.strikes_ns[strike]
-        result: FloatArray = steady + plan.proxy_dc[strike] * self._decay(index, elapsed)
-        return result
-
-    def _plan_arc(self, index: int, arc: ArcBehaviour) -> _ArcPlan:
-        """Strike and extinction instants of an arc segment (one loop turn per strike)."""
-        segment = self.segments[index]
-        if index == 0:
-            raise WaveformError(
-                "segment 0 is an arc segment; an arc needs a preceding segment (the state "
-                "without the arc) to fall back to while it is out"
-            )
-        _check_arc(arc, index)
-        reference = arc.phases[0]
-        before, now = self.segments[index - 1].state, segment.state
-        if before.i_from_a.shape != now.i_from_a.shape or before.u_v.shape != now.u_v.shape:
-            raise WaveformError(
-                f"arc segment {index} and the segment before it describe different grids "
-                "(branch or bus counts differ)"
-            )
-        fault_parts = np.concatenate(
-            [now.i_from_a[:, reference] - before.i_from_a[:, reference],
-             now.i_to_a[:, reference] - before.i_to_a[:, reference]]
-        )  # fmt: skip
-        if fault_parts.size == 0 or np.max(np.abs(fault_parts)) == 0.0:
-            raise WaveformError(
-                f"arc segment {index} ({segment.cause}) carries no fault current on phase "
-                f"{'abc'[reference]}: no branch current differs from the segment before"
-            )
-        proxy = complex(fault_parts[np.argmax(np.abs(fault_parts))])
-        du = np.abs(now.u_v[:, reference] - before.u_v[:, reference])
-        recovery = complex(before.u_v[int(np.argmax(du)), reference])
-        start, end = int(self.starts[index]), int(self.ends[index])
-        period_ns = NS_PER_S / self.frequency_hz
-        strikes, outs = [start], []
-        while True:
-            strike = strikes[-1]
-            dc = self._strike_dc(index, proxy, strike)
-            out = self._next_zero(index, proxy, dc, strike, strike + arc.burn_cycles * period_ns)
-            if out is None or out >= end:
-                outs.append(_NEVER)
-                break
-            outs.append(out)
-            ready = out + math.ceil(arc.restrike_after_cycles * period_ns)
-            restrike = self._restrike(recovery, ready, arc.restrike_fraction)
-            if restrike is None or restrike >= end:
-                break
-            strikes.append(restrike)
-        strikes_ns = np.array(strikes, dtype=np.int64)
-        proxy_dc = np.array([self._strike_dc(index, proxy, s) for s in strikes])
-        if segment.transient:
-            fault_at_strike = self.steady_current(index, strikes_ns) - self.steady_current(
-                index - 1, strikes_ns
-            )
-            point_dc = -np.moveaxis(fault_at_strike, -1, 0)
-            point_dc[0] = self.dc[index]  # the first strike is the segment's own inception
-        else:
-            point_dc = np.zeros((len(strikes), *self.i_a.shape[1:]))
-        return _ArcPlan(strikes_ns, np.array(outs, dtype=np.int64), proxy, proxy_dc, point_dc)
-
-    def _strike_dc(self, index: int, proxy: complex, strike_ns: int) -> float:
-        """Offset that starts the stand-in arc current from zero at a strike (transient only)."""
-        if not self.segments[index].transient:
-            return 0.0
-        steady = _steady(np.array(proxy), (), self.theta(np.array([strike_ns])))
-        return -float(steady[0])
-
-    def _next_zero(
-        self, index: int, proxy: complex, dc: float, strike_ns: int, earliest_ns: float
-    ) -> int | None:
-        """First zero of the stand-in arc current at or after ``earliest_ns`` (ns), or None."""
-        period_ns = NS_PER_S / self.frequency_hz
-        step_ns = period_ns / _ZERO_SEARCH_STEPS_PER_CYCLE
-        offsets: FloatArray = (
-            np.arange(_ZERO_SEARCH_STEPS_PER_CYCLE * _ZERO_SEARCH_CYCLES + 1, dtype=np.float64)
-            * step_ns
+def _arc_stand_in(segments: Sequence[StateSegment], index: int, arc: ArcBehaviour) -> ArcStandIn:
+    """Check an arc segment and pick what stands for its arc current and gap voltage: the branch
+    end whose current changes most on the arc's first phase (it feeds the fault) and the healthy
+    voltage of the bus whose voltage changes most (the faulted bus)."""
+    segment = segments[index]
+    if index == 0:
+        raise WaveformError(
+            "segment 0 is an arc segment; an arc needs a preceding segment (the state "
+            "without the arc) to fall back to while it is out"
         )
-        base = math.ceil(earliest_ns)
-        theta = _theta_offset(
-            (base - self.reference_ns) + offsets, self.reference_ns, self.frequency_hz
+    _check_arc(arc, index)
+    reference = arc.phases[0]
+    before, now = segments[index - 1].state, segment.state
+    if before.i_from_a.shape != now.i_from_a.shape or before.u_v.shape != now.u_v.shape:
+        raise WaveformError(
+            f"arc segment {index} and the segment before it describe different grids "
+            "(branch or bus counts differ)"
         )
-        values: FloatArray = _steady(np.array(proxy), (), theta)
-        values += dc * self._decay(index, (base - strike_ns) + offsets)
-        crossing = np.flatnonzero((values[:-1] == 0.0) | (values[:-1] * values[1:] < 0.0))
-        if crossing.size == 0:
-            return None
-        k = int(crossing[0])
-        before, after = float(values[k]), float(values[k + 1])
-        fraction = 0.0 if before == 0.0 else before / (before - after)
-        return base + math.ceil(float(offsets[k]) + fraction * step_ns)
-
-    def _restrike(self, recovery: complex, ready_ns: int, fraction: float) -> int | None:
-        """First instant from ``ready_ns`` when the recovering voltage reaches ``fraction`` of its
-        peak (analytic: |cos x| >= fraction), or None when there is no voltage to restrike."""
-        if abs(recovery) == 0.0:
-            return None
-        x0 = float(self.theta(np.array([ready_ns]))[0]) + float(np.angle(recovery))
-        y = x0 % math.pi
-        half_width = math.acos(fraction)
-        if y <= half_width or y >= math.pi - half_width:
-            return ready_ns
-        wait_s = (math.pi - half_width - y) / (2.0 * math.pi * self.frequency_hz)
-        return ready_ns + math.ceil(wait_s * NS_PER_S)
+    fault_parts = np.concatenate(
+        [now.i_from_a[:, reference] - before.i_from_a[:, reference],
+         now.i_to_a[:, reference] - before.i_to_a[:, reference]]
+    )  # fmt: skip
+    if fault_parts.size == 0 or np.max(np.abs(fault_parts)) == 0.0:
+        raise WaveformError(
+            f"arc segment {index} ({segment.cause}) carries no fault current on phase "
+            f"{'abc'[reference]}: no branch current differs from the segment before"
+        )
+    du = np.abs(now.u_v[:, reference] - before.u_v[:, reference])
+    return ArcStandIn(
+        current_a=complex(fault_parts[np.argmax(np.abs(fault_parts))]),
+        recovery_v=complex(before.u_v[int(np.argmax(du)), reference]),
+    )
 
 
 def _check_arc(arc: ArcBehaviour, index: int) -> None:
@@ -719,18 +498,33 @@ def generate_waveforms(
             )
     starts = np.array([s.start_ns for s in segments], dtype=np.int64)
     used = int(np.searchsorted(starts, end_ns, side="left"))  # segments starting before end_ns
-    timeline = _Timeline(segments[:used], point_list, end_ns, start_ns, options)
+    window_segments = segments[:used]
+    stand_ins = {
+        index: _arc_stand_in(segments, index, segment.arc)
+        for index, segment in enumerate(window_segments)
+        if segment.arc is not None
+    }
+    signal = SignalModel(
+        window_segments,
+        np.stack([_point_voltages(s.state, i, point_list) for i, s in enumerate(window_segments)]),
+        np.stack([_point_currents(s.state, i, point_list) for i, s in enumerate(window_segments)]),
+        stand_ins,
+        end_ns=end_ns,
+        reference_ns=start_ns,
+        voltage_harmonics=tuple(sorted(options.voltage_harmonics.items())),
+        current_harmonics=tuple(sorted(options.current_harmonics.items())),
+    )
 
     period_ns = NS_PER_S // sampling_rate_hz
     n_samples = -(-(end_ns - start_ns) // period_ns)
     t_ns = start_ns + np.arange(n_samples, dtype=np.int64) * period_ns
-    owner = np.searchsorted(timeline.starts, t_ns, side="right") - 1
+    owner = np.searchsorted(signal.starts, t_ns, side="right") - 1
     voltage = np.empty((len(point_list), 3, n_samples))
     current = np.empty((len(point_list), 3, n_samples))
     for index in np.unique(owner).tolist():
         chosen = slice(*np.flatnonzero(owner == index)[[0, -1]] + np.array([0, 1]))
-        voltage[..., chosen] = timeline.voltage(index, t_ns[chosen])
-        current[..., chosen] = timeline.current(index, t_ns[chosen])
+        voltage[..., chosen] = signal.voltage(index, t_ns[chosen])
+        current[..., chosen] = signal.current(index, t_ns[chosen])
 
     _add_noise(voltage, current, segments, point_list, options)
     events = [
@@ -738,7 +532,7 @@ def generate_waveforms(
         for s in segments[:used]
         if start_ns <= s.start_ns < end_ns
     ]
-    for plan in timeline.arcs:
+    for plan in signal.arcs:
         if plan is None:
             continue
         events += [
