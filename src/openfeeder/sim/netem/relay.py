@@ -328,43 +328,57 @@ class NetworkEmulator:
     async def _handle(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
+        """One device connection (the ``start_server`` callback, a task of its own)."""
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         number = next(self._connection_numbers)
         peer = peer_name(client_writer)
         try:
-            try:
-                upstream_reader, upstream_writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.upstream_host, self.upstream_port),
-                    self.connect_timeout_s,
-                )
-            except (OSError, TimeoutError) as err:
-                _LOG.warning(
-                    "netem: broker %s:%d unreachable for %s: %s",
-                    self.upstream_host,
-                    self.upstream_port,
-                    peer,
-                    err,
-                    extra={"event": "upstream_unreachable", "peer": peer},
-                )
-                await close_writer(client_writer)
-                return
-            connection = RelayedConnection(
-                self,
-                number,
-                peer,
-                (client_reader, client_writer),
-                (upstream_reader, upstream_writer),
-            )
-            self.counters.connection_opened()
-            try:
-                await connection.run()
-            finally:
-                self.counters.connection_closed()
+            await self._relay(number, peer, client_reader, client_writer)
+        except asyncio.CancelledError:
+            # stop() cancels the connection tasks; both sides are closed in _relay. The callback
+            # task must end normally: asyncio's start_server logs a cancelled one as an error.
+            _LOG.debug("netem connection %d cancelled by stop", number, extra={"peer": peer})
         finally:
+            await close_writer(client_writer)
             if task is not None:
                 self._connections.discard(task)
+
+    async def _relay(
+        self,
+        number: int,
+        peer: str,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port),
+                self.connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as err:
+            _LOG.warning(
+                "netem: broker %s:%d unreachable for %s: %s",
+                self.upstream_host,
+                self.upstream_port,
+                peer,
+                err,
+                extra={"event": "upstream_unreachable", "peer": peer},
+            )
+            return
+        connection = RelayedConnection(
+            self,
+            number,
+            peer,
+            (client_reader, client_writer),
+            (upstream_reader, upstream_writer),
+        )
+        self.counters.connection_opened()
+        try:
+            await connection.run()
+        finally:
+            self.counters.connection_closed()
 
 
 def _key_dict(key: RuleKey) -> dict[str, str | None]:
