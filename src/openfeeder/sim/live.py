@@ -91,7 +91,11 @@ class LiveTwin:
         netem: NetworkEmulator | None = None,
         case_name: str | None = None,
         on_timeline: Callable[[TimelineEntry], None] | None = None,
+        hosted: Callable[[int, DevicePlacement], bool] | None = None,
     ) -> None:
+        """``hosted(index, placement)`` picks the devices this process runs (default: all); a grid
+        of thousands of devices is spread over processes that each run the same deterministic twin
+        (same scenario, seed and clock) and host a share of the devices."""
         self.twin = twin
         self.world = twin.world
         self.clock = twin.clock
@@ -100,6 +104,7 @@ class LiveTwin:
         self.netem = netem
         self._case_name = case_name
         self._on_timeline = on_timeline
+        self._hosted = hosted
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._devices: dict[str, Device] = {}
@@ -160,7 +165,9 @@ class LiveTwin:
 
     def start(self) -> None:
         """Start every device and the stepper (devices boot in the background)."""
-        for placement in self.twin.placements:
+        for index, placement in enumerate(self.twin.placements):
+            if self._hosted is not None and not self._hosted(index, placement):
+                continue
             device = self._make_device(placement)
             self._devices[placement.device_id] = device
             device.start()
