@@ -19,6 +19,7 @@ computed at the loads of the first step of each batch, and batches are then at m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -306,6 +307,8 @@ class Twin:
             self._advance_clock(int(times[-1]))
             batch = self.measurement.measure_series(series, times)
             valid_mask = self._apply_outages(batch, times)
+            if valid_mask is not batch.valid:
+                batch = _silence(batch, valid_mask)
             readings += int(valid_mask.size)
             valid += int(valid_mask.sum())
             if write_measurements:
@@ -672,6 +675,21 @@ class Twin:
         for record in faults:
             written += list(record.comtrade)
         return written
+
+
+def _silence(batch: ReadingSeries, valid: npt.NDArray[np.bool_]) -> ReadingSeries:
+    """The readings with those of silent devices lost (NaN, not valid)."""
+    lost = ~valid
+    complex_lost = lost[..., None]
+    return dataclasses.replace(
+        batch,
+        valid=valid,
+        u_v=np.where(complex_lost, np.nan, batch.u_v),
+        i_a=np.where(complex_lost, np.nan, batch.i_a),
+        p_w=np.where(complex_lost, np.nan, batch.p_w),
+        q_var=np.where(complex_lost, np.nan, batch.q_var),
+        frequency_hz=np.where(lost, np.nan, batch.frequency_hz),
+    )
 
 
 def _repeat(state: PhasorState, steps: int) -> PhasorSeries:
