@@ -320,7 +320,10 @@ def _class_shapes(
 
     # Residential: breakfast, lunch (mostly at weekends), dinner and evening; lights while awake and
     # dark; electric heating in winter, air conditioning on summer afternoons.
-    awake = _plateau(h, by_day(6.3, 7.5, 7.8), by_day(23.4, 24.0, 23.6), 0.4)
+    # Awake hours end near midnight: the window is taken on the circle so that the shape runs on
+    # smoothly into the next day.
+    wake, sleep = by_day(6.3, 7.5, 7.8), by_day(23.4, 24.0, 23.6)
+    awake = _plateau(h, wake, sleep, 0.4) + _plateau(h + 24.0, wake, sleep, 0.4)
     residential = (
         by_day(0.22, 0.24, 0.24)
         + by_day(0.30, 0.34, 0.34) * _bump(h, by_day(7.2, 9.0, 9.4), by_day(0.8, 1.3, 1.4))
@@ -972,7 +975,7 @@ class EvSessions:
             bad = np.flatnonzero(~(np.isfinite(p) & (p > 0.0)))
             if bad.size:
                 raise ValueError(
-                    f"power_kw[{int(bad[0])}] = {p[bad[0]]!r} is not a positive rating"
+                    f"power_kw[{int(bad[0])}] = {float(p[bad[0]])!r} is not a positive rating"
                 )
             self._power_kw = p.copy()
         self._power_kw.flags.writeable = False
