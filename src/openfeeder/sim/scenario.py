@@ -289,7 +289,10 @@ class Scenario(_Strict):
         return model
 
     def _check_references(self, model: GridModel) -> None:
-        lines = {int(i): float(n) for i, n in zip(model.line["id"], model.line["length_km"], strict=False)}
+        lines = {
+            int(i): float(n)
+            for i, n in zip(model.line["id"], model.line["length_km"], strict=False)
+        }
         switches = set(model.switch["id"].tolist())
         buses = set(model.bus["id"].tolist())
         for index, event in enumerate(self.events):
