@@ -91,6 +91,9 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho closes its wake-up socket pair only in __del__, which a garbage-collected cycle
+        # may run after the sockets' own finalizers (a ResourceWarning, an error here)
+        self.client._reset_sockets()
 
 
 class Clients:
@@ -291,6 +294,12 @@ def test_link_never_reorders_and_shapes_and_retransmits() -> None:
     link = LinkState(random.Random(2))
     decisions = [link.decide(i * 100.0, 100, lossy, droppable=True) for i in range(20000)]
     assert not any(d.dropped for d in decisions)
+    # drop mode: a droppable packet is lost once or passes, never retransmitted
+    dropping = EffectiveImpairment(loss=0.2, loss_mode=LossMode.DROP)
+    link_drop = LinkState(random.Random(3))
+    outcomes = [link_drop.decide(i * 100.0, 100, dropping, droppable=True) for i in range(5000)]
+    assert sum(d.dropped for d in outcomes) / 5000 == pytest.approx(0.2, abs=0.02)
+    assert not any(d.retransmissions for d in outcomes)
     retransmitted = [d for d in decisions if d.retransmissions]
     assert len(retransmitted) / 20000 == pytest.approx(0.2, abs=0.01)
     assert sum(d.retransmissions for d in decisions) / 20000 == pytest.approx(0.25, abs=0.015)
@@ -395,6 +404,7 @@ def test_drop_mode_loses_qos0_only(
         meter.publish(f"openfeeder/v1/meas/{device}", stamped(seq), qos=0)
     wait_until(lambda: emulator.stats().get("meas", UP).packets == sent, "all QoS 0 relayed")
     dropped = emulator.stats().get("meas", UP).dropped
+    assert emulator.stats().get("meas", UP).retransmissions == 0  # survivors pass untouched
     received = collect(subscriber, sent - dropped)
     assert dropped / sent == pytest.approx(0.3, abs=0.08)
     assert subscriber.received.empty()

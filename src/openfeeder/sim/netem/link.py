@@ -167,8 +167,11 @@ class LinkState:
             p_block = self.congestion_model.loss_probability(impairment.congestion)
             p_loss = 1.0 - (1.0 - p_loss) * (1.0 - p_block)
         depart = self._shape(now_s, size_bytes, impairment)
-        if droppable and impairment.loss_mode is LossMode.DROP and rng.random() < p_loss:
-            return LinkDecision(now_s, dropped=True)
+        if droppable and impairment.loss_mode is LossMode.DROP:
+            # the loss draw decides this packet's fate once: lost is gone, never retransmitted
+            if rng.random() < p_loss:
+                return LinkDecision(now_s, dropped=True)
+            p_loss = 0.0
         one_way_ms = impairment.delay_ms
         if impairment.jitter_ms > 0.0:
             if impairment.jitter is JitterDistribution.UNIFORM:
