@@ -20,7 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from openfeeder.errors import ConfigError
 from openfeeder.iot.broker import BrokerThread
@@ -58,7 +58,7 @@ class Client:
         port: int,
         client_id: str,
         *,
-        protocol: int = mqtt.MQTTv5,
+        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
         will: tuple[str, bytes] | None = None,
     ) -> None:
         self.client_id = client_id
@@ -485,7 +485,7 @@ def test_congestion_raised_at_runtime_raises_latency(
 
 @pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["mqtt311", "mqtt5"])
 def test_both_protocol_versions_pass_intact_and_classified(
-    emulator: NetworkEmulator, clients: Clients, protocol: int
+    emulator: NetworkEmulator, clients: Clients, protocol: MQTTProtocolVersion
 ) -> None:
     device = unique("meter")
     topic = f"openfeeder/v1/meas/{device}"
