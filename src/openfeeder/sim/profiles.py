@@ -25,7 +25,7 @@ grid slots (one local day, or one solar day for PV), as a row per load, so that 
 the same whatever the number of loads; whole blocks are always computed the same way (then cached),
 and a query only picks values out of them. Processes that need memory across blocks (the AR(1) noise,
 the weather regime) are run over the previous block's innovations as a warm-up, long enough
-(``exp(-32)`` of the start state left) that the seam is invisible, yet still a pure function of the
+(``exp(-16)`` of the past left out) that the seam is invisible, yet still a pure function of the
 blocks' keys.
 
 Time stamps are UTC int64 nanoseconds since the epoch. Day types and seasons follow the local date
@@ -98,8 +98,7 @@ _DAY_BIAS: Final = 1 << 32
 
 # Random streams: one per kind of draw, so that adding a draw to one never shifts another.
 _STREAM_LOAD_PARAMS: Final = 1
-_STREAM_LOAD_SLOW: Final = 2
-_STREAM_LOAD_FAST: Final = 3
+_STREAM_LOAD_NOISE: Final = 2
 _STREAM_PV_REGIME: Final = 11
 _STREAM_PV_SKY: Final = 12
 _STREAM_PV_SITE: Final = 13
@@ -114,6 +113,9 @@ _FAST_TAU_S: Final = 180.0
 _FAST_SHARE_1MIN: Final = 0.35
 """Share of the deviation variance that is fast at one-minute resolution (none at 15 minutes, where
 appliance cycles average out)."""
+_WARMUP_TAUS: Final = 16.0
+"""Warm-up of a day's deviation process over the previous day's innovations, in slow correlation
+times: the history left out weighs ``exp(-16)`` (1e-7) and the variance lacks ``exp(-32)``."""
 _CLASS_NOISE: Final = np.array([1.6, 0.8, 0.6, 0.3])
 """Deviation of one load from its class shape, per unit of ``individuality``, by class code: a
 household varies most, a street-lighting circuit hardly at all."""
@@ -223,12 +225,24 @@ def _grid_query(
 
 
 def _interpolate(values: FloatArray, i0: Int64Array, frac: FloatArray) -> FloatArray:
+    """``v0 + frac * (v1 - v0)`` per query; a query on the grid gets ``v0`` exactly either way, so
+    skipping the arithmetic when all are on the grid changes no value."""
     v0 = values[i0]
-    return v0 + frac[:, None] * (values[i0 + 1] - v0)
+    if not frac.any():
+        return v0
+    step = values[i0 + 1]
+    step -= v0
+    step *= frac[:, None]
+    step += v0
+    return step
 
 
 def _gather_blocks(
-    slots: Int64Array, per_block: int, offset: int, block: Callable[[int], FloatArray], n: int
+    slots: Int64Array,
+    per_block: int,
+    offset: int,
+    block: Callable[[int], npt.NDArray[np.floating[Any]]],
+    n: int,
 ) -> FloatArray:
     """Values at sorted grid ``slots`` from whole blocks ``block(b) -> (per_block, n)`` where block
     ``b`` holds slots ``b * per_block - offset`` onwards. Loops over blocks (days), not slots."""
@@ -432,9 +446,10 @@ class LoadProfiles:
         self._longitude_deg = float(longitude_deg)
         self._holidays = np.array(sorted(m * 100 + d for m, d in holidays), dtype=np.int64)
         self._peaks = _class_peaks(self._latitude_deg, self._longitude_deg, self._offset_h)
-        self._phi_slow = math.exp(-self._resolution_s / _SLOW_TAU_S)
-        self._phi_fast = math.exp(-self._resolution_s / _FAST_TAU_S)
-        self._fast_share = _FAST_SHARE_1MIN if self._resolution_s == 60 else 0.0
+        self._filter_b, self._filter_a = _deviation_filter(self._resolution_s)
+        self._warmup = min(
+            self._slots_per_day, math.ceil(_WARMUP_TAUS * _SLOW_TAU_S / self._resolution_s)
+        )
         self._shapes = _BlockCache(4 * _CACHE_BLOCKS)
         self._innovations = _BlockCache()
         self._noise = _BlockCache()
@@ -512,8 +527,12 @@ class LoadProfiles:
             return shape
         noise = _gather_blocks(slots, spd, 0, lambda d: self._noise_day(d, n), n)
         sig = sigma * _CLASS_NOISE[codes]
-        values: FloatArray = shape * scale * np.exp(sig * noise - 0.5 * sig * sig)
-        return values
+        # shape * scale * exp(sig * x - sig**2 / 2), one exp and no temporaries beyond ``noise``.
+        noise *= sig
+        noise += np.log(scale) - 0.5 * sig * sig
+        np.exp(noise, out=noise)
+        noise *= shape
+        return noise
 
     def _shape_day(self, day: int) -> FloatArray:
         """Normalized class shapes ``(4, 1440)`` of local day ``day`` (days since 1970-01-01)."""
@@ -532,39 +551,46 @@ class LoadProfiles:
 
         return self._shapes.get((day,), make)
 
-    def _innovation_day(self, stream: int, day: int, n: int) -> FloatArray:
+    def _innovation_day(self, day: int, n: int) -> npt.NDArray[np.float32]:
+        """Unit normal innovations ``(n, slots_per_day)`` of local day ``day`` (float32: noise needs
+        no more, and drawing and filtering it is most of the cost of a long series)."""
         return self._innovations.get(
-            (stream, day, n),
-            lambda: _rng(self._seed, stream, day).standard_normal((n, self._slots_per_day)),
+            (day, n),
+            lambda: _rng(self._seed, _STREAM_LOAD_NOISE, day).standard_normal(
+                (n, self._slots_per_day), dtype=np.float32
+            ),
         )
 
-    def _noise_day(self, day: int, n: int) -> FloatArray:
-        """Unit-variance deviations ``(slots_per_day, n)`` of local day ``day``: AR(1) run over the
-        previous day's innovations as warm-up (``phi**S = exp(-32)`` or less left of the start)."""
+    def _noise_day(self, day: int, n: int) -> npt.NDArray[np.float32]:
+        """Unit-variance deviations ``(slots_per_day, n)`` of local day ``day``, filtered from the
+        day's innovations after a warm-up over the end of the previous day's."""
 
-        def make() -> FloatArray:
-            spd = self._slots_per_day
-            slow_in = np.concatenate(
-                [
-                    self._innovation_day(_STREAM_LOAD_SLOW, day - 1, n),
-                    self._innovation_day(_STREAM_LOAD_SLOW, day, n),
-                ],
-                axis=1,
+        def make() -> npt.NDArray[np.float32]:
+            w = self._warmup
+            series = np.concatenate(
+                [self._innovation_day(day - 1, n)[:, -w:], self._innovation_day(day, n)], axis=1
             )
-            x = _ar1(slow_in, self._phi_slow)[:, spd:]
-            if self._fast_share > 0.0:
-                fast_in = np.concatenate(
-                    [
-                        self._innovation_day(_STREAM_LOAD_FAST, day - 1, n),
-                        self._innovation_day(_STREAM_LOAD_FAST, day, n),
-                    ],
-                    axis=1,
-                )
-                fast = _ar1(fast_in, self._phi_fast)[:, spd:]
-                x = math.sqrt(1.0 - self._fast_share) * x + math.sqrt(self._fast_share) * fast
-            return np.ascontiguousarray(x.T)
+            x = lfilter(self._filter_b, self._filter_a, series, axis=1)[:, w:]
+            return np.ascontiguousarray(np.asarray(x, dtype=np.float32).T)
 
         return self._noise.get((day, n), make)
+
+
+def _deviation_filter(resolution_s: int) -> tuple[FloatArray, FloatArray]:
+    """IIR filter from unit white noise to a load's unit-variance deviation on the grid: an AR(1)
+    with the slow correlation time, plus at one-minute resolution a fast AR(1) pole driven by the
+    same innovations (one draw and one filter pass instead of two), scaled to unit variance."""
+    phi_s = math.exp(-resolution_s / _SLOW_TAU_S)
+    if resolution_s != 60:
+        return np.array([math.sqrt(1.0 - phi_s * phi_s)]), np.array([1.0, -phi_s])
+    phi_f = math.exp(-resolution_s / _FAST_TAU_S)
+    c_s = math.sqrt((1.0 - _FAST_SHARE_1MIN) * (1.0 - phi_s * phi_s))
+    c_f = math.sqrt(_FAST_SHARE_1MIN * (1.0 - phi_f * phi_f))
+    variance = 1.0 + 2.0 * c_s * c_f / (1.0 - phi_s * phi_f)
+    norm = 1.0 / math.sqrt(variance)
+    b = np.array([(c_s + c_f) * norm, -(c_s * phi_f + c_f * phi_s) * norm])
+    a = np.array([1.0, -(phi_s + phi_f), phi_s * phi_f])
+    return b, a
 
 
 def _check_codes(customer_class: npt.ArrayLike) -> Int8Array:
