@@ -42,7 +42,7 @@ from openfeeder.sim.netem.config import (
     RuleKey,
     resolve,
 )
-from openfeeder.sim.netem.connection import RelayedConnection, close_writer, peer_name
+from openfeeder.sim.netem.connection import RelayedConnection, peer_name
 from openfeeder.sim.netem.link import DEFAULT_CONGESTION_MODEL, CongestionModel
 from openfeeder.sim.netem.stats import NetemCounters, NetemStats
 
@@ -301,10 +301,12 @@ class NetworkEmulator:
             await self._stop_event.wait()
         finally:
             server.close()
-            tasks = list(self._connections)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            while self._connections:  # a handler accepted just now registers itself late
+                tasks = list(self._connections)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._connections.difference_update(tasks)
             await server.wait_closed()
             _LOG.info("netem stopped", extra={"event": "stopped", "port": self._port})
 
@@ -341,7 +343,9 @@ class NetworkEmulator:
             # task must end normally: asyncio's start_server logs a cancelled one as an error.
             _LOG.debug("netem connection %d cancelled by stop", number, extra={"peer": peer})
         finally:
-            await close_writer(client_writer)
+            # no await here: a stop() arriving while a finished connection closes must not turn
+            # into a cancelled callback task; the loop completes the close on its next turn
+            client_writer.close()
             if task is not None:
                 self._connections.discard(task)
 
