@@ -23,10 +23,11 @@ load / site / charger and the time, never on which other times were asked for or
 Every random number is drawn from ``numpy.random.default_rng((seed, stream, block))`` for a block of
 grid slots (one local day, or one solar day for PV), as a row per load, so that load ``i``'s draws are
 the same whatever the number of loads; whole blocks are always computed the same way (then cached),
-and a query only picks values out of them. Processes that need memory across blocks (the AR(1) noise,
-the weather regime) are run over the previous block's innovations as a warm-up, long enough
+and a query only picks values out of them. Processes that need memory across blocks (a load's
+deviation, the weather regime) are run over earlier blocks' innovations as a warm-up, long enough
 (``exp(-16)`` of the past left out) that the seam is invisible, yet still a pure function of the
-blocks' keys.
+blocks' keys. PV's sky spells and minute-scale clouds start afresh at local solar midnight, when
+the sun is down and nothing shows.
 
 Time stamps are UTC int64 nanoseconds since the epoch. Day types and seasons follow the local date
 (UTC + ``utc_offset_h``; a fixed offset, so daylight saving time is not modelled: pass 2.0 to study a
@@ -40,10 +41,11 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
@@ -74,12 +76,14 @@ S_PER_DAY: Final = 86_400
 NS_PER_DAY: Final = S_PER_DAY * NS_PER_S
 MIN_PER_DAY: Final = 1_440
 
-CLASS_POWER_FACTOR: Final[dict[CustomerClass, float]] = {
-    CustomerClass.RESIDENTIAL: 0.95,
-    CustomerClass.COMMERCIAL: 0.92,
-    CustomerClass.INDUSTRIAL: 0.88,
-    CustomerClass.PUBLIC: 0.96,
-}
+CLASS_POWER_FACTOR: Final[Mapping[CustomerClass, float]] = MappingProxyType(
+    {
+        CustomerClass.RESIDENTIAL: 0.95,
+        CustomerClass.COMMERCIAL: 0.92,
+        CustomerClass.INDUSTRIAL: 0.88,
+        CustomerClass.PUBLIC: 0.96,
+    }
+)
 """Lagging power factor per class: motors and compressors lower it in industry and shops; LED
 street lighting and households with mostly electronic loads are close to 0.95."""
 
@@ -133,6 +137,12 @@ def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or int(seed) < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
 
 
 def _check_times(t_ns: npt.ArrayLike) -> Int64Array:
@@ -308,8 +318,8 @@ def _class_shapes(
     (0 weekday, 1 Saturday, 2 Sunday or holiday), one value per local clock minute.
 
     The shapes are sums of smooth pieces (Gaussian bumps for meals and evenings, plateaus for opening
-    hours and shifts) whose sizes follow published typical profiles (e.g. the BDEW H0/G0/L0 standard
-    profiles and Italian ARERA-style household curves): a household uses about half its evening peak
+    hours and shifts), shaped after published typical profiles (the German BDEW H0/G0/L0 standard
+    load profiles, Italian household curves) rather than fitted to them: a household uses about half its evening peak
     at midday on a weekday, a shop is nearly idle on Sunday, a factory runs two day shifts and a thin
     night shift, public circuits are street lights from dusk to dawn plus offices and schools.
     """
@@ -393,7 +403,9 @@ def _class_peaks(latitude_deg: float, longitude_deg: float, offset_h: float) -> 
     doy = np.repeat(np.arange(366, dtype=np.int64), 3)
     daytype = np.tile(np.arange(3, dtype=np.int64), 366)
     shapes = _class_shapes(doy, daytype, latitude_deg, longitude_deg, offset_h)
-    return np.asarray(shapes.max(axis=(1, 2)), dtype=np.float64)
+    peaks = np.asarray(shapes.max(axis=(1, 2)), dtype=np.float64)
+    peaks.flags.writeable = False  # shared by every instance through the cache
+    return peaks
 
 
 class LoadProfiles:
@@ -717,9 +729,7 @@ class PvModel:
     def output_pu(self, t_ns: npt.ArrayLike, n_sites: int = 1) -> FloatArray:
         """``(T, n_sites)`` AC output per unit of rated power at the UTC times ``t_ns``."""
         times = _check_times(t_ns)
-        if isinstance(n_sites, bool) or not isinstance(n_sites, int | np.integer) or n_sites < 0:
-            raise ValueError(f"n_sites must be a non-negative integer, got {n_sites!r}")
-        n = int(n_sites)
+        n = _check_count("n_sites", n_sites)
         if times.size == 0 or n == 0:
             return np.zeros((times.size, n), dtype=np.float64)
         geo = self._geometry(times)
@@ -742,7 +752,7 @@ class PvModel:
         """``(T, n_sites)`` ratio of global horizontal irradiance to its clear-sky value (the seeded
         cloud process; defined day and night on a UTC minute grid, interpolated linearly)."""
         times = _check_times(t_ns)
-        n = int(n_sites)
+        n = _check_count("n_sites", n_sites)
         if times.size == 0 or n == 0:
             return np.zeros((times.size, n), dtype=np.float64)
         slots, i0, frac = _grid_query(times, 0, 60 * NS_PER_S)
@@ -945,9 +955,10 @@ class EvSessions:
 
     Per charger and local day at most one session starts: its chance depends on the charger's kind
     and the day type; arrival, stay and demanded energy (lognormal) are drawn per kind. The car
-    charges at the charger's rated power from arrival until the energy is in or it leaves. ``kinds``
-    and ``power_kw`` default to a seeded mix (:data:`_EV_KIND_MIX`, ratings from
-    :data:`EV_CHARGER_POWERS_KW`).
+    charges at the charger's rated power from arrival until the energy is in or it leaves (no
+    constant-voltage taper, no car-side power limit). ``kinds`` default to a seeded mix of 70 % home,
+    20 % work and 10 % public chargers, ``power_kw`` to seeded ratings from
+    :data:`EV_CHARGER_POWERS_KW` typical of each kind.
     """
 
     def __init__(
@@ -961,13 +972,7 @@ class EvSessions:
         holidays: Collection[tuple[int, int]] = ITALIAN_HOLIDAYS,
     ) -> None:
         self._seed = _check_seed(seed)
-        if (
-            isinstance(n_chargers, bool)
-            or not isinstance(n_chargers, int | np.integer)
-            or n_chargers < 0
-        ):
-            raise ValueError(f"n_chargers must be a non-negative integer, got {n_chargers!r}")
-        n = int(n_chargers)
+        n = _check_count("n_chargers", n_chargers)
         self._offset_ns = _check_offset_h(utc_offset_h)
         u = _rng(self._seed, _STREAM_EV_PARAMS).random((n, 2))
         if kinds is None:
