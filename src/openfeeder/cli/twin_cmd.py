@@ -47,9 +47,23 @@ def scenarios_command() -> None:
     "--measurements", is_flag=True, help="Also write every device reading (measurements.npz)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-def run_command(scenario: str, output: Path | None, measurements: bool, as_json: bool) -> None:
-    """Run SCENARIO (a TOML file or a shipped name) as fast as possible, without messaging."""
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Run with the platform: embedded broker, catalog, the scenario's emulated network and "
+    "every device a platform device, on the scenario's clock (speed 'realtime' or a factor).",
+)
+def run_command(
+    scenario: str, output: Path | None, measurements: bool, as_json: bool, live: bool
+) -> None:
+    """Run SCENARIO (a TOML file or a shipped name): as fast as possible without messaging, or
+    --live with the platform."""
     loaded = load_scenario(scenario)
+    if live:
+        from openfeeder.cli.twin_live import run_live
+
+        run_live(loaded)
+        return
     out_dir = output if output is not None else Path("twin-out") / loaded.scenario.name
     out = console()
     twin = Twin(loaded)

@@ -39,10 +39,11 @@ from pydantic import (
     model_validator,
 )
 
-from openfeeder.errors import OpenFeederError, ScenarioError
+from openfeeder.errors import ConfigError, OpenFeederError, ScenarioError
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
 from openfeeder.model.synth import generate_feeders
+from openfeeder.sim.netem import NetworkConfig
 
 __all__ = [
     "SCENARIO_DIR",
@@ -265,6 +266,10 @@ class Scenario(_Strict):
                 )
         return self
 
+    def network_config(self) -> NetworkConfig:
+        """The ``[network]`` table as the emulated network's rules (ConfigError naming the key)."""
+        return NetworkConfig.from_dict(self.network, where="network")
+
     def build_model(self) -> GridModel:
         """The scenario's grid; its references (lines, switches, devices) are checked here."""
         spec = self.scenario
@@ -319,12 +324,17 @@ class Scenario(_Strict):
 def parse_scenario(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Validate a scenario given as the TOML's tables."""
     try:
-        return Scenario.model_validate({**data, "source": source})
+        scenario = Scenario.model_validate({**data, "source": source})
     except ValidationError as err:
         first = err.errors()[0]
         location = _dotted(first["loc"])
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         raise ScenarioError(f"{source}: {location}: {first['msg']}{more}") from None
+    try:
+        scenario.network_config()
+    except ConfigError as err:
+        raise ScenarioError(f"{source}: {err}") from None
+    return scenario
 
 
 def load_scenario(path: str | Path) -> Scenario:

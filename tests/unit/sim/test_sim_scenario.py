@@ -86,6 +86,7 @@ def test_minimal_scenario_defaults(tmp_path: Path) -> None:
             "evolve_to",
         ),
         ("\n[waveforms]\nsampling_rate_hz = 1000\n", "waveforms.sampling_rate_hz"),
+        ("\n[network.class.meas]\nloss = 2.0\n", "network.class.meas.loss"),
     ],
 )
 def test_bad_scenarios_name_the_file_and_the_key(tmp_path: Path, extra: str, where: str) -> None:
