@@ -570,7 +570,11 @@ class Twin:
         last = timeline.segments[-1].start_ns
         start_ns = max(first, fault_start - round(wave.pre_s * NS_PER_S))
         end_ns = last + round(wave.post_s * NS_PER_S)
-        head = timeline.tripped_breaker if timeline.tripped_breaker is not None else timeline.breaker_id
+        head = (
+            timeline.tripped_breaker
+            if timeline.tripped_breaker is not None
+            else timeline.breaker_id
+        )
         watched = [head]
         watched += [
             s
