@@ -34,6 +34,7 @@ from openfeeder.analysis.powerflow import (
     DEFAULT_MAX_ITERATIONS,
     _batch_update,
     _engine,
+    load_arrays,
 )
 from openfeeder.errors import AnalysisError, NotConvergedError
 from openfeeder.model.grid import GridModel, lookup
@@ -137,22 +138,10 @@ def solve_phasors(
     with load as a real feeder's do); ``source_impedance=False`` makes it an ideal slack.
     """
     load, gen = model.load, model.generator
-    load_p = model.load["p_mw"][None, :] if load_p_mw is None else np.asarray(load_p_mw, float)
-    if load_p.ndim != 2 or load_p.shape[1] != load.size:
-        raise AnalysisError(
-            f"load_p_mw must have shape (steps, {load.size}) for the model's loads, "
-            f"got {load_p.shape}"
-        )
+    load_p, load_q = load_arrays(
+        model, model.load["p_mw"][None, :] if load_p_mw is None else load_p_mw, load_q_mvar
+    )
     steps = load_p.shape[0]
-    if load_q_mvar is None:
-        ratio = np.divide(
-            load["q_mvar"], load["p_mw"], out=np.zeros(load.size), where=load["p_mw"] != 0
-        )
-        load_q = load_p * ratio
-    else:
-        load_q = np.asarray(load_q_mvar, dtype=np.float64)
-        if load_q.shape != load_p.shape:
-            raise AnalysisError(f"load_q_mvar must have shape {load_p.shape}, got {load_q.shape}")
     engine_input = to_engine_input(model, symmetric=False, source_impedance=source_impedance)
     engine = _engine(engine_input, model.frequency_hz)
     update: dict[ComponentType, Any] = {}

@@ -196,22 +196,8 @@ def run_time_series(
     is the engine's batch parallelism (0: all cores, 1: sequential).
     """
     load = model.load
-    load_p = np.asarray(load_p_mw, dtype=np.float64)
-    if load_p.ndim != 2 or load_p.shape[1] != load.size:
-        raise AnalysisError(
-            f"load_p_mw must have shape (steps, {load.size}) for the model's loads, "
-            f"got {load_p.shape}"
-        )
+    load_p, load_q = load_arrays(model, load_p_mw, load_q_mvar)
     steps = load_p.shape[0]
-    if load_q_mvar is None:
-        ratio = np.divide(
-            load["q_mvar"], load["p_mw"], out=np.zeros(load.size), where=load["p_mw"] != 0
-        )
-        load_q = load_p * ratio
-    else:
-        load_q = np.asarray(load_q_mvar, dtype=np.float64)
-        if load_q.shape != load_p.shape:
-            raise AnalysisError(f"load_q_mvar must have shape {load_p.shape}, got {load_q.shape}")
     engine_input = to_engine_input(model, symmetric=symmetric, source_impedance=source_impedance)
     engine = _engine(engine_input, model.frequency_hz)
     update: dict[ComponentType, Any] = {}
@@ -275,6 +261,28 @@ def run_time_series(
         source_p_mw=src_p,
         source_q_mvar=src_q,
     )
+
+
+def load_arrays(
+    model: GridModel, load_p_mw: FloatArray, load_q_mvar: FloatArray | None
+) -> tuple[FloatArray, FloatArray]:
+    """Checked (steps, loads) P and Q; Q defaults to each load's power factor from the model."""
+    load = model.load
+    load_p = np.asarray(load_p_mw, dtype=np.float64)
+    if load_p.ndim != 2 or load_p.shape[1] != load.size:
+        raise AnalysisError(
+            f"load_p_mw must have shape (steps, {load.size}) for the model's loads, "
+            f"got {load_p.shape}"
+        )
+    if load_q_mvar is None:
+        ratio = np.divide(
+            load["q_mvar"], load["p_mw"], out=np.zeros(load.size), where=load["p_mw"] != 0
+        )
+        return load_p, load_p * ratio
+    load_q = np.asarray(load_q_mvar, dtype=np.float64)
+    if load_q.shape != load_p.shape:
+        raise AnalysisError(f"load_q_mvar must have shape {load_p.shape}, got {load_q.shape}")
+    return load_p, load_q
 
 
 def _engine(engine_input: EngineInput, frequency_hz: float) -> PowerGridModel:
