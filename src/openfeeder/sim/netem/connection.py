@@ -70,10 +70,14 @@ class RelayedConnection:
             done, _ = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             closed_by = next(iter(done)).result()
         finally:
-            for pipe in pipes:
-                pipe.cancel()
-            await asyncio.gather(*pipes, return_exceptions=True)
-            await asyncio.gather(close_writer(self.client[1]), close_writer(self.upstream[1]))
+            try:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+                await asyncio.gather(close_writer(self.client[1]), close_writer(self.upstream[1]))
+            finally:  # stop() cancelling this clean-up must not leave a socket open
+                self.client[1].close()
+                self.upstream[1].close()
             _LOG.info(
                 "netem connection %d closed (%s) client_id=%s",
                 self.number,

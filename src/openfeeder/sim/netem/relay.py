@@ -356,12 +356,18 @@ class NetworkEmulator:
         client_reader: asyncio.StreamReader,
         client_writer: asyncio.StreamWriter,
     ) -> None:
+        opener = asyncio.ensure_future(
+            asyncio.open_connection(self.upstream_host, self.upstream_port)
+        )
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection(self.upstream_host, self.upstream_port),
-                self.connect_timeout_s,
+                asyncio.shield(opener), self.connect_timeout_s
             )
+        except asyncio.CancelledError:
+            _abandon(opener)  # stop() during the connect: close the socket if it got one
+            raise
         except (OSError, TimeoutError) as err:
+            _abandon(opener)
             _LOG.warning(
                 "netem: broker %s:%d unreachable for %s: %s",
                 self.upstream_host,
@@ -383,6 +389,19 @@ class NetworkEmulator:
             await connection.run()
         finally:
             self.counters.connection_closed()
+
+
+def _abandon(opener: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    """Give up an upstream connect: cancel it, or close what it opened once it is done."""
+    opener.cancel()
+
+    def close_opened(
+        done: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    ) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result()[1].close()
+
+    opener.add_done_callback(close_opened)
 
 
 def _key_dict(key: RuleKey) -> dict[str, str | None]:
