@@ -23,20 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sim_platform import Platform, running_platform
 
 from openfeeder.config import (
-    AgentSettings,
     BrokerSettings,
-    BrokersSettings,
-    CatalogSettings,
-    LoggingSettings,
-    Settings,
-    StorageSettings,
 )
 from openfeeder.iot.agent import MeterAgent, SyntheticSource
 from openfeeder.iot.agent.runtime import CommandContext
-from openfeeder.iot.broker import BrokerThread
-from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.mqtt import MqttLink
 from openfeeder.iot.schema import (
     AckStatus,
@@ -56,7 +49,6 @@ from openfeeder.iot.topics import (
 )
 from openfeeder.model.cases import load_builtin
 from openfeeder.model.components import SwitchKind
-from openfeeder.services.catalog.service import CatalogThread
 from openfeeder.sim.clock import NS_PER_S, Clock, ScaledClock, SteppedClock
 from openfeeder.sim.devices import (
     OPERATING_TIME_S,
@@ -184,31 +176,10 @@ def _reading(event: Event, channel: str) -> float:
 # --- fixtures ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Platform:
-    settings: Settings
-    catalog: CatalogClient
-    broker_url: str
-
-
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
-    """The embedded broker and the device catalog (case turin, reporting every 1 s domain)."""
-    with BrokerThread(port=0) as broker:
-        url = f"mqtt://127.0.0.1:{broker.port}"
-        endpoint = BrokerSettings(url=url, connect_timeout_s=5, keepalive_s=5)
-        settings = Settings(
-            brokers=BrokersSettings(grid_ops=endpoint, monitoring=endpoint),
-            storage=StorageSettings(url=f"sqlite:///{tmp_path / 'catalog.db'}"),
-            logging=LoggingSettings(level="WARNING"),
-            catalog=CatalogSettings(listen_port=0, case="turin", reporting_interval_s=1.0),
-            agent=AgentSettings(state_dir=tmp_path / "state"),
-        )
-        with (
-            CatalogThread(settings) as catalog,
-            CatalogClient(catalog.url, timeout_s=10) as client,
-        ):
-            yield Platform(settings, client, url)
+    with running_platform(tmp_path) as running:
+        yield running
 
 
 @dataclass

@@ -11,22 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sim_platform import running_platform
 
 from openfeeder.config import (
-    AgentSettings,
     BrokerSettings,
-    BrokersSettings,
-    CatalogSettings,
-    LoggingSettings,
     Settings,
-    StorageSettings,
 )
-from openfeeder.iot.broker import BrokerThread
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.mqtt import MqttLink
 from openfeeder.iot.schema import Event, Measurement
 from openfeeder.iot.topics import event_filter, measurement_filter
-from openfeeder.services.catalog.service import CatalogThread
 from openfeeder.sim.clock import NS_PER_S, ScaledClock
 from openfeeder.sim.live import LiveTwin
 from openfeeder.sim.scenario import parse_scenario
@@ -38,21 +32,8 @@ TIMEOUT_S = 30.0
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[tuple[Settings, CatalogClient, str]]:
-    with BrokerThread(port=0) as broker:
-        url = f"mqtt://127.0.0.1:{broker.port}"
-        endpoint = BrokerSettings(url=url, connect_timeout_s=5, keepalive_s=5)
-        settings = Settings(
-            brokers=BrokersSettings(grid_ops=endpoint, monitoring=endpoint),
-            storage=StorageSettings(url=f"sqlite:///{tmp_path / 'catalog.db'}"),
-            logging=LoggingSettings(level="WARNING"),
-            catalog=CatalogSettings(listen_port=0, case="turin", reporting_interval_s=1.0),
-            agent=AgentSettings(state_dir=tmp_path / "state"),
-        )
-        with (
-            CatalogThread(settings) as catalog,
-            CatalogClient(catalog.url, timeout_s=10) as client,
-        ):
-            yield settings, client, url
+    with running_platform(tmp_path) as running:
+        yield running.settings, running.catalog, running.broker_url
 
 
 def _listen(url: str) -> tuple[MqttLink, queue.Queue[Any]]:
