@@ -332,7 +332,7 @@ def _supply_roots(
         return -1, [int(z) for z in source_zones[np.isin(zones.zone_island[source_zones], islands)]]
     dead_islands = np.unique(zones.zone_island[in_zone & ~zones.zone_energized])
     sz = zones.switch_zone
-    valid = (sz >= 0).all(axis=1)
+    valid: BoolArray = (sz[:, 0] >= 0) & (sz[:, 1] >= 0)
     ends_island = zones.zone_island[np.maximum(sz, 0)]
     ends_live: BoolArray = zones.zone_energized[np.maximum(sz, 0)]
     into_dead: BoolArray = np.isin(ends_island, dead_islands)
