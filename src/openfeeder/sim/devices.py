@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -61,8 +61,9 @@ from openfeeder.iot.agent.runtime import (
     MeterAgent,
     SettingsSource,
 )
-from openfeeder.iot.agent.source import DataSource, SyntheticSource
+from openfeeder.iot.agent.source import DataSource, PhasorFrame, SyntheticSource
 from openfeeder.iot.device_settings import Location
+from openfeeder.iot.fault_record import FAULT_RECORD_EVENT, record_readings
 from openfeeder.iot.schema import (
     AckStatus,
     Command,
@@ -74,7 +75,11 @@ from openfeeder.iot.schema import (
 )
 from openfeeder.model.components import SwitchKind, enum_from_code
 from openfeeder.model.grid import GridModel
+from openfeeder.sim.sources import TwinSource
 from openfeeder.sim.world import GridWorld
+
+if TYPE_CHECKING:
+    from openfeeder.analysis.phasors import PhasorState
 
 __all__ = [
     "DEFAULT_SLOW_FACTOR",
@@ -111,6 +116,16 @@ DEFAULT_SLOW_FACTOR: Final = 5.0
 a motor on a weak auxiliary supply)."""
 
 SWITCH_CAPABILITIES: Final = (*DEFAULT_CAPABILITIES, "switch_control")
+
+_CYCLE_NS: Final = 20_000_000
+"""The recorder's pre-fault phasors come from one cycle before it triggered."""
+_TRIGGER_U: Final = 0.05
+"""A fault recorder triggers on a voltage step above 5 % of the pre-fault voltage..."""
+_TRIGGER_I: Final = 0.5
+_TRIGGER_I_MIN_A: Final = 10.0
+_RECORDER_SAMPLES: Final = 32
+_SAMPLE_NS: Final = 312_500  # 3.2 kHz
+"""... or on a current step above half the pre-fault current plus 10 A."""
 
 
 class SwitchMode(StrEnum):
@@ -201,6 +216,15 @@ class VirtualSwitch:
         self._observed = callable(on_switch)
         if callable(on_switch):
             on_switch(self._on_world_switch)
+        on_indicators = getattr(world, "on_fault_indicators", None)
+        if fault_indicator and callable(on_indicators):
+            on_indicators(self._on_indicators)
+        # the fault recorder: an FTU fed by the twin records phasors around every disturbance
+        self._recorder = source if fault_indicator and isinstance(source, TwinSource) else None
+        self._recorded = False
+        on_impose = getattr(world, "on_impose", None)
+        if self._recorder is not None and callable(on_impose):
+            on_impose(self._on_impose)
 
     # -- control by the twin and the coordinator ------------------------------------------------
 
@@ -384,6 +408,43 @@ class VirtualSwitch:
         cause = f"command {operating}" if operating else "operated by another cause"
         self._report_position(closed, cause=cause)
 
+    def _on_indicators(self, switch_ids: Sequence[int]) -> None:
+        """The world latched fault indicators: report at once, not at the next tick."""
+        if self._active and self.switch_id in switch_ids:
+            self._check_fault_indicator()
+
+    def _on_impose(self, state: PhasorState | None) -> None:
+        """The grid left its power-flow state (a fault): send a fault record if this device saw
+        the disturbance; re-armed when the grid returns to the power flow."""
+        if state is None:
+            self._recorded = False
+            return
+        solved = getattr(self.world, "solved", None)
+        if self._recorded or not self._active or self._recorder is None or not callable(solved):
+            return
+        self._recorded = True
+        t_ns = self.world.clock.now_ns()
+        pre = _recorded_frame(self._recorder, solved(), t_ns - _CYCLE_NS)
+        during = _recorded_frame(self._recorder, state, t_ns)
+        u_step = np.abs(during.voltage_v - pre.voltage_v).max()
+        i_step = np.abs(during.current_a - pre.current_a).max()
+        if u_step < _TRIGGER_U * np.abs(pre.voltage_v).max() and i_step < (
+            _TRIGGER_I * np.abs(pre.current_a).max() + _TRIGGER_I_MIN_A
+        ):
+            return  # nothing this recorder would trigger on
+        self.agent.emit_event(
+            FAULT_RECORD_EVENT,
+            Severity.ALARM,
+            f"fault recorded at switch {self.switch_id}",
+            record_readings(
+                fault_t_ns=during.t_ns,
+                u_pre_v=pre.voltage_v,
+                u_fault_v=during.voltage_v,
+                i_pre_a=pre.current_a,
+                i_fault_a=during.current_a,
+            ),
+        )
+
     def _report_position(self, closed: bool, *, cause: str) -> None:
         with self._lock:
             if closed == self._reported_closed:
@@ -431,6 +492,30 @@ class VirtualSwitch:
 
     def __repr__(self) -> str:
         return f"VirtualSwitch({self.device_id!r}, switch_id={self.switch_id}, mode={self._mode})"
+
+
+def _recorded_frame(source: TwinSource, state: PhasorState, t_ns: int) -> PhasorFrame:
+    """What the recorder of ``source``'s device holds for ``state``: the reading at ``t_ns``, or,
+    where the measurement model drops that one, the next of its samples (a recorder keeps
+    every sample of its buffer; only periodic reports are lost)."""
+    for k in range(_RECORDER_SAMPLES):
+        readings = source.model.measure(
+            state, t_ns + k * _SAMPLE_NS, device_ids=(source.device_id,)
+        )
+        if readings.valid[0]:
+            current = (
+                readings.i_a[0] if readings.measures_current[0] else np.zeros(3, np.complex128)
+            )
+            return PhasorFrame(
+                t_ns=int(readings.t_ns[0]),
+                voltage_v=readings.u_v[0].copy(),
+                current_a=current.copy(),
+                frequency_hz=float(readings.frequency_hz[0]),
+            )
+    raise ConfigError(
+        f"device {source.device_id}: every recorder sample was dropped; the measurement model's "
+        "dropout_probability is too close to 1 for a fault recorder"
+    )
 
 
 class VirtualSwitches(Mapping[int, VirtualSwitch]):

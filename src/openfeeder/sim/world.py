@@ -88,6 +88,8 @@ class SolvedWorld:
         )
         self._imposed: PhasorState | None = None
         self._observers: list[Callable[[int, bool], None]] = []
+        self._impose_observers: list[Callable[[PhasorState | None], None]] = []
+        self._indicator_observers: list[Callable[[Sequence[int]], None]] = []
         self._state = self._solve()
         self.solves = 1
 
@@ -167,16 +169,33 @@ class SolvedWorld:
         """Hold the grid in ``state`` (a fault in progress); None returns to the solved state."""
         with self._lock:
             self._imposed = state
+            observers = list(self._impose_observers)
+        for observer in observers:
+            observer(state)
 
     def latch_fault_indicators(self, switch_ids: Sequence[int]) -> None:
         with self._lock:
             for switch_id in switch_ids:
                 self._latched[self._switch_row(switch_id)] = True
+            observers = list(self._indicator_observers)
+        for observer in observers:
+            observer(switch_ids)
 
     def on_switch(self, observer: Callable[[int, bool], None]) -> None:
         """Call ``observer(switch_id, closed)`` after every switch operation (any thread)."""
         with self._lock:
             self._observers.append(observer)
+
+    def on_impose(self, observer: Callable[[PhasorState | None], None]) -> None:
+        """Call ``observer(state)`` whenever a state is imposed or released (None), any thread;
+        :meth:`solved` still gives the power-flow state from before (a recorder's pre-fault)."""
+        with self._lock:
+            self._impose_observers.append(observer)
+
+    def on_fault_indicators(self, observer: Callable[[Sequence[int]], None]) -> None:
+        """Call ``observer(switch_ids)`` when fault indicators latch (an FTU reports at once)."""
+        with self._lock:
+            self._indicator_observers.append(observer)
 
     def _switch_row(self, switch_id: int) -> int:
         rows = np.flatnonzero(self._switch_ids == switch_id)
