@@ -11,16 +11,33 @@ link keeps going.
 message class prescribes; a status (birth) goes to both brokers, and each link's last will announces
 the death of that connection. When both contexts name the same broker there are still two
 connections, as in production, so the two traffic classes never share a TCP queue.
+
+Network threads: by default each link runs paho's own network thread (``loop_start``). Links
+built with a :class:`NetworkLoop` share that loop's one thread instead: it waits on all their
+sockets at once (``epoll``, no limit of 1,024 descriptors), reads, writes, keeps them alive and
+reconnects them with the same back-off, through paho's external-loop API (``loop_read``,
+``loop_write``, ``loop_misc``). Each link keeps its own client id, session, last will and
+subscriptions; only the thread is shared. The loop also runs timed calls
+(:meth:`NetworkLoop.call_later`), which is how :class:`~openfeeder.iot.agent.hosting.AgentHost`
+runs thousands of meter agents on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import itertools
 import logging
+import selectors
+import socket
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -33,10 +50,15 @@ from openfeeder.errors import MessagingError
 from openfeeder.iot.schema import Payload, encode, publish_topic
 from openfeeder.iot.topics import MESSAGE_SPECS, BrokerContext, QoS, Topic, TopicFilter
 
-__all__ = ["MessageHandler", "Messenger", "MqttLink", "PublishHandle"]
+__all__ = ["MessageHandler", "Messenger", "MqttLink", "NetworkLoop", "PublishHandle", "TimerHandle"]
 
 _LOG = logging.getLogger(__name__)
 _IDS = itertools.count()
+_MISC_EVERY_S: Final = 1.0
+"""How often a :class:`NetworkLoop` runs paho's keep-alive checks on its links."""
+_RECONNECT_MIN_S: Final = 1.0
+_RECONNECT_MAX_S: Final = 8.0
+_CLOSE_WAIT_S: Final = 2.0
 
 MessageHandler = Callable[[str, bytes], None]
 """Called with the topic and the payload of each message a subscription receives."""
@@ -69,7 +91,8 @@ class _Subscription:
 
 
 class MqttLink:
-    """One client connection to one broker, kept up in the background (paho network thread)."""
+    """One client connection to one broker, kept up in the background: by paho's own network
+    thread, or by a shared :class:`NetworkLoop` (``network``)."""
 
     def __init__(
         self,
@@ -82,8 +105,17 @@ class MqttLink:
         max_inflight: int = 100,
         on_published: PublishCallback | None = None,
         on_connection_change: Callable[[bool], None] | None = None,
+        network: NetworkLoop | None = None,
     ) -> None:
         self._settings = settings
+        self._network = network
+        # state kept by the network loop (its thread only)
+        self._in_io = False
+        self._connecting = False
+        self._registered: socket.socket | None = None
+        self._events = 0
+        self._reconnect_timer: TimerHandle | None = None
+        self._reconnect_delay_s = _RECONNECT_MIN_S
         self.client_id = client_id
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
@@ -141,7 +173,10 @@ class MqttLink:
                 topic="",
                 reason="connect_failed",
             ) from err
-        self._client.loop_start()
+        if self._network is not None:
+            self._network.add(self)
+        else:
+            self._client.loop_start()
 
     def wait_connected(self, timeout_s: float | None = None) -> bool:
         return self._connected.wait(timeout_s if timeout_s is not None else self._timeout())
@@ -160,7 +195,10 @@ class MqttLink:
             self._client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
         else:
             self._client.disconnect()
-        self._client.loop_stop()
+        if self._network is not None:
+            self._network.remove(self)
+        else:
+            self._client.loop_stop()
         self._connected.clear()
 
     # -- subscribe / publish -----------------------------------------------------------------
@@ -228,6 +266,7 @@ class MqttLink:
         if subscriptions:
             client.subscribe([(str(s.topic_filter), int(s.qos)) for s in subscriptions])
         self.connects += 1
+        self._reconnect_delay_s = _RECONNECT_MIN_S
         self._connected.set()
         _LOG.info(
             "mqtt connected url=%s client_id=%s",
@@ -291,6 +330,361 @@ class MqttLink:
             self._on_published(mid)
 
 
+@dataclass(order=True)
+class TimerHandle:
+    """A call scheduled with :meth:`NetworkLoop.call_later`; :meth:`cancel` takes it back."""
+
+    due: float
+    order: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class NetworkLoop:
+    """One thread serving the network side of many :class:`MqttLink`\\ s, and timed calls.
+
+    ``start`` before the first link starts, ``stop`` after the last one stopped. Reconnects (a
+    blocking TCP and TLS connect in paho) run on ``connect_workers`` helper threads so that one
+    slow broker never holds up the others; everything else happens on the loop's thread, including
+    the links' callbacks (message handlers, PUBACKs) and the calls given to :meth:`call_soon` and
+    :meth:`call_later`, which must therefore be quick.
+    """
+
+    def __init__(self, *, name: str = "mqtt-loop", connect_workers: int = 4) -> None:
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._calls: deque[Callable[[], None]] = deque()
+        self._timers: list[TimerHandle] = []
+        self._order = itertools.count()
+        self._woken = False
+        self._links: set[MqttLink] = set()
+        self._want_write: set[MqttLink] = set()
+        self._closing: dict[MqttLink, tuple[float, threading.Event]] = {}
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._connector = ThreadPoolExecutor(
+            max_workers=connect_workers, thread_name_prefix=f"{name}-connect"
+        )
+        self.errors = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Close what is still open and end the thread."""
+        if not self._thread.is_alive():
+            self._close_resources()
+            return
+        self._stopping = True
+        self._wake()
+        if not self.in_loop_thread():
+            self._thread.join(timeout_s)
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    @property
+    def links(self) -> int:
+        """Links served now."""
+        return len(self._links)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop's thread soon (from any thread)."""
+        with self._lock:
+            self._calls.append(callback)
+        self._wake()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` on the loop's thread after ``delay_s`` wall seconds (any thread)."""
+        handle = TimerHandle(time.monotonic() + max(0.0, delay_s), next(self._order), callback)
+        if self.in_loop_thread():
+            heapq.heappush(self._timers, handle)
+        else:
+            self.call_soon(lambda: heapq.heappush(self._timers, handle))
+        return handle
+
+    def _wake(self) -> None:
+        if self.in_loop_thread():
+            return
+        with self._lock:
+            if self._woken:
+                return
+            self._woken = True
+        try:
+            self._wake_w.send(b"\\0")
+        except (BlockingIOError, OSError):  # full: it is awake anyway; closed: it has ended
+            return
+
+    # -- links (MqttLink calls these) --------------------------------------------------------
+
+    def add(self, link: MqttLink) -> None:
+        """Serve ``link`` from now on: connect it (the client has had ``connect_async``)."""
+        client = link._client
+        client.on_socket_register_write = lambda _c, _u, _s: self._register_write(link)
+        client.on_socket_close = lambda _c, _u, sock: self._socket_closed(link, sock)
+
+        def added() -> None:
+            self._links.add(link)
+            self._connect(link)
+
+        self.call_soon(added)
+
+    def remove(self, link: MqttLink, timeout_s: float = _CLOSE_WAIT_S) -> None:
+        """Stop serving ``link`` once what it queued (its DISCONNECT) is written or after
+        ``timeout_s``; its socket is closed. Blocks until then unless called on the loop."""
+        done = threading.Event()
+        deadline = time.monotonic() + timeout_s
+        if not self._thread.is_alive():
+            self._forget(link)
+            return
+        if self.in_loop_thread():
+            self._flush_link(link)
+            self._closing[link] = (time.monotonic(), done)  # close now
+            self._finish_closing()
+            return
+        self.call_soon(lambda: self._closing.__setitem__(link, (deadline, done)))
+        if not done.wait(timeout_s + 1.0) and self._thread.is_alive():
+            _LOG.warning("mqtt link %s did not close in time", link.client_id)
+
+    def _register_write(self, link: MqttLink) -> None:
+        if self.in_loop_thread() and link._in_io:
+            return  # _io sets the interest when the operation is done
+        with self._lock:
+            self._want_write.add(link)
+        self._wake()
+
+    def _socket_closed(self, link: MqttLink, sock: object) -> None:
+        """paho closes ``sock`` right after this: forget it first (its number may be reused)."""
+        if link._registered is not None and link._registered is sock:
+            self._unregister(link)
+
+    def _modify(self, link: MqttLink, events: int) -> None:
+        sock = link._registered
+        if sock is None or link._events == events:
+            return
+        try:
+            self._selector.modify(sock, events, link)
+            link._events = events
+        except (KeyError, ValueError, OSError):
+            self._unregister(link)
+
+    def _unregister(self, link: MqttLink) -> None:
+        sock, link._registered = link._registered, None
+        if sock is not None:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError, OSError):
+                _LOG.debug("socket of %s was not registered", link.client_id)
+
+    def _register(self, link: MqttLink) -> None:
+        sock = link._client.socket()
+        if not isinstance(sock, socket.socket) or sock is link._registered:
+            return  # (an SSL socket is a socket.socket too)
+        self._unregister(link)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if link._client.want_write() else 0)
+        self._selector.register(sock, events, link)
+        link._registered = sock
+        link._events = events
+
+    # -- connecting --------------------------------------------------------------------------
+
+    def _connect(self, link: MqttLink) -> None:
+        """Loop thread: (re)connect ``link`` on a helper thread."""
+        link._reconnect_timer = None
+        if link._stopped or link._connecting or link not in self._links:
+            return
+        link._connecting = True
+        try:
+            self._connector.submit(self._connect_blocking, link)
+        except RuntimeError:  # the loop is stopping
+            link._connecting = False
+
+    def _connect_blocking(self, link: MqttLink) -> None:
+        try:
+            rc = link._client.reconnect()
+            ok = rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        except (OSError, ValueError) as err:
+            ok = False
+            _LOG.debug("mqtt connect to %s failed: %s", link._settings.url, err)
+        self.call_soon(lambda: self._connected(link, ok=ok))
+
+    def _connected(self, link: MqttLink, *, ok: bool) -> None:
+        link._connecting = False
+        if ok and link._client.socket() is not None:
+            self._register(link)
+            self._flush_link(link)
+            return
+        self._retry(link)
+
+    def _retry(self, link: MqttLink) -> None:
+        if link._stopped or link._reconnect_timer is not None or link not in self._links:
+            return
+        delay = link._reconnect_delay_s
+        link._reconnect_delay_s = min(max(delay * 2, _RECONNECT_MIN_S), _RECONNECT_MAX_S)
+        link._reconnect_timer = self.call_later(delay, lambda: self._connect(link))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_misc = time.monotonic() + _MISC_EVERY_S
+        while True:
+            try:
+                self._run_calls()
+                if self._stopping:
+                    break
+                self._flush_writes()
+                self._finish_closing()
+                now = time.monotonic()
+                timeout = min(_MISC_EVERY_S, max(0.0, next_misc - now))
+                if self._timers:
+                    timeout = min(timeout, max(0.0, self._timers[0].due - now))
+                if self._calls or self._want_write:
+                    timeout = 0.0
+                for key, mask in self._selector.select(timeout):
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._serve(key.data, mask)
+                self._run_timers()
+                if time.monotonic() >= next_misc:
+                    next_misc = time.monotonic() + _MISC_EVERY_S
+                    for link in list(self._links):
+                        if not link._connecting and link._client.socket() is not None:
+                            self._io(link, link._client.loop_misc)
+                            self._flush_link(link)
+            except Exception:  # the loop must go on for the other links; logged with traceback
+                self.errors += 1
+                _LOG.exception("mqtt network loop %s: iteration failed", self.name)
+        self._close_resources()
+
+    def _drain_wake(self) -> None:
+        with self._lock:
+            self._woken = False
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            return
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, deque()
+        for call in calls:
+            try:
+                call()
+            except Exception:  # one caller's bug must not stop the loop
+                self.errors += 1
+                _LOG.exception("mqtt network loop %s: call failed", self.name)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0].due <= now:
+            handle = heapq.heappop(timers)
+            if handle.cancelled:
+                continue
+            try:
+                handle.callback()
+            except Exception:  # one caller's bug must not stop the loop
+                self.errors += 1
+                _LOG.exception("mqtt network loop %s: timed call failed", self.name)
+
+    def _flush_writes(self) -> None:
+        with self._lock:
+            links, self._want_write = self._want_write, set()
+        for link in links:
+            self._flush_link(link)
+
+    def _flush_link(self, link: MqttLink) -> None:
+        client = link._client
+        if link._connecting or client.socket() is None or not client.want_write():
+            return
+        self._io(link, client.loop_write)
+
+    def _serve(self, link: MqttLink, mask: int) -> None:
+        client = link._client
+        if link._connecting:
+            return
+        if mask & selectors.EVENT_READ:
+            self._io(link, client.loop_read)
+        if mask & selectors.EVENT_WRITE and client.socket() is not None:
+            self._io(link, client.loop_write)
+
+    def _io(self, link: MqttLink, operation: Callable[[], MQTTErrorCode]) -> None:
+        link._in_io = True
+        try:
+            operation()
+        finally:
+            link._in_io = False
+        client = link._client
+        if client.socket() is None:  # lost (or closed after a DISCONNECT)
+            self._unregister(link)
+            if not link._stopped:
+                self._retry(link)
+            return
+        if link._registered is None:
+            self._register(link)
+        # level-triggered: paho reports "wants to write" only on the edge, and a partial write
+        # must leave the socket watched for writability
+        write = selectors.EVENT_WRITE if client.want_write() else 0
+        self._modify(link, selectors.EVENT_READ | write)
+
+    def _finish_closing(self) -> None:
+        if not self._closing:
+            return
+        now = time.monotonic()
+        for link, (deadline, done) in list(self._closing.items()):
+            client = link._client
+            if link._connecting and now < deadline:
+                continue
+            if client.socket() is not None and client.want_write() and now < deadline:
+                continue  # its DISCONNECT is still being written
+            del self._closing[link]
+            self._forget(link)
+            done.set()
+
+    def _forget(self, link: MqttLink) -> None:
+        self._links.discard(link)
+        if link._reconnect_timer is not None:
+            link._reconnect_timer.cancel()
+            link._reconnect_timer = None
+        sock = link._client.socket()
+        self._unregister(link)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        link._connected.clear()
+
+    def _close_resources(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for link in list(self._links):
+            self._forget(link)
+        for _deadline, done in self._closing.values():
+            done.set()
+        self._closing.clear()
+        self._connector.shutdown(wait=True, cancel_futures=True)
+        for link in list(self._links):  # a connect that finished during the shutdown
+            self._forget(link)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
 class Messenger:
     """The two broker connections of one device or service, publishing by the topic scheme."""
 
@@ -304,7 +698,9 @@ class Messenger:
         session_expiry_s: int = 0,
         max_inflight: int = 100,
         on_published: dict[BrokerContext, PublishCallback] | None = None,
+        network: NetworkLoop | None = None,
     ) -> None:
+        """``network``: the shared loop both connections run on (None: paho's own threads)."""
         will_message = (publish_topic(will), encode(will)) if will is not None else None
         callbacks = on_published or {}
         self.links: dict[BrokerContext, MqttLink] = {
@@ -316,6 +712,7 @@ class Messenger:
                 session_expiry_s=session_expiry_s,
                 max_inflight=max_inflight,
                 on_published=callbacks.get(context),
+                network=network,
             )
             for context in BrokerContext
         }

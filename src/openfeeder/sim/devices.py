@@ -55,6 +55,7 @@ import numpy as np
 
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
+from openfeeder.iot.agent.hosting import AgentHost
 from openfeeder.iot.agent.runtime import (
     DEFAULT_CAPABILITIES,
     CommandContext,
@@ -174,9 +175,11 @@ class VirtualSwitch:
         slow_extra_s: float = 0.0,
         lockout: bool = False,
         retained_wait_s: float = 1.0,
+        host: AgentHost | None = None,
     ) -> None:
         """``operating_time_s`` in domain time; ``source`` defaults to a synthetic one seeded with
-        the switch id (the twin passes its :class:`~openfeeder.sim.sources.TwinSource`)."""
+        the switch id (the twin passes its :class:`~openfeeder.sim.sources.TwinSource`);
+        ``host``: the agent host running its agent (None: the agent's own threads)."""
         self.switch_id = int(switch_id)
         self.device_id = device_id or switch_device_id(self.switch_id)
         try:
@@ -211,6 +214,7 @@ class VirtualSwitch:
             clock=world.clock,
             command_handler=self,
             on_tick=self._on_tick,
+            host=host,
         )
         on_switch = getattr(world, "on_switch", None)  # SolvedWorld: hear of every operation
         self._observed = callable(on_switch)

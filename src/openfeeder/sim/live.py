@@ -17,6 +17,12 @@ real device of the IoT infrastructure.
 - reports its **lag**: how far behind the domain clock the stepper is (a twin that cannot keep up
   shows it here, never silently).
 
+The devices of a live twin run on one :class:`~openfeeder.iot.agent.hosting.AgentHost` (one thread
+for all their loops and broker connections, instead of four threads per device), and their sources
+share one :class:`~openfeeder.sim.sources.TwinSampler`, so the devices that tick at the same
+instant are measured in one array operation. Each is still a device of its own: own client ids
+and sessions, buffer, settings, plug-ins, commands.
+
 While a fault that protection did not clear stays in the grid, the grid is held in the fault's
 state; when a switch operation (by protection, a coordinator, an operator) de-energizes the faulted
 line, the fault stops being imposed and the power flow takes over again.
@@ -30,12 +36,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
 from openfeeder.config import Settings
+from openfeeder.iot.agent.hosting import AgentHost
 from openfeeder.iot.agent.runtime import AgentStats, MeterAgent, SettingsSource
 from openfeeder.iot.device_settings import Location
 from openfeeder.model.components import MeasurementKind, SwitchKind, enum_from_code
@@ -51,7 +59,7 @@ from openfeeder.sim.scenario import (
     NetworkEvent,
     SwitchEvent,
 )
-from openfeeder.sim.sources import TwinSource
+from openfeeder.sim.sources import TwinSampler
 from openfeeder.sim.twin import TimelineEntry, Twin
 
 __all__ = ["LiveStats", "LiveTwin"]
@@ -116,6 +124,8 @@ class LiveTwin:
         self._max_lag_s = 0.0
         self._fault: FaultSpec | None = None
         self._fault_dirty = False
+        self.host = AgentHost(name="twin-devices")
+        self._sampler = TwinSampler(self.world, twin.measurement)
         self.world.on_switch(self._on_switch)
 
     # -- devices --------------------------------------------------------------------------------
@@ -125,7 +135,7 @@ class LiveTwin:
         return Location(case=self._case_name, bus_id=placement.bus_id, element_id=element)
 
     def _make_device(self, placement: DevicePlacement) -> Device:
-        source = TwinSource(self.world, self.twin.measurement, placement.device_id)
+        source = self._sampler.source(placement.device_id)
         switch = self.twin.model.switch
         rows = np.flatnonzero(switch["id"] == placement.element_id)
         if (
@@ -145,6 +155,7 @@ class LiveTwin:
                 device_id=placement.device_id,
                 source=source,
                 location=self._location(placement),
+                host=self.host,
             )
         return MeterAgent(
             self._settings,
@@ -154,6 +165,7 @@ class LiveTwin:
             location=self._location(placement),
             device_type=placement.kind.value,
             clock=self.clock,
+            host=self.host,
         )
 
     @property
@@ -165,6 +177,7 @@ class LiveTwin:
 
     def start(self) -> None:
         """Start every device and the stepper (devices boot in the background)."""
+        self.host.start()
         for index, placement in enumerate(self.twin.placements):
             if self._hosted is not None and not self._hosted(index, placement):
                 continue
@@ -192,11 +205,10 @@ class LiveTwin:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         devices = list(self.devices.values())
-        threads = [threading.Thread(target=d.stop, args=(timeout_s,)) for d in devices]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout_s + 1.0)
+        if devices:  # several at a time: each waits for its shutdown status's PUBACK
+            with ThreadPoolExecutor(max_workers=min(64, len(devices))) as pool:
+                list(pool.map(lambda device: device.stop(timeout_s), devices))
+        self.host.stop()
 
     def stats(self) -> LiveStats:
         agents: list[AgentStats] = []

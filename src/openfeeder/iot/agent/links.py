@@ -38,7 +38,7 @@ from openfeeder.config import BrokerSettings, BrokersSettings
 from openfeeder.errors import MessagingError
 from openfeeder.iot.agent.store import PublishTracker
 from openfeeder.iot.device_settings import DeviceSettings
-from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.mqtt import Messenger, NetworkLoop
 from openfeeder.iot.schema import (
     AckStatus,
     AlgorithmOutput,
@@ -87,9 +87,12 @@ class AgentLinks:
         route: Callable[[str, bytes], None],
         on_monitoring_ack: Callable[[], None],
         on_command: Callable[[Command], None] | None = None,
+        network: NetworkLoop | None = None,
     ) -> None:
         """``clock_ns`` gives domain time (payload stamps, command deadlines); ``on_command``
-        receives the commands this device must act on (None: it has nothing to operate)."""
+        receives the commands this device must act on (None: it has nothing to operate);
+        ``network``: the shared loop the connections run on (None: paho's threads)."""
+        self._network = network
         self.device_id = device_id
         self._local = local
         self._firmware = firmware
@@ -191,6 +194,7 @@ class AgentLinks:
             client_id=self.device_id,
             will=will,
             on_published={BrokerContext.MONITORING: lambda _mid: self._on_monitoring_ack()},
+            network=self._network,
         )
 
     def _brokers(self, settings: DeviceSettings) -> BrokersSettings:

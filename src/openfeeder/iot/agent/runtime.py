@@ -40,6 +40,14 @@ Seq: the next measurement seq is persisted in the buffer; at boot the agent wait
 ``retained_wait_s`` for the historian's retained ``Committed`` mark and continues at
 ``max(stored next seq, mark + 1)``.
 
+Hosted agents: an agent given an :class:`~openfeeder.iot.agent.hosting.AgentHost` has no loop
+thread and no network threads of its own. The host runs its loop iterations (the same work, in the
+same order, one iteration of an agent at a time) and its two broker connections on one shared
+thread, so that thousands of agents fit in a process: each keeps its own client ids, sessions,
+last wills, buffer, settings, plug-ins and command thread. A hosted agent's first tick is put on
+the host's tick grid (a multiple of ``tick_grid_s`` in domain time) so that agents due together
+are measured together (:class:`~openfeeder.iot.agent.source.SourceBatch`).
+
 Health: a retained ``Status`` birth (ONLINE, firmware, capabilities) on both brokers after every
 connect, the last will ``Status(OFFLINE)`` per connection, a ``Status(OFFLINE, reason="shutdown")``
 on a clean stop, and :meth:`MeterAgent.stats`. The MQTT side (connections, subscriptions, what is
@@ -58,7 +66,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from pydantic import ValidationError
 
@@ -97,6 +105,9 @@ from openfeeder.iot.topics import (
     topology_filter,
 )
 from openfeeder.sim.clock import NS_PER_S, Clock, RealClock
+
+if TYPE_CHECKING:
+    from openfeeder.iot.agent.hosting import AgentHost
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
@@ -253,10 +264,14 @@ class MeterAgent:
         clock: Clock | None = None,
         command_handler: CommandHandler | None = None,
         on_tick: TickHook | None = None,
+        host: AgentHost | None = None,
     ) -> None:
         """``clock``: domain time (default: the wall clock); ``command_handler``: who acts on
-        commands (None: every command is rejected); ``on_tick``: called after each tick."""
+        commands (None: every command is rejected); ``on_tick``: called after each tick;
+        ``host``: the shared thread that runs this agent's loop and connections (None: threads of
+        its own)."""
         self.device_id = device_id
+        self._agent_host = host
         self._settings = settings
         self._source = source
         self._catalog = catalog
@@ -284,8 +299,10 @@ class MeterAgent:
         self._control_thread = threading.Thread(
             target=self._control_main, name=f"agent-{device_id}", daemon=True
         )
-        self._loop_thread = threading.Thread(
-            target=self._loop_main, name=f"agent-loop-{device_id}", daemon=True
+        self._loop_thread = (
+            threading.Thread(target=self._loop_main, name=f"agent-loop-{device_id}", daemon=True)
+            if host is None
+            else None
         )
         self._commands: queue.Queue[Command | None] = queue.Queue(COMMAND_QUEUE_MAX)
         self._command_thread = (
@@ -312,6 +329,7 @@ class MeterAgent:
             route=self._route,
             on_monitoring_ack=self._on_monitoring_ack,
             on_command=self._enqueue_command if command_handler is not None else None,
+            network=host.network if host is not None else None,
         )
         self._store: MeasurementStore | None = None
         self._forwarder: Forwarder | None = None
@@ -338,6 +356,11 @@ class MeterAgent:
     @property
     def state(self) -> AgentState:
         return self._state
+
+    @property
+    def source(self) -> DataSource:
+        """Where the agent's measurements come from."""
+        return self._source
 
     @property
     def clock(self) -> Clock:
@@ -382,6 +405,8 @@ class MeterAgent:
         self._control_queue.put(None)
         self._wake_command_thread()
         self._control_thread.join(timeout_s)
+        if self._agent_host is not None:
+            self._agent_host.detach(self)
         for thread in (self._loop_thread, self._pacer_thread, self._command_thread):
             if thread is not None and thread.is_alive():
                 thread.join(timeout_s)
@@ -492,7 +517,10 @@ class MeterAgent:
         self._apply_pending_mark()
         if self._stopping.is_set():  # stopped while connecting: stop() cleans up what exists
             return
-        self._loop_thread.start()
+        if self._agent_host is not None:
+            self._agent_host.attach(self)
+        elif self._loop_thread is not None:
+            self._loop_thread.start()
         if self._pacer_thread is not None:
             self._pacer_thread.start()
         self._state = AgentState.RUNNING
@@ -588,14 +616,14 @@ class MeterAgent:
             if self._pending_mark is None or high_water_seq > self._pending_mark:
                 self._pending_mark = high_water_seq
         self._mark_seen.set()
-        self._wake.set()
+        self._wake_loop()
 
     def _route(self, topic: str, payload: bytes) -> None:
         self._host.route(topic, payload)
 
     def _on_monitoring_ack(self) -> None:
         if self._awaiting_acks:
-            self._wake.set()
+            self._wake_loop()
 
     def _announce_drop(self, dropped: DroppedRange) -> None:
         _LOG.warning(
@@ -626,36 +654,58 @@ class MeterAgent:
 
     # -- loop thread ---------------------------------------------------------------------------
 
+    def _wake_loop(self) -> None:
+        """Run a loop iteration soon (from any thread)."""
+        if self._agent_host is not None:
+            self._agent_host.wake(self)
+        else:
+            self._wake.set()
+
     def _loop_main(self) -> None:
-        clock = self._clock
-        next_tick_ns = clock.now_ns()
-        self._schedule(next_tick_ns)
+        self._loop_begin(self._clock.now_ns())
         while not self._stopping.is_set():
-            try:
-                self._apply_pending_mark()
-                self._check_connections()
-                if clock.now_ns() >= next_tick_ns:
-                    try:
-                        t_ns = self._tick()
-                        self._run_tick_hook(t_ns)
-                        self._last_tick_ns = t_ns  # the tick's work is done
-                    finally:  # a failing tick must not be retried at once, forever
-                        next_tick_ns = self._next_tick(next_tick_ns)
-                        self._schedule(next_tick_ns)
-                self._deliver()
-                self._host.watchdog()
-            except Exception:  # the loop must go on; the error is logged with its traceback
-                _LOG.exception("agent %s loop iteration failed", self.device_id)
-            if self._wake.wait(self._wait_s(next_tick_ns)):
+            wait_s = self._loop_once(self._clock.now_ns())
+            if self._wake.wait(wait_s):
                 self._wake.clear()
 
-    def _wait_s(self, next_tick_ns: int) -> float:
+    def _loop_begin(self, first_tick_ns: int) -> None:
+        """Before the first iteration: when the first tick is due (domain time)."""
+        self._schedule(first_tick_ns)
+
+    def _tick_due(self, now_ns: int) -> bool:
+        """Whether an iteration at ``now_ns`` takes a measurement."""
+        return now_ns >= self._next_tick_ns and not self._stopping.is_set()
+
+    def _loop_once(self, now_ns: int, *, max_wait_s: float = _MAX_WAIT_S) -> float:
+        """One iteration of the loop at domain time ``now_ns``; wall seconds until the next one
+        is needed (at most ``max_wait_s``; earlier when woken)."""
+        try:
+            self._apply_pending_mark()
+            self._check_connections()
+            if now_ns >= self._next_tick_ns:
+                try:
+                    t_ns = self._tick(now_ns)
+                    self._run_tick_hook(t_ns)
+                    self._last_tick_ns = t_ns  # the tick's work is done
+                finally:  # a failing tick must not be retried at once, forever
+                    self._schedule(self._next_tick(self._next_tick_ns))
+            self._deliver()
+            self._host.watchdog()
+        except Exception:  # the loop must go on; the error is logged with its traceback
+            _LOG.exception("agent %s loop iteration failed", self.device_id)
+        return self._wait_s(self._next_tick_ns, max_wait_s)
+
+    @property
+    def _has_algorithms(self) -> bool:
+        return bool(self._host.runners)
+
+    def _wait_s(self, next_tick_ns: int, max_wait_s: float = _MAX_WAIT_S) -> float:
         """Wall-clock seconds to sleep: the domain time left to the tick at the clock's speed."""
         speed = self._clock.speed
         if math.isinf(speed):  # stepped: the pacer wakes the loop when the clock gets there
-            return _MAX_WAIT_S
+            return max_wait_s
         remaining_s = (next_tick_ns - self._clock.now_ns()) / NS_PER_S / speed
-        return min(max(0.0, remaining_s), _MAX_WAIT_S)
+        return min(max(0.0, remaining_s), max_wait_s)
 
     def _schedule(self, next_tick_ns: int) -> None:
         self._next_tick_ns = next_tick_ns
@@ -667,7 +717,7 @@ class MeterAgent:
             self._scheduled.wait()
             self._scheduled.clear()
             if self._clock.sleep_until(self._next_tick_ns, self._stopping):
-                self._wake.set()
+                self._wake_loop()
 
     def _next_tick(self, previous_ns: int) -> int:
         current = self._current
@@ -695,9 +745,8 @@ class MeterAgent:
                 extra={"device_id": self.device_id},
             )
 
-    def _tick(self) -> int:
-        """One measurement; its domain time (ns)."""
-        t_ns = self._clock.now_ns()
+    def _tick(self, t_ns: int) -> int:
+        """One measurement at domain time ``t_ns`` (now); returns it."""
         current, store, forwarder = self._current, self._store, self._forwarder
         if current is None or store is None or forwarder is None:
             return t_ns

@@ -19,9 +19,9 @@ of shape ``(3,)`` for phasors; a source hands over arrays it will not write agai
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ __all__ = [
     "Acquisition",
     "DataSource",
     "PhasorFrame",
+    "SourceBatch",
     "SyntheticParams",
     "SyntheticSource",
     "WaveformWindow",
@@ -78,6 +79,20 @@ class DataSource(Protocol):
     def acquire(self, *, t_ns: int, sampling_rate_hz: float) -> Acquisition:
         """One acquisition starting at ``t_ns``; may raise (the agent skips that interval)."""
         ...
+
+
+@runtime_checkable
+class SourceBatch(Protocol):
+    """Acquires for many sources at once, cheaper than one by one (the twin measures all devices
+    due at an instant in one array operation).
+
+    A source that belongs to one has it as its ``batch`` attribute. An
+    :class:`~openfeeder.iot.agent.hosting.AgentHost` calls :meth:`prefetch` with the sources of
+    the agents about to tick at ``t_ns``; each source's ``acquire(t_ns=t_ns, ...)`` then hands
+    out its share, exactly what it would have acquired alone.
+    """
+
+    def prefetch(self, sources: Sequence[DataSource], *, t_ns: int) -> None: ...
 
 
 RESIDENTIAL_DAY: Final = np.array(
