@@ -118,6 +118,7 @@ class LiveTwin:
         self._devices: dict[str, Device] = {}
         self._agenda: list[tuple[int, int, str, Any]] = []
         self._order = itertools.count()
+        self._injected = itertools.count()
         self._thread = threading.Thread(target=self._run, name="twin-stepper", daemon=True)
         self._steps = 0
         self._lag_s = 0.0
@@ -209,6 +210,19 @@ class LiveTwin:
             with ThreadPoolExecutor(max_workers=min(64, len(devices))) as pool:
                 list(pool.map(lambda device: device.stop(timeout_s), devices))
         self.host.stop()
+
+    def inject(
+        self,
+        event: FaultEvent | SwitchEvent | DeviceOutageEvent | DeviceModeEvent | NetworkEvent,
+        *,
+        after_s: float = 0.0,
+    ) -> int:
+        """Add ``event`` (a fault, a switch operation, ...) ``after_s`` domain seconds from now, as
+        if the scenario had it; its ``at_s`` is ignored. Returns the domain instant (ns)."""
+        t_ns = self.clock.now_ns() + round(after_s * NS_PER_S)
+        index = len(self.twin.scenario.events) + next(self._injected)
+        self._schedule(t_ns, "event", (index, event))
+        return t_ns
 
     def stats(self) -> LiveStats:
         agents: list[AgentStats] = []
