@@ -242,8 +242,8 @@ def plan_isolation(
 
     in_zone = np.zeros(zones.n_zones, dtype=np.bool_)
     in_zone[zones.zone_of_bus[faulted_rows]] = True
-    graph = _ZoneGraph(zones)
-    feed_switch, roots = _supply_roots(model, zones, in_zone, tripped_breaker, faulted_rows)
+    feed_switch, roots, edges = _supply_roots(model, zones, in_zone, tripped_breaker, faulted_rows)
+    graph = _ZoneGraph(zones, edges)
     parent_switch = graph.tree(roots, feed_switch)
 
     sz = zones.switch_zone
@@ -279,13 +279,13 @@ def plan_isolation(
 
 
 class _ZoneGraph:
-    """Adjacency of zones through closed operable switches, with a supply tree once rooted."""
+    """Adjacency of zones through the switches in ``edges``, with a supply tree once rooted."""
 
-    def __init__(self, zones: SwitchingZones) -> None:
+    def __init__(self, zones: SwitchingZones, edges: BoolArray) -> None:
         self.zones = zones
         n = zones.n_zones
         self.adjacent: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-        rows = np.flatnonzero(zones.operable & zones.closed)
+        rows = np.flatnonzero(edges)
         for r, (a, b) in zip(rows.tolist(), zones.switch_zone[rows].tolist(), strict=True):
             self.adjacent[a].append((b, r))
             self.adjacent[b].append((a, r))
@@ -323,25 +323,37 @@ def _supply_roots(
     in_zone: BoolArray,
     tripped_breaker: int | None,
     faulted_rows: IntArray,
-) -> tuple[int, list[int]]:
-    """The switch that fed the faulted part (-1 if it is energized) and the roots of its tree."""
-    islands = np.unique(zones.zone_island[in_zone])
-    source_zones = np.flatnonzero(zones.zone_source)
-    if zones.zone_energized[in_zone].all():
-        # not tripped (yet): the supply tree of the islands the fault is in
-        return -1, [int(z) for z in source_zones[np.isin(zones.zone_island[source_zones], islands)]]
-    dead_islands = np.unique(zones.zone_island[in_zone & ~zones.zone_energized])
+) -> tuple[int, list[int], BoolArray]:
+    """The switch that fed the faulted part (-1 if it is energized), the roots of its supply tree
+    and the switches that tree may follow.
+
+    A dead faulted part was fed through switches that are open now but not normally open (the
+    tripped breaker, and switches opened since, e.g. by an earlier isolation attempt): the tree
+    follows those and the closed operable switches through dead zones, from the open switch
+    whose other side is energized.
+    """
     sz = zones.switch_zone
     valid: BoolArray = (sz[:, 0] >= 0) & (sz[:, 1] >= 0)
-    ends_island = zones.zone_island[np.maximum(sz, 0)]
-    ends_live: BoolArray = zones.zone_energized[np.maximum(sz, 0)]
-    into_dead: BoolArray = np.isin(ends_island, dead_islands)
-    into_dead &= valid[:, None]
+    live_edges = zones.operable & zones.closed
+    if zones.zone_energized[in_zone].all():
+        # not tripped (yet): the supply tree of the islands the fault is in
+        islands = np.unique(zones.zone_island[in_zone])
+        sources = np.flatnonzero(zones.zone_source)
+        return (
+            -1,
+            [int(z) for z in sources[np.isin(zones.zone_island[sources], islands)]],
+            live_edges,
+        )
+    dead = ~zones.zone_energized
+    safe = np.maximum(sz, 0)
+    opened = ~zones.closed & ~model.switch["normally_open"] & valid & (sz[:, 0] != sz[:, 1])
+    dead_edges = (live_edges | opened) & dead[safe[:, 0]] & dead[safe[:, 1]]
+    _, part = _components(zones.n_zones, sz[dead_edges, 0], sz[dead_edges, 1])
+    faulted_parts = np.unique(part[in_zone & dead])
+    into: BoolArray = np.isin(part[safe], faulted_parts) & dead[safe]
+    live_end: BoolArray = zones.zone_energized[safe]
     candidates = np.flatnonzero(
-        ~zones.closed
-        & ~model.switch["normally_open"]
-        & valid
-        & ((into_dead[:, 0] & ends_live[:, 1]) | (into_dead[:, 1] & ends_live[:, 0]))
+        opened & ((into[:, 0] & live_end[:, 1]) | (into[:, 1] & live_end[:, 0]))
     )
     if candidates.size == 0:
         bad = int(model.bus["id"][faulted_rows[0]])
@@ -351,17 +363,17 @@ def _supply_roots(
             component_id=bad,
         )
     switch_ids = model.switch["id"]
-    chosen = -1
-    if tripped_breaker is not None:
-        named = np.flatnonzero(switch_ids[candidates] == tripped_breaker)
-        chosen = int(candidates[named[0]]) if named.size else -1
-    if chosen < 0:
+    named = np.flatnonzero(
+        switch_ids[candidates] == (-1 if tripped_breaker is None else tripped_breaker)
+    )
+    if named.size:
+        chosen = int(candidates[named[0]])
+    else:
         head = np.isin(model.switch["kind"][candidates], _FEEDER_HEAD_KINDS)
-        order = np.lexsort((switch_ids[candidates], ~head))
-        chosen = int(candidates[order[0]])
+        chosen = int(candidates[np.lexsort((switch_ids[candidates], ~head))[0]])
     ends = sz[chosen]
-    dead_end = int(ends[0] if into_dead[chosen, 0] else ends[1])
-    return chosen, [dead_end]
+    dead_end = int(ends[0] if into[chosen, 0] else ends[1])
+    return chosen, [dead_end], dead_edges
 
 
 def _skipped(
