@@ -61,8 +61,8 @@ class TwinSampler:
     """Measures the devices of one twin (world and measurement model), many at once.
 
     :meth:`source` makes the :class:`TwinSource` of a device; :meth:`prefetch` measures the
-    devices of the given sources at ``t_ns`` in one call and keeps the result for their next
-    ``acquire`` at that time on the same grid state.
+    devices of the given sources at ``t_ns`` in one call (on the grid state of that instant) and
+    keeps the result for their ``acquire`` at that time.
     """
 
     def __init__(self, world: GridWorld, model: MeasurementModel) -> None:
@@ -84,7 +84,7 @@ class TwinSampler:
 
     def _take(self, device_id: str, t_ns: int) -> tuple[DeviceReadings, int] | None:
         latest = self._latest
-        if latest is None or latest.t_ns != t_ns or latest.state is not self.world.phasors():
+        if latest is None or latest.t_ns != t_ns:
             return None
         row = latest.rows.get(device_id)
         return None if row is None else (latest.readings, row)

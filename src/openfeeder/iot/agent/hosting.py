@@ -19,7 +19,9 @@ runs the same work for all the agents it hosts on one thread, its
 
 What stays per agent: its control thread (boot and polls against the catalog, which block on
 HTTP), its command thread (a switch's mechanism may take seconds), its plug-ins' threads, its
-buffer file. Hosted agents behave as the threaded ones do, message for message.
+buffer file. Hosted agents behave as the threaded ones do, message for message; their buffers
+are made durable together, by one file-system sync every 5 s from a helper thread, instead of a
+checkpoint each (see :mod:`openfeeder.iot.agent.store`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from openfeeder.iot.agent.source import DataSource, SourceBatch
+from openfeeder.iot.agent.store import DEFAULT_CHECKPOINT_INTERVAL_S, sync_filesystem
 from openfeeder.iot.mqtt import NetworkLoop, TimerHandle
 from openfeeder.sim.clock import NS_PER_S
 
@@ -79,6 +83,9 @@ class AgentHost:
         self._lock = threading.Lock()
         self._woken: set[MeterAgent] = set()
         self._wake_pending = False
+        self._sync_dirs: set[Path] = set()
+        self._syncer: threading.Thread | None = None
+        self._stopped = threading.Event()
         self.iterations = 0
         """Agent loop iterations run (for tests and benchmarks)."""
         self.batches = 0
@@ -88,7 +95,11 @@ class AgentHost:
         self.network.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopped.set()
         self.network.stop(timeout_s)
+        syncer = self._syncer
+        if syncer is not None:
+            syncer.join(timeout_s)
 
     @property
     def agents(self) -> int:
@@ -97,9 +108,32 @@ class AgentHost:
 
     # -- called by the agents ------------------------------------------------------------------
 
-    def attach(self, agent: MeterAgent) -> None:
-        """Start running ``agent``'s loop (it is configured and its buffer is open)."""
+    def attach(self, agent: MeterAgent, state_dir: Path) -> None:
+        """Start running ``agent``'s loop (it is configured and its buffer, under ``state_dir``,
+        is open)."""
+        with self._lock:
+            if state_dir not in self._sync_dirs:
+                self._sync_dirs.add(state_dir)
+                self._start_syncer()
         self.network.call_soon(lambda: self._attach(agent))
+
+    def _start_syncer(self) -> None:
+        if self._syncer is None:
+            self._syncer = threading.Thread(
+                target=self._sync_main, name=f"{self.network.name}-sync", daemon=True
+            )
+            self._syncer.start()
+
+    def _sync_main(self) -> None:
+        """Every ``DEFAULT_CHECKPOINT_INTERVAL_S``: make the hosted buffers' appends durable."""
+        while not self._stopped.wait(DEFAULT_CHECKPOINT_INTERVAL_S):
+            with self._lock:
+                folders = list(self._sync_dirs)
+            for folder in folders:
+                try:
+                    sync_filesystem(folder)
+                except OSError as err:
+                    _LOG.warning("cannot sync the buffers in %s: %s", folder, err)
 
     def detach(self, agent: MeterAgent) -> None:
         """Stop running ``agent``'s loop; no iteration of it runs once this returns."""

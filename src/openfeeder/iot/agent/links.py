@@ -119,6 +119,7 @@ class AgentLinks:
         self._algo_seq: dict[str, itertools.count[int]] = {}
         self._seen_commands: deque[str] = deque(maxlen=256)
         self.topology_version: int | None = None
+        self._measurement_topic = str(measurement_topic(device_id))  # built (validated) once
         self.outputs_dropped = 0
 
     # -- connections ---------------------------------------------------------------------------
@@ -360,7 +361,7 @@ class AgentLinks:
         if messenger is None:
             raise MessagingError("not connected", topic="", reason="not_connected")
         link = messenger.link(BrokerContext.MONITORING)
-        return link.publish(measurement_topic(self.device_id), payload).info
+        return link.publish(self._measurement_topic, payload).info
 
     def publish_outputs(
         self, algorithm: str, version: str, readings: tuple[Reading, ...], t_ns: int | None

@@ -88,6 +88,9 @@ class MeteringLimits:
     """A waveform window shorter than this many cycles gives SUSPECT readings."""
 
 
+_DEFAULT_LIMITS: Final = MeteringLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class MeterValues:
     """The computed quantities of one acquisition; arrays are per phase (a, b, c)."""
@@ -215,15 +218,20 @@ def reading_values(
     values: MeterValues, limits: MeteringLimits | None = None
 ) -> list[tuple[float, Quality]]:
     """``(value, quality)`` per channel of :data:`CHANNELS` (finite values; INVALID ones are 0)."""
-    limits = limits if limits is not None else MeteringLimits()
+    # plain Python floats from here on: for three phases, numpy calls cost more than the arithmetic
+    limits = limits if limits is not None else _DEFAULT_LIMITS
     base = Quality.GOOD if values.complete else Quality.SUSPECT
+    u = values.u_v.tolist()
+    i = values.i_a.tolist()
+    p = values.p_w.tolist()
+    q = values.q_var.tolist()
+    s = values.s_va.tolist()
     p_total, q_total, s_total = values.p_total_w, values.q_total_var, values.s_total_va
-    u_quality = [base] * 3
     if limits.u_nominal_v is not None:
         low, high = (bound * limits.u_nominal_v for bound in limits.u_range_pu)
-        u_quality = [base if low <= u <= high else Quality.SUSPECT for u in values.u_v.tolist()]
-    pf = np.divide(values.p_w, values.s_va, out=np.zeros(3), where=values.s_va > 0)
-    pf_valid = (values.s_va > 0).tolist()
+        u_quality = [base if low <= x <= high else Quality.SUSPECT for x in u]
+    else:
+        u_quality = [base, base, base]
     f_low, f_high = limits.f_range_hz
     if not values.f_valid:
         f_quality = Quality.INVALID
@@ -232,24 +240,31 @@ def reading_values(
     else:
         f_quality = base
     q_quality = base if values.f_valid else Quality.SUSPECT
-
+    invalid = Quality.INVALID
     rows: list[tuple[float, Quality]] = [
-        *zip(values.u_v.tolist(), u_quality, strict=True),
-        *((x, base) for x in values.i_a.tolist()),
-        *((x, base) for x in values.p_w.tolist()),
+        (u[0], u_quality[0]),
+        (u[1], u_quality[1]),
+        (u[2], u_quality[2]),
+        (i[0], base),
+        (i[1], base),
+        (i[2], base),
+        (p[0], base),
+        (p[1], base),
+        (p[2], base),
         (p_total, base),
-        *((x, q_quality) for x in values.q_var.tolist()),
+        (q[0], q_quality),
+        (q[1], q_quality),
+        (q[2], q_quality),
         (q_total, q_quality),
-        *((x, base) for x in values.s_va.tolist()),
+        (s[0], base),
+        (s[1], base),
+        (s[2], base),
         (s_total, base),
-        *(
-            (x, base if ok else Quality.INVALID)
-            for x, ok in zip(pf.tolist(), pf_valid, strict=True)
-        ),
-        (p_total / s_total if s_total > 0 else 0.0, base if s_total > 0 else Quality.INVALID),
+        *((p[k] / s[k], base) if s[k] > 0 else (0.0, invalid) for k in range(3)),
+        (p_total / s_total, base) if s_total > 0 else (0.0, invalid),
         (values.f_hz if values.f_valid else 0.0, f_quality),
     ]
-    return [(x, q) if math.isfinite(x) else (0.0, Quality.INVALID) for x, q in rows]
+    return [(x, q) if math.isfinite(x) else (0.0, invalid) for x, q in rows]
 
 
 def to_readings(
@@ -270,6 +285,7 @@ def to_readings(
     )
 
 
+_CHANNEL_NAMES: Final = tuple(channel for channel, _ in CHANNELS)
 _FRAGMENTS: Final = {
     (channel, quality): (
         f'{{"channel":"{channel}","value":',
@@ -290,12 +306,13 @@ def encode_measurement(
     finite, written with Python's shortest round-trip ``repr``. Tests decode it with the schema's
     strict codec.
     """
-    items = []
-    for (channel, _unit), (value, quality) in zip(
-        CHANNELS, reading_values(values, limits), strict=True
-    ):
-        head, tail = _FRAGMENTS[(channel, quality)]
-        items.append(f"{head}{float(value)!r}{tail}")
+    fragments = _FRAGMENTS
+    items = [
+        f"{fragments[channel, quality][0]}{value!r}{fragments[channel, quality][1]}"
+        for channel, (value, quality) in zip(
+            _CHANNEL_NAMES, reading_values(values, limits), strict=True
+        )
+    ]
     document = (
         f'{{"schema_version":{SCHEMA_VERSION},"device_id":"{device_id}","seq":{seq},'
         f'"t_ns":{values.t_ns},"values":[{",".join(items)}]}}'

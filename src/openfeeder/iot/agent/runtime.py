@@ -82,7 +82,12 @@ from openfeeder.iot.agent.metering import (
 )
 from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginStats
 from openfeeder.iot.agent.source import DataSource
-from openfeeder.iot.agent.store import DroppedRange, Forwarder, MeasurementStore
+from openfeeder.iot.agent.store import (
+    DEFAULT_CHECKPOINT_INTERVAL_S,
+    DroppedRange,
+    Forwarder,
+    MeasurementStore,
+)
 from openfeeder.iot.device_settings import (
     AlgorithmRef,
     BootRequest,
@@ -498,7 +503,12 @@ class MeterAgent:
 
     def _activate(self, settings: DeviceSettings) -> None:
         self._store = MeasurementStore(
-            self._dir / "buffer.db", max_messages=self._settings.agent.buffer_max_messages
+            self._dir / "buffer.db",
+            max_messages=self._settings.agent.buffer_max_messages,
+            # hosted: the host syncs all its agents' buffers at once (store module docstring)
+            checkpoint_interval_s=None
+            if self._agent_host is not None
+            else DEFAULT_CHECKPOINT_INTERVAL_S,
         )
         self._forwarder = Forwarder(
             self._store,
@@ -518,7 +528,7 @@ class MeterAgent:
         if self._stopping.is_set():  # stopped while connecting: stop() cleans up what exists
             return
         if self._agent_host is not None:
-            self._agent_host.attach(self)
+            self._agent_host.attach(self, self._dir.parent)
         elif self._loop_thread is not None:
             self._loop_thread.start()
         if self._pacer_thread is not None:
