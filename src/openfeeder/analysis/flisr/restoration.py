@@ -1008,15 +1008,36 @@ class _Flows:
         self.solved = 0
         self.bus_lo = self.bus_hi = self.loading_hi = np.zeros(0)
         self.u_bound = np.zeros(0)
+        self.referenced = False
         self.u_source = 1.0
 
-    def set_reference(self, states: BoolArray) -> _Outcome:
-        """Solve the present state; it sets how far elements already outside a limit may go."""
-        limits = self.problem.limits
-        u, energized, loading = self._solve(states[None, :])
-        if np.isnan(u).any():
+    def check(self, states: BoolArray, transfers: Sequence[bool]) -> list[_Outcome]:
+        """Limit check of each row of ``states`` (full switch-state vectors).
+
+        The first call also solves the present state (in the same batch): it sets how far an
+        element already outside a limit may go, and the voltages that bound local cuts.
+        """
+        first = not self.referenced
+        if first:
+            states = np.concatenate([self.problem.closed0[None, :], states])
+        u, energized, loading = self._solve(states)
+        if first:
+            self._reference(u[0], energized[0], loading[0])
+        skip = int(first)
+        return [
+            self._judge(u[i], energized[i], loading[i], transfers=transfers[i - skip])
+            for i in range(skip, states.shape[0])
+        ]
+
+    def present(self) -> _Outcome:
+        """The limit check of the present state."""
+        return self.check(self.problem.closed0[None, :], [False])[0]
+
+    def _reference(self, u0: FloatArray, e0: BoolArray, l0: FloatArray) -> None:
+        if np.isnan(u0).any():
             raise AnalysisError("the power flow of the present state did not converge")
-        u0, e0, l0 = u[0], energized[0], loading[0]
+        self.referenced = True
+        limits = self.problem.limits
         low, high = e0 & (u0 < limits.v_min_pu), e0 & (u0 > limits.v_max_pu)
         self.bus_lo = np.where(low, u0 - limits.slack_u_pu, limits.v_min_pu) - _TOLERANCE
         self.bus_hi = np.where(high, u0 + limits.slack_u_pu, limits.v_max_pu) + _TOLERANCE
@@ -1025,15 +1046,6 @@ class _Flows:
         self.u_source = float(u0[e0].max()) if e0.any() else 1.0
         ends_lit = e0[self.branch_ends].all(axis=1) & (self.branch_ends >= 0).all(axis=1)
         self.u_bound = np.where(ends_lit, u0[self.branch_ends].max(axis=1), self.u_source)
-        return self._judge(u0, e0, l0, transfers=False)
-
-    def check(self, states: BoolArray, transfers: Sequence[bool]) -> list[_Outcome]:
-        """Limit check of each row of ``states`` (full switch-state vectors)."""
-        u, energized, loading = self._solve(states)
-        return [
-            self._judge(u[i], energized[i], loading[i], transfers=transfers[i])
-            for i in range(states.shape[0])
-        ]
 
     def _solve(self, states: BoolArray) -> tuple[FloatArray, BoolArray, FloatArray]:
         n = states.shape[0]
@@ -1152,7 +1164,6 @@ class _Search:
     def run(self) -> RestorationPlan:
         problem = self.problem
         flows = _Flows(problem)
-        present = flows.set_reference(problem.closed0)
         found = self._best_first(flows, transfers=True, budget=self.max_power_flows)
         if found is None:  # out of budget: settle for the best plan without transfers
             budget = flows.solved + max(16, self.max_power_flows // 4)
@@ -1161,7 +1172,7 @@ class _Search:
                 found = (found[0], found[1], False)
         if found is None:
             nothing = _Candidate(release=(), options=())
-            return self._plan(nothing, present, flows, optimal=False)
+            return self._plan(nothing, flows.present(), flows, optimal=False)
         return self._plan(*found[:2], flows, optimal=found[2])
 
     def _best_first(
