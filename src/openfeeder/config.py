@@ -46,6 +46,7 @@ __all__ = [
     "BrokerSettings",
     "BrokersSettings",
     "CatalogSettings",
+    "FlisrSettings",
     "HistorianSettings",
     "LoggingSettings",
     "Settings",
@@ -211,6 +212,30 @@ class AgentSettings(_Section):
     """Resend unconfirmed readings when the historian's committed mark has not moved for this long."""
 
 
+class FlisrSettings(_Section):
+    """The FLISR coordinator: which variant, how long it waits for what (domain seconds)."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8702, ge=0, le=65535)
+    variant: Literal["central", "edge"] = "central"
+    """``central``: the coordinator locates the fault; ``edge``: the feeder-head device's fault
+    locator plug-in does, and the coordinator isolates and restores."""
+    incident_log: Path = Path("flisr-incidents.jsonl")
+    """Every incident's timeline, one JSON document per line (appended)."""
+    reclose_wait_s: float = Field(default=0.0, ge=0, le=600)
+    """How long a tripped breaker must stay open before FLISR acts: the longest reclosing dead
+    time of the feeder protection plus a margin (0: the protection does not reclose)."""
+    indicator_wait_s: float = Field(default=0.05, ge=0, le=60)
+    """After the trip, how long to wait for fault indicators and fault records still in flight."""
+    command_timeout_s: float = Field(default=3.0, gt=0, le=600)
+    """A switching command not done after this long counts as failed (the switch is too slow or
+    stuck); the plan is made again without that switch."""
+    edge_wait_s: float = Field(default=2.0, gt=0, le=600)
+    """Edge variant: how long to wait for the feeder-head device's fault location before the
+    coordinator locates the fault itself (and says so in the timeline)."""
+    max_replans: int = Field(default=6, ge=0, le=100)
+
+
 class Settings(_Section):
     brokers: BrokersSettings = BrokersSettings()
     storage: StorageSettings = StorageSettings()
@@ -218,6 +243,7 @@ class Settings(_Section):
     catalog: CatalogSettings = CatalogSettings()
     historian: HistorianSettings = HistorianSettings()
     agent: AgentSettings = AgentSettings()
+    flisr: FlisrSettings = FlisrSettings()
 
     def catalog_storage_url(self) -> str:
         return self.catalog.storage_url or self.storage.url

@@ -176,11 +176,29 @@ def test_export_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 
 
 def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "demo", "--meters", "0")
+    """The self-healing demo: platform, twin and coordinator; the fault is located and healed."""
+    code, out, _ = run(capsys, "demo", "--normal", "2", "--speed", "2", "--json")
     assert code == 0
     assert "OpenFeeder demo: turin" in out
-    assert "96 snapshots solved" in out
-    assert "metering platform" not in out
+    assert "fault located: section [14, 16], line 103" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    incident = summary["incident"]
+    assert incident["status"] == "restored"
+    assert sorted(incident["locked_switches"]) == [306, 307]
+    # every customer of feeder 300 lost supply; all are back (the faulted section feeds none)
+    assert summary["interrupted_customers"] == 695
+    assert summary["restored_customers"] == 695
+    assert summary["isolated_customers"] == 0
+    assert summary["platform_ms"] > 0
+    assert summary["end_to_end_ms"] > summary["mechanism_ms"] + summary["protection_ms"]
+    assert summary["historian_messages"] > 0
+    assert "IEC 61850-5 TT" in out
+
+
+def test_demo_rejects_a_malformed_fault(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "demo", "--fault", "103-100")
+    assert code == 1
+    assert "--fault '103-100': expected LINE_ID@DISTANCE_M" in err
 
 
 def test_demo_metering_platform(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,155 @@
+"""Edge fault locator: the FLOC of seed 003 running on the meter agent at the feeder head.
+
+Inputs (``on_message``): every device's events and status. It keeps the fault indicators that
+latched, the fault records (phasors before and during the fault) and which devices are offline;
+when the feeder-head breaker this device watches opens (its own ``switch_position`` event), it runs
+:func:`openfeeder.analysis.flisr.location.locate_fault` on what it collected and publishes the
+faulted line, its buses and the distance from the line's from bus (``algo/<device>/floc``). The
+FLISR coordinator in its edge variant isolates and restores from that.
+
+Parameters (set by the coordinator when it assigns the algorithm): ``breaker`` (switch id of the
+feeder head), ``devices`` (device id -> [bus id, element id or null], from the device catalog) and
+``case`` (when the catalog gives the device no grid part).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from openfeeder.analysis.flisr.location import FAULT_TYPES, PhasorRecord, locate_fault
+from openfeeder.iot.fault_record import FAULT_RECORD_EVENT, parse_record
+from openfeeder.iot.schema import (
+    Event,
+    LinkState,
+    Quality,
+    Reading,
+    Severity,
+    Status,
+    Unit,
+    decode,
+)
+from openfeeder.iot.topics import parse_topic
+from openfeeder.model.cases import resolve_case
+
+if TYPE_CHECKING:
+    from openfeeder.iot.agent.plugins import AlgorithmContext
+
+
+class FaultLocator:
+    """Collects indicators and records; locates the fault when its breaker trips."""
+
+    def start(self, context: AlgorithmContext) -> None:
+        parameters = context.parameters
+        breaker = parameters.get("breaker")
+        devices = parameters.get("devices")
+        if not isinstance(breaker, int):
+            raise ValueError(
+                f"floc on {context.device_id}: parameter 'breaker' must be a switch id"
+            )
+        if not isinstance(devices, dict):
+            raise ValueError(f"floc on {context.device_id}: parameter 'devices' must be a mapping")
+        case = context.grid.case if context.grid is not None else parameters.get("case")
+        if not isinstance(case, str):
+            raise ValueError(f"floc on {context.device_id}: no case (grid part or parameter)")
+        self.context = context
+        self.model = resolve_case(case)
+        self.breaker = breaker
+        switch_ids = set(self.model.switch["id"].tolist())
+        self.where: dict[str, tuple[int, int | None]] = {}
+        self.switch_of: dict[str, int] = {}
+        for device, place in devices.items():
+            if not isinstance(place, list) or len(place) != 2 or not isinstance(place[0], int):
+                raise ValueError(f"floc: devices[{device!r}] must be [bus id, element id or null]")
+            element = place[1] if isinstance(place[1], int) else None
+            self.where[str(device)] = (place[0], element)
+            if element is not None and element in switch_ids:
+                self.switch_of[str(device)] = element
+        fi = self.model.switch["fault_indicator"].astype(bool)
+        self.fi_switches = [int(s) for s in self.model.switch["id"][fi].tolist()]
+        self.offline: set[str] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        self.latched: set[int] = set()
+        self.records: dict[str, PhasorRecord] = {}
+
+    def on_measurement(self, readings: Sequence[Reading], t_ns: int) -> None:
+        del readings, t_ns
+
+    def on_message(self, topic: str, payload: bytes) -> tuple[Reading, ...] | None:
+        message = decode(parse_topic(topic).message_class, payload, topic=topic)
+        if isinstance(message, Status):
+            if message.state is LinkState.OFFLINE:
+                self.offline.add(message.device_id)
+            else:
+                self.offline.discard(message.device_id)
+            return None
+        if not isinstance(message, Event):
+            return None
+        device = message.device_id
+        if message.kind == "fault_indicator" and device in self.switch_of:
+            self.latched.add(self.switch_of[device])
+        elif message.kind == FAULT_RECORD_EVENT and device in self.where:
+            phasors = parse_record(message.values, topic=topic)
+            bus, element = self.where[device]
+            self.records[device] = PhasorRecord(
+                device_id=device,
+                bus_id=bus,
+                u_pre_v=phasors.u_pre_v,
+                u_fault_v=phasors.u_fault_v,
+                branch_id=element if phasors.i_pre_a is not None else None,
+                i_pre_a=phasors.i_pre_a,
+                i_fault_a=phasors.i_fault_a,
+            )
+        elif message.kind == "switch_position" and self.switch_of.get(device) == self.breaker:
+            closed = {r.channel: r.value for r in message.values}.get("closed")
+            if closed == 0.0 and (self.latched or self.records):
+                return self.locate()
+        return None
+
+    def locate(self) -> tuple[Reading, ...] | None:
+        indicators: dict[int, bool | None] = {}
+        offline_switches = {self.switch_of[d] for d in self.offline if d in self.switch_of}
+        for switch in self.fi_switches:
+            indicators[switch] = (
+                True if switch in self.latched else None if switch in offline_switches else False
+            )
+        try:
+            location = locate_fault(
+                self.model,
+                tripped_breaker=self.breaker,
+                indicators=indicators,
+                records=list(self.records.values()),
+            )
+        except Exception as err:  # reported, and the coordinator falls back to its own locator
+            self.context.emit_event(
+                "floc_failed", Severity.WARNING, f"fault location failed: {err}"[:2000], ()
+            )
+            self.reset()
+            return None
+        self.reset()
+        values: dict[str, Any] = {
+            "line_id": location.line_id if location.line_id is not None else -1,
+            "from_bus": location.from_bus if location.from_bus is not None else -1,
+            "to_bus": location.to_bus if location.to_bus is not None else -1,
+            "distance_m": location.distance_m if location.distance_m is not None else -1.0,
+            "sigma_m": location.sigma_m if location.sigma_m is not None else -1.0,
+            "fault_type_code": (
+                FAULT_TYPES.index(location.fault_type) if location.fault_type in FAULT_TYPES else -1
+            ),
+            "widened": 1.0 if location.widened else 0.0,
+            "section_size": len(location.section_bus_ids),
+        }
+        return tuple(
+            Reading(
+                channel=channel,
+                value=float(value),
+                unit=Unit.M if channel.endswith("_m") else Unit.ONE,
+                quality=Quality.GOOD,
+            )
+            for channel, value in values.items()
+        )
+
+    def stop(self) -> None:
+        self.reset()

@@ -1,0 +1,58 @@
+"""The FLISR coordinator's REST API: health, incidents, and the operator's clear.
+
+=======================================  ==========================================================
+``GET /health``                          ok/degraded, broker connection, variant, active incident
+``GET /v1/incidents``                    every incident of this run (latest state), newest first
+``GET /v1/incidents/{id}``               one incident: plans, outcome and the timeline
+``POST /v1/incidents/{id}/clear``        the fault is repaired: unblock, reset, return to normal
+=======================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+
+from openfeeder.services.flisr.coordinator import FlisrCoordinator
+
+__all__ = ["create_app"]
+
+
+def create_app(coordinator: FlisrCoordinator) -> FastAPI:
+    app = FastAPI(title="OpenFeeder FLISR coordinator", version="1")
+
+    @app.get("/health", tags=["health"])
+    async def health() -> JSONResponse:
+        healthy = coordinator.healthy
+        active = coordinator.active
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "variant": coordinator.config.variant,
+            "active_incident": None if active is None else active.incident_id,
+            "handler_errors": coordinator.handler_errors,
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/v1/incidents", tags=["incidents"])
+    async def incidents() -> list[dict[str, Any]]:
+        found = coordinator.log.all()
+        return [incident.as_dict() for incident in reversed(found)]
+
+    @app.get("/v1/incidents/{incident_id}", tags=["incidents"])
+    async def incident(incident_id: str) -> dict[str, Any]:
+        found = coordinator.log.get(incident_id)
+        if found is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+        return found.as_dict()
+
+    @app.post("/v1/incidents/{incident_id}/clear", tags=["incidents"], status_code=202)
+    async def clear(incident_id: str) -> dict[str, str]:
+        try:
+            coordinator.clear(incident_id)
+        except KeyError as err:
+            raise HTTPException(404, f"no incident {incident_id}") from err
+        return {"incident_id": incident_id, "status": "clearing"}
+
+    return app
