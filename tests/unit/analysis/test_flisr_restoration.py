@@ -35,7 +35,7 @@ from openfeeder.analysis.flisr.restoration import (
 from openfeeder.analysis.powerflow import PowerFlowResult, run_power_flow
 from openfeeder.errors import AnalysisError
 from openfeeder.model.cases import resolve_case
-from openfeeder.model.components import SwitchKind, empty_table, enum_code
+from openfeeder.model.components import DerKind, SwitchKind, empty_table, enum_code
 from openfeeder.model.grid import GridModel, lookup
 from openfeeder.model.synth import generate_feeders
 from openfeeder.model.topology import analyze_topology
@@ -316,14 +316,20 @@ def assert_consistent(
     state = after_isolation(model, isolation)
     before = run_power_flow(state)
     lit_before = set(before.bus["id"][before.bus["energized"]].tolist())
+    interrupted = set(before.bus["id"][~before.bus["energized"]].tolist())
     for op in plan.operations:
         assert op.switch_id not in isolation.lockout_switch_ids
         state = state.with_switch_states({op.switch_id: op.action == "close"})
-        assert analyze_topology(state).radial, f"loop after {op}"
+        topology = analyze_topology(state)
+        assert topology.radial, f"loop after {op}"
+        interrupted |= set(topology.bus_ids[~topology.energized].tolist())
     assert dict(zip(state.switch["id"].tolist(), state.switch["closed"].tolist(), strict=True)) == (
         dict(plan.final_switch_states)
     )
-    result = run_power_flow(state)
+    # generation that lost the grid, even for a moment, has not reconnected yet
+    generator = state.generator.copy()
+    generator["in_service"] &= ~np.isin(generator["bus"], list(interrupted))
+    result = run_power_flow(state.replace(generator=generator))
     lit = result.bus["energized"]
     lit_ids = set(result.bus["id"][lit].tolist())
     assert lit_before <= lit_ids, "a supplied bus lost supply"
@@ -634,3 +640,18 @@ def test_bad_input_is_named() -> None:
         plan_restoration(model, stale, tripped_breaker=breaker)
     with pytest.raises(ValueError, match="v_min_pu"):
         RestorationLimits(v_min_pu=1.2)
+
+
+def test_generation_in_the_outage_area_is_not_counted_on() -> None:
+    """PV behind the fault reconnects only minutes after the supply returns: plan without it."""
+    base = scaled(three_feeders(), 1.3)
+    pv = empty_table("generator", 1)
+    pv["id"], pv["bus"], pv["kind"], pv["p_mw"] = 600, 8, enum_code(DerKind.PV), 3.0
+    with_pv = base.replace(generator=pv)
+    plans = []
+    for model in (base, with_pv):
+        tripped_model, breaker = tripped(model, 4)
+        isolation = plan_isolation(tripped_model, [4])
+        plans.append(plan_restoration(tripped_model, isolation, tripped_breaker=breaker))
+    assert plans[1].objective == plans[0].objective < plans[0].max_objective
+    assert plans[1].operations == plans[0].operations

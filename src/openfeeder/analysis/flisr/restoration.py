@@ -1005,13 +1005,18 @@ class _Flows:
         rating_a = switch["i_rated_ka"] * 1e3
         self.switch_rating_a = np.where(np.isfinite(rating_a) & (rating_a > 0), rating_a, np.inf)
         self.branch_ids = np.concatenate([line["id"], trafo["id"], switch["id"]]).astype(np.int64)
+        gen = model.generator
+        gen_rows = lookup(bus_ids, gen["bus"])
+        self.gen_ids = gen["id"] if ComponentType.sym_gen in engine_input else gen["id"][:0]
+        self.gen_zone = problem.zones.zone_of_bus[np.maximum(gen_rows, 0)]
+        self.gen_on = gen["in_service"] & (gen_rows >= 0) & ~problem.outage[self.gen_zone]
         self.solved = 0
         self.bus_lo = self.bus_hi = self.loading_hi = np.zeros(0)
         self.u_bound = np.zeros(0)
         self.referenced = False
         self.u_source = 1.0
 
-    def check(self, states: BoolArray, transfers: Sequence[bool]) -> list[_Outcome]:
+    def check(self, states: BoolArray, releases: Sequence[tuple[int, ...]]) -> list[_Outcome]:
         """Limit check of each row of ``states`` (full switch-state vectors).
 
         The first call also solves the present state (in the same batch): it sets how far an
@@ -1020,18 +1025,19 @@ class _Flows:
         first = not self.referenced
         if first:
             states = np.concatenate([self.problem.closed0[None, :], states])
-        u, energized, loading = self._solve(states)
+            releases = [(), *releases]
+        u, energized, loading = self._solve(states, releases)
         if first:
             self._reference(u[0], energized[0], loading[0])
         skip = int(first)
         return [
-            self._judge(u[i], energized[i], loading[i], transfers=transfers[i - skip])
+            self._judge(u[i], energized[i], loading[i], transfers=bool(releases[i]))
             for i in range(skip, states.shape[0])
         ]
 
     def present(self) -> _Outcome:
         """The limit check of the present state."""
-        return self.check(self.problem.closed0[None, :], [False])[0]
+        return self.check(self.problem.closed0[None, :], [()])[0]
 
     def _reference(self, u0: FloatArray, e0: BoolArray, l0: FloatArray) -> None:
         if np.isnan(u0).any():
@@ -1047,16 +1053,29 @@ class _Flows:
         ends_lit = e0[self.branch_ends].all(axis=1) & (self.branch_ends >= 0).all(axis=1)
         self.u_bound = np.where(ends_lit, u0[self.branch_ends].max(axis=1), self.u_source)
 
-    def _solve(self, states: BoolArray) -> tuple[FloatArray, BoolArray, FloatArray]:
+    def _solve(
+        self, states: BoolArray, releases: Sequence[tuple[int, ...]]
+    ) -> tuple[FloatArray, BoolArray, FloatArray]:
         n = states.shape[0]
         status = states[:, self.var_rows].astype(np.int8)
-        update = {
+        update: dict[ComponentType, dict[str, npt.NDArray[Any]]] = {
             ComponentType.link: {
                 "id": np.broadcast_to(self.var_ids, status.shape),
                 "from_status": status,
                 "to_status": status,
             }
         }
+        if self.gen_ids.size:
+            # generation that lost the grid stays off: grid codes delay reconnection by a minute
+            # or more, so the restored part first carries its whole load
+            gen_on = np.broadcast_to(self.gen_on, (n, self.gen_ids.size)).copy()
+            for i, release in enumerate(releases):
+                for s in release:
+                    gen_on[i, np.isin(self.gen_zone, self.problem.subtree(s))] = False
+            update[ComponentType.sym_gen] = {
+                "id": np.broadcast_to(self.gen_ids, gen_on.shape),
+                "status": gen_on.astype(np.int8),
+            }
         self.solved += n
         try:
             raw = self.engine.calculate_power_flow(
@@ -1205,7 +1224,7 @@ class _Search:
             if flows.solved + len(batch) > budget:
                 return None
             states = np.stack([self._states(c) for c in batch])
-            outcomes = flows.check(states, [bool(c.release) for c in batch])
+            outcomes = flows.check(states, [c.release for c in batch])
             for candidate, outcome in zip(batch, outcomes, strict=True):
                 if outcome.ok:
                     return candidate, outcome, complete and not problem.releases_capped
