@@ -151,7 +151,11 @@ class LiveTwin:
                 world=self.world,
                 switch_id=int(switch["id"][row]),
                 catalog=self._catalog,
-                operating_time_s=OPERATING_TIME_S.get(kind, 1.0),
+                operating_time_s=(
+                    OPERATING_TIME_S.get(kind, 1.0)
+                    if self.twin.scenario.devices.switch_operating_time_s is None
+                    else self.twin.scenario.devices.switch_operating_time_s
+                ),
                 fault_indicator=bool(switch["fault_indicator"][row]),
                 device_id=placement.device_id,
                 source=source,

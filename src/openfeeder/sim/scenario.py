@@ -156,6 +156,9 @@ class DevicesSpec(_Strict):
     reporting_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     """How often each virtual device reports when the twin runs with the platform."""
     extra: tuple[ExtraDevice, ...] = ()
+    switch_operating_time_s: Annotated[float, Field(ge=0, le=60)] | None = None
+    """Operating time of every switch mechanism (None: by switch kind, see
+    :data:`openfeeder.sim.devices.OPERATING_TIME_S`); 0 measures the platform without mechanisms."""
 
 
 class ProtectionSpec(_Strict):
