@@ -655,3 +655,18 @@ def test_generation_in_the_outage_area_is_not_counted_on() -> None:
         plans.append(plan_restoration(tripped_model, isolation, tripped_breaker=breaker))
     assert plans[1].objective == plans[0].objective < plans[0].max_objective
     assert plans[1].operations == plans[0].operations
+
+
+def test_section_out_for_work_stays_dead() -> None:
+    """A5 and A6 are out for work behind 306 (open, tagged): a fault on A2 must not feed them."""
+    healthy = three_feeders().with_switch_states({306: False})
+    model, breaker = tripped(healthy, 6)
+    isolation = plan_isolation(model, [6], unavailable=[306])
+    assert 306 in isolation.lockout_switch_ids
+    plan = plan_restoration(model, isolation, tripped_breaker=breaker, unavailable=[306])
+    work = {11, 12, 13, 14}
+    assert not work & {b for part in plan.parts for b in part.bus_ids}
+    assert plan.final_switch_states[312] is False  # the tie into the work section stays open
+    work_loads = set(model.load["id"][np.isin(model.load["bus"], list(work))].tolist())
+    assert not work_loads & set(plan.unserved_load_ids)  # not part of this outage
+    assert_consistent(model, isolation, plan, LIMITS)

@@ -9,8 +9,11 @@ restoration in one call.
 Zones and the outage area
     The plan works on the zones of :func:`~openfeeder.analysis.flisr.isolation.switching_zones`
     with the operable switches (remote controllable, not unavailable, not locked out). The outage
-    area is the set of dead zones joined to the isolated zone by switches that are not normally
-    open; dead zones behind a normally-open tie belong to some other outage and are left alone.
+    area is the set of dead zones joined to the isolated zone through closed switches, the
+    isolation's switches and open switches that are normally closed and operable (opened since the
+    trip by an earlier plan). Dead zones behind a normally-open tie, or behind an open switch that
+    cannot be operated (a section out for work, its switches tagged ``unavailable``), belong to
+    something else and are left alone.
     A *supply switch* is an operable open switch between the outage area and an energized zone
     (the tripped breaker, a tie); an *inner switch* is an operable switch with both ends in it.
 
@@ -28,34 +31,46 @@ Constraints
     (:class:`RestorationLimits`): bus voltages within ``v_min_pu`` .. ``v_max_pu`` (0.90 .. 1.10 pu,
     the EN 50160 band for medium voltage, which an emergency configuration may use in full) and
     currents of lines, transformers and rated switches at most ``max_loading`` (1.0) of their
-    rating. An element already outside a limit before restoration may stay so, but not get worse.
+    rating. An element already outside a limit before restoration may go further out only by a
+    small slack (``slack_u_pu``, ``slack_loading``): restoring load anywhere on an island moves
+    every voltage on it a little through the substation transformer, and a strict "no worse" rule
+    would forbid any restoration next to one overloaded cable. Generation that lost the grid (in
+    the outage area, or in a part a transfer interrupts) is off in these power flows: grid codes
+    let it reconnect only a minute or more after the supply returns, so the restored part first
+    carries its whole load. ``load_p_mw`` is where a cold-load pickup factor goes.
 
 Moves
-    Each restored part is a connected set of outage zones that one supply switch feeds; inner
-    switches open where two parts or a part and a shed zone meet (shedding, when capacity is
-    short) and close where a part needs them. To make room on a neighbouring feeder, a *transfer*
-    opens a closed operable switch of that feeder and closes an open switch from the cut-off part to
-    another energized feeder (one level: the receiving feeder is not itself relieved); several ties
-    and several transfers combine.
+    Each restored part is a connected set of zones that one supply switch feeds; inner switches
+    open where two parts or a part and a shed zone meet (shedding, when capacity is short) and
+    close where a part needs them. A *transfer* opens a closed operable switch of an energized
+    feeder: the zones below it join the pool to re-energize, with the constraint that all of them
+    come back (through another tie, or from the restored part itself). Candidate switches lie on the
+    path from each supply switch's energized end to its source (depth 1) and from the far end of
+    each tie leaving such a cut-off part (depth 2, a chain of two transfers); plans combine up to
+    two transfers and as many ties as there are.
 
 Search
-    Every assignment of outage zones to supply switches is listed per connected piece of the outage
-    area (the pieces are few zones: switches are sparse), with its weight and operation count
-    known without a power flow; combinations across pieces and transfers are visited best first
-    (weight down, operations up) and checked with power-grid-model, one batch of candidates per
-    call. When a candidate violates a limit, every candidate that would load the same feeder
-    section with at least the same parts is dropped unchecked: a part only adds load (this
-    monotonicity is the one assumption; it holds for consumption, not always for generation). The
-    first candidate that passes is optimal for the moves above. When a piece has too many
-    assignments to list (``MAX_ASSIGNMENTS``), the terminal-free branches of its tree are taken or
-    shed whole, and ``optimal`` says whether the search was complete.
+    Every assignment of pool zones to supply switches is listed per connected piece of the pool
+    (the pieces are few zones: remote switches are sparse, and branches that must come back whole
+    are merged first), with its weight and operation count known without a power flow.
+    Combinations across pieces and transfer sets are visited best first (weight down, operations
+    up; a transfer set is only listed when a bound on it could still win) and checked with
+    power-grid-model, one batch of candidates per call. When a candidate violates a limit, every
+    candidate that loads the same place with at least the same zones is dropped unchecked: below an
+    overloaded branch when the overload holds even at the highest voltage the branch could see,
+    on the whole island otherwise (voltage violations). This rests on one assumption, that more
+    restored zones mean more load (true for consumption; generation is off, see above). The first
+    candidate that passes is optimal for the moves above. When a piece has too many assignments to
+    list (:data:`MAX_ASSIGNMENTS`), its terminal-free branches are taken or shed whole; when the
+    power-flow budget runs out, the best plan without transfers is taken; ``optimal`` is False then.
 
 Execution order
-    Opening before closing (no paralleling of feeders): the openings that shape the part behind the
-    tripped breaker, then the reclosing; then each transfer (open, close); then per restored part,
-    largest weight first, its openings, its inner closings and the closing of its supply switch.
-    Every intermediate state is radial and carries a subset of the final load (a transferred part
-    sees a short interruption between its open and its close).
+    Opening before closing (no paralleling of feeders), part by part: the part behind the tripped
+    breaker first (its openings, then the reclosing), then the parts that take over transferred
+    zones, then the other parts, largest weight first. For each part: the transfer openings and the
+    inner openings next to it, the inner closings inside it, then its supply switch. Every
+    intermediate state is radial and carries a subset of the final load on each feeder; the
+    zones a transfer moves are without supply from their opening to their part's closing.
 """
 
 from __future__ import annotations
@@ -349,7 +364,8 @@ def plan_restoration(
     ``model`` is the grid as it is now; the isolation's openings are applied to it if they are not
     yet. ``tripped_breaker`` is the switch that cleared the fault (reclosed first when it can be).
     ``unavailable`` switches are not operated. ``load_p_mw`` and ``load_q_mvar`` (one value per
-    load, model order) replace the model's load values, e.g. with the present estimate.
+    load, model order) replace the model's load values, e.g. with the present estimate. The search
+    solves at most about ``max_power_flows`` power-flow scenarios.
     """
     problem = _Problem.build(
         model,
@@ -470,13 +486,15 @@ class _Problem:
         self.load_p_mw = self.model.load["p_mw"].astype(np.float64)
 
         operable = switch["remote_controllable"].astype(np.bool_)
-        operable[lockout_rows] = False
         operable[blocked_rows] = False
+        # the outage reaches through switches open since the trip that FLISR itself may operate
+        joins = closed | (operable & ~switch["normally_open"])
+        operable[lockout_rows] = False
         zones = switching_zones(self.model, operable)
         self.zones = zones
         self.isolated = np.zeros(zones.n_zones, dtype=np.bool_)
         self.isolated[zones.zone_of_bus[isolated_rows]] = True
-        self.outage = _outage_area(self.model, zones, self.isolated)
+        self.outage = _outage_area(zones, self.isolated, joins)
 
         load = self.model.load
         load_bus = lookup(self.model.bus["id"], load["bus"])
@@ -684,14 +702,13 @@ def _study_model(
     return model.replace(**changes)
 
 
-def _outage_area(model: GridModel, zones: SwitchingZones, isolated: BoolArray) -> BoolArray:
-    """Dead zones joined to the isolated zone through closed or not normally-open switches."""
+def _outage_area(zones: SwitchingZones, isolated: BoolArray, joins: BoolArray) -> BoolArray:
+    """Dead zones joined to the isolated zone through dead zones and the ``joins`` switches."""
     sz = zones.switch_zone
     dead = ~zones.zone_energized
     valid = (sz[:, 0] >= 0) & (sz[:, 1] >= 0)
     safe = np.maximum(sz, 0)
-    joins = valid & (zones.closed | ~model.switch["normally_open"])
-    joins &= dead[safe[:, 0]] & dead[safe[:, 1]]
+    joins = joins & valid & dead[safe[:, 0]] & dead[safe[:, 1]]
     adjacency: dict[int, list[tuple[int, int]]] = {}
     for r in np.flatnonzero(joins).tolist():
         a, b = int(sz[r, 0]), int(sz[r, 1])
