@@ -453,3 +453,21 @@ def test_records_on_unknown_elements_are_named(
 def test_nothing_to_locate_is_an_error(turin: GridModel) -> None:
     with pytest.raises(AnalysisError, match="nothing to locate"):
         locate_fault(turin, tripped_breaker=None, indicators={}, records=())
+
+
+def test_latched_indicators_on_two_laterals_are_an_error(synthetic: GridModel) -> None:
+    topology = analyze_topology(synthetic)
+    head = int(topology.feeder_ids[0])
+    rows = np.flatnonzero(
+        np.isin(topology.parent_branch, synthetic.switch["id"])
+        & (topology.feeder_of_bus == head)
+        & (topology.parent_branch != head)
+    )
+    # two switches of the feeder, neither below the other
+    start, size = topology.order_index[rows], topology.subtree_size[rows]
+    below = (start[:, None] >= start[None, :]) & (start[:, None] < (start + size)[None, :])
+    apart = np.argwhere(~below & ~below.T)
+    first, second = (int(topology.parent_branch[rows[k]]) for k in apart[0])
+    with pytest.raises(FaultLocationError, match="different branches") as caught:
+        locate_fault(synthetic, tripped_breaker=head, indicators={first: True, second: True})
+    assert caught.value.element_id in (first, second)
