@@ -380,6 +380,23 @@ def free_switches(model: GridModel, isolation: IsolationPlan, *, near_outage: bo
     return switch["id"][free].tolist()
 
 
+def one_bus_per_zone(model: GridModel) -> list[int]:
+    """A feeder bus of every zone remote switching can separate (the distinct fault cases)."""
+    bus_ids = model.bus["id"]
+    switch = model.switch
+    fixed = switch["closed"] & ~switch["remote_controllable"]
+    a = np.concatenate(
+        [model.line["from_bus"], model.transformer["hv_bus"], switch["from_bus"][fixed]]
+    )
+    b = np.concatenate([model.line["to_bus"], model.transformer["lv_bus"], switch["to_bus"][fixed]])
+    n = bus_ids.size
+    graph = coo_matrix((np.ones(a.size), (lookup(bus_ids, a), lookup(bus_ids, b))), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    feeder = analyze_topology(model).feeder_of_bus
+    _, first = np.unique(label, return_index=True)
+    return [int(bus_ids[row]) for row in sorted(first) if feeder[row] >= 0]
+
+
 def fault_buses(model: GridModel) -> list[int]:
     """One bus per switching section that is part of a feeder."""
     topology = analyze_topology(model)
@@ -472,12 +489,8 @@ def test_turin_full_restoration_with_few_operations(faulted: int) -> None:
 
 def test_synthetic_every_fault_gives_a_consistent_plan() -> None:
     healthy = generate_feeders(buses=1000, feeders=8, ties=4, seed=1)
-    topology = analyze_topology(healthy)
     restored = 0
-    for k in range(topology.n_sections):
-        faulted = int(topology.section_buses(k)[0])
-        if topology.feeder_of_bus[topology.bus_row(faulted)] < 0:
-            continue
+    for faulted in one_bus_per_zone(healthy):
         model, breaker = tripped(healthy, faulted)
         plan = plan_flisr(model, [faulted], tripped_breaker=breaker)
         assert plan.restoration.optimal
@@ -670,3 +683,31 @@ def test_section_out_for_work_stays_dead() -> None:
     work_loads = set(model.load["id"][np.isin(model.load["bus"], list(work))].tolist())
     assert not work_loads & set(plan.unserved_load_ids)  # not part of this outage
     assert_consistent(model, isolation, plan, LIMITS)
+
+
+def test_transfer_whose_closing_fails_is_planned_again() -> None:
+    """The moved zones are dead after the transfer's opening; the next plan brings them back."""
+    model, breaker = tripped(scaled(three_feeders(), 1.3), 8)
+    isolation = plan_isolation(model, [8])
+    first = plan_restoration(model, isolation, tripped_breaker=breaker)
+    ids = [op.switch_id for op in first.operations]
+    last_open = max(i for i, op in enumerate(first.operations) if op.action == "open")
+    failed = next(op.switch_id for op in first.operations[last_open:] if op.action == "close")
+    done = first.operations[: ids.index(failed)]
+    now = after_isolation(model, isolation).with_switch_states(
+        {op.switch_id: op.action == "close" for op in done}
+    )
+    cut_off = run_power_flow(now).bus
+    dark = set(cut_off["id"][~cut_off["energized"]].tolist()) - set(isolation.isolated_bus_ids)
+    supplied_before = run_power_flow(after_isolation(model, isolation)).bus
+    moved = dark & set(supplied_before["id"][supplied_before["energized"]].tolist())
+    assert moved  # customers of a healthy feeder lost supply with the failed closing
+    isolation_now = plan_isolation(now, [8], unavailable=[failed])
+    second = plan_restoration(now, isolation_now, tripped_breaker=breaker, unavailable=[failed])
+    restored = {b for part in second.parts for b in part.bus_ids}
+    assert moved <= restored
+    free = [s for s in free_switches(now, isolation_now, near_outage=False) if s != failed]
+    optimum = exhaustive_restoration(after_isolation(now, isolation_now), free, LIMITS)
+    assert second.objective == optimum.weight
+    assert second.operation_count <= optimum.ops
+    assert_consistent(now, isolation_now, second, LIMITS)

@@ -9,11 +9,11 @@ restoration in one call.
 Zones and the outage area
     The plan works on the zones of :func:`~openfeeder.analysis.flisr.isolation.switching_zones`
     with the operable switches (remote controllable, not unavailable, not locked out). The outage
-    area is the set of dead zones joined to the isolated zone through closed switches, the
-    isolation's switches and open switches that are normally closed and operable (opened since the
-    trip by an earlier plan). Dead zones behind a normally-open tie, or behind an open switch that
-    cannot be operated (a section out for work, its switches tagged ``unavailable``), belong to
-    something else and are left alone.
+    area is the set of dead zones joined, through dead zones, closed switches and open switches
+    that are normally closed and operable, to the isolated zone or to an energized zone across
+    such an open switch (zones an earlier plan cut off). Dead zones behind a normally-open tie, or
+    behind an open switch that cannot be operated (a section out for work, its switches tagged
+    ``unavailable``), belong to something else and are left alone.
     A *supply switch* is an operable open switch between the outage area and an energized zone
     (the tripped breaker, a tie); an *inner switch* is an operable switch with both ends in it.
 
@@ -487,7 +487,7 @@ class _Problem:
 
         operable = switch["remote_controllable"].astype(np.bool_)
         operable[blocked_rows] = False
-        # the outage reaches through switches open since the trip that FLISR itself may operate
+        # the outage reaches through switches opened since the trip that FLISR itself may operate
         joins = closed | (operable & ~switch["normally_open"])
         operable[lockout_rows] = False
         zones = switching_zones(self.model, operable)
@@ -703,19 +703,25 @@ def _study_model(
 
 
 def _outage_area(zones: SwitchingZones, isolated: BoolArray, joins: BoolArray) -> BoolArray:
-    """Dead zones joined to the isolated zone through dead zones and the ``joins`` switches."""
+    """Dead zones reached through dead zones and ``joins`` switches from the isolated zone, or
+    from a dead zone that an open ``joins`` switch separates from an energized one (cut off by an
+    earlier plan: a transfer whose closing failed, a shed part)."""
     sz = zones.switch_zone
     dead = ~zones.zone_energized
     valid = (sz[:, 0] >= 0) & (sz[:, 1] >= 0)
     safe = np.maximum(sz, 0)
-    joins = joins & valid & dead[safe[:, 0]] & dead[safe[:, 1]]
+    joins = joins & valid
+    links = joins & dead[safe[:, 0]] & dead[safe[:, 1]]
     adjacency: dict[int, list[tuple[int, int]]] = {}
-    for r in np.flatnonzero(joins).tolist():
+    for r in np.flatnonzero(links).tolist():
         a, b = int(sz[r, 0]), int(sz[r, 1])
         adjacency.setdefault(a, []).append((b, r))
         adjacency.setdefault(b, []).append((a, r))
+    cut_off = joins & ~zones.closed & (dead[safe[:, 0]] != dead[safe[:, 1]])
+    seeds = set(np.flatnonzero(isolated).tolist())
+    seeds |= {int(z) for z in sz[cut_off].ravel() if dead[z]}
     reached: set[int] = set()
-    for start in np.flatnonzero(isolated).tolist():
+    for start in sorted(seeds):
         if start not in reached:
             reached |= _reachable(adjacency, start)
     out = np.zeros(zones.n_zones, dtype=np.bool_)
