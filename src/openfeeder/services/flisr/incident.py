@@ -129,8 +129,8 @@ class IncidentLog:
             self._incidents[incident.incident_id] = incident
 
     def write(self, incident: Incident) -> None:
-        """Append the incident's present state to the file (each milestone appends a line; the
-        last line of an incident id is its latest state)."""
+        """Append the incident's present state to the file (once when it is handled, again when it
+        is cleared; the last line of an incident id is its latest state)."""
         if self._path is None:
             return
         line = json.dumps(incident.as_dict(), default=_json_default)
