@@ -255,6 +255,17 @@ def test_without_records_the_zone_stands_and_the_distance_says_why(
     assert location.fault_type == "unknown"
     data = json.loads(json.dumps(location.as_dict()))
     assert data["section_bus_ids"] == list(location.section_bus_ids)
+    # records taken outside the fault (no change of current) give no distance either
+    still = tuple(
+        PhasorRecord(r.device_id, r.bus_id, r.u_pre_v, r.u_pre_v, r.branch_id, r.i_pre_a, r.i_pre_a)
+        for r in scenario.records
+        if r.branch_id is not None
+    )
+    location = scenario.locate(turin, records=still)
+    assert _in_zone(turin, location, scenario.line_id)
+    assert (location.method, location.distance_m) == ("none", None)
+    assert location.reason is not None
+    assert "no fault current" in location.reason
 
 
 def test_a_breaker_already_open_in_the_model_is_taken_as_closed(

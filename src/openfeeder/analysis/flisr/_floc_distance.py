@@ -22,6 +22,7 @@ __all__ = [
     "FAULTED_PHASE_SHARE",
     "GROUND_SHARE",
     "MAX_CANDIDATES",
+    "MIN_FAULT_CURRENT_A",
     "MODEL_SIGMA_FRACTION",
     "PLAUSIBLE_PENALTY",
     "PREFAULT_ROTATION_SIGMA_RAD",
@@ -58,6 +59,8 @@ MAX_CANDIDATES: Final = 5
 PLAUSIBLE_PENALTY: Final = 25.0
 """Lines whose impedance estimate falls this many squared sigmas further outside them than the
 best line's are not considered (5 sigma)."""
+MIN_FAULT_CURRENT_A: Final = 1.0
+"""Below this change of current (fault minus pre-fault) the records hold no fault to measure."""
 _CANDIDATE_MARGIN: Final = 9.0
 _LIMIT_SIGMAS: Final = 2.0
 """Accuracy classes are limits at 2 sigma (as in :mod:`openfeeder.sim.measurements`)."""
@@ -245,33 +248,53 @@ def estimate_shunt(
     depth = np.where(topo.energized[zone_rows], topo.depth[zone_rows], np.iinfo(np.int64).max)
     entry = int(zone_rows[np.argmin(depth)])
     current = _current_records(grid, table, entry)
-    if current.rows.size == 0:
-        return ShuntEstimate(
-            fault_type=kind if kind is not None else "unknown",
-            phases=(),
-            classified=False,
-            fits=(),
-            reason="no fault record with current on the path from the feeder head to the zone",
-            resistive=False,
-            resistance_ohm=math.nan,
-            current_devices=(),
-            voltage_devices=(),
-        )
-    fault_type, phases, classified = _classify(current, kind)
-    lines = _zone_lines(grid, zone_rows)
-    if lines.child.size == 0:
+
+    def without(
+        reason: str, fault_type: str, phases: tuple[int, ...], classified: bool
+    ) -> ShuntEstimate:
         return ShuntEstimate(
             fault_type=fault_type,
             phases=phases,
             classified=classified,
             fits=(),
-            reason="the zone holds no line on the medium-voltage path",
+            reason=reason,
             resistive=False,
             resistance_ohm=math.nan,
             current_devices=(),
             voltage_devices=(),
         )
+
+    if current.rows.size == 0:
+        return without(
+            "no fault record with current on the path from the feeder head to the zone",
+            kind if kind is not None else "unknown",
+            (),
+            False,
+        )
+    if np.abs(current.i_fault - current.i_pre).max() < MIN_FAULT_CURRENT_A:
+        return without(
+            "the records above the zone show no fault current (a fault below the relays' and "
+            "recorders' reach, or records taken outside the fault)",
+            kind if kind is not None else "unknown",
+            (),
+            False,
+        )
+    fault_type, phases, classified = _classify(current, kind)
+    lines = _zone_lines(grid, zone_rows)
+    if lines.child.size == 0:
+        return without(
+            "the zone holds no line on the medium-voltage path", fault_type, phases, classified
+        )
     estimate = _impedance_estimates(grid, current, lines, fault_type, phases)
+    if not (np.isfinite(estimate.x_m) & np.isfinite(estimate.sigma_m)).any():
+        return without(
+            "the fault loop of the records is degenerate (no usable current change)",
+            fault_type,
+            phases,
+            classified,
+        )
+    usable = np.flatnonzero(np.isfinite(estimate.x_m) & np.isfinite(estimate.sigma_m))
+    lines, estimate = lines.subset(usable), estimate.subset(usable)
     # only lines the impedance estimate can reach go on to the voltage comparison
     off = np.maximum(np.maximum(-estimate.x_m, estimate.x_m - lines.length_m), 0.0)
     penalty = (off / estimate.sigma_m) ** 2
@@ -669,7 +692,7 @@ def _refine(
     behind = np.maximum(ahead - h, 0.0)
     gradient = (
         model.magnitude(ahead[:, None])[:, :, 0, :] - model.magnitude(behind[:, None])[:, :, 0, :]
-    ) / (ahead - behind)[None, :, None]
+    ) / np.maximum(ahead - behind, 1e-9)[None, :, None]
     info = _gls(gradient[:, :, None, :], weight, jw, gram)[:, 0]
     sigma = np.maximum(1.0 / np.sqrt(1.0 / s_imp**2 + info), 0.5)
     distance = np.where(lines.top_is_from, x, length - x)
