@@ -722,15 +722,7 @@ class FlisrCoordinator:
                 self._pending[command_id] = pending
                 if action in (CommandAction.OPEN, CommandAction.CLOSE):
                     self._expected[switch_id] = action is CommandAction.CLOSE
-            command = Command(
-                device_id=device,
-                seq=next(self._seq),
-                t_ns=self.clock.now_ns(),
-                command_id=command_id,
-                action=action,
-                target_id=switch_id,
-            )
-            self._messenger.publish(command)
+            self._send(switch_id, action, command_id)
             self._step(
                 incident,
                 "command",
