@@ -39,7 +39,7 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from openfeeder.errors import AnalysisError
@@ -134,6 +134,10 @@ class SwitchingZones:
     zone_of_bus: IntArray
     """Zone of each bus (``model.bus`` order)."""
     n_zones: int
+    section_of_bus: IntArray
+    """Switching section (lines and transformers only) of each bus."""
+    switch_bus: IntArray
+    """(n_switches, 2): bus row at the from end and at the to end, -1 if there is no such bus."""
     switch_zone: IntArray
     """(n_switches, 2): zone at the from end and at the to end."""
     operable: BoolArray
@@ -176,26 +180,37 @@ def switching_zones(model: GridModel, operable: BoolArray) -> SwitchingZones:
     """Zones of ``model`` when the switches marked in ``operable`` can be operated."""
     bus_ids = model.bus["id"]
     n = int(bus_ids.size)
-    line, trafo, switch = model.line, model.transformer, model.switch
-    la, lb = lookup(bus_ids, line["from_bus"]), lookup(bus_ids, line["to_bus"])
-    ta, tb = lookup(bus_ids, trafo["hv_bus"]), lookup(bus_ids, trafo["lv_bus"])
-    sa, sb = lookup(bus_ids, switch["from_bus"]), lookup(bus_ids, switch["to_bus"])
-    closed = switch["closed"].astype(np.bool_)
-    valid_switch = (sa >= 0) & (sb >= 0)
-    fixed_switch = closed & ~operable & valid_switch
+    line, trafo, switch, src = model.line, model.transformer, model.switch, model.source
+    sizes = [line.size, line.size, trafo.size, trafo.size, switch.size, switch.size]
+    refs = np.concatenate(
+        [
+            line["from_bus"],
+            line["to_bus"],
+            trafo["hv_bus"],
+            trafo["lv_bus"],
+            switch["from_bus"],
+            switch["to_bus"],
+            src["bus"],
+        ]
+    )
+    la, lb, ta, tb, sa, sb, src_rows = np.split(lookup(bus_ids, refs), np.cumsum(sizes))
     keep_line = line["in_service"] & (la >= 0) & (lb >= 0)
     keep_trafo = trafo["in_service"] & (ta >= 0) & (tb >= 0)
-    a = np.concatenate([la[keep_line], ta[keep_trafo], sa[fixed_switch]])
-    b = np.concatenate([lb[keep_line], tb[keep_trafo], sb[fixed_switch]])
-    n_zones, zone_of_bus = _components(n, a, b)
+    n_sections, section = _components(
+        n,
+        np.concatenate([la[keep_line], ta[keep_trafo]]),
+        np.concatenate([lb[keep_line], tb[keep_trafo]]),
+    )
+    closed = switch["closed"].astype(np.bool_)
+    valid_switch = (sa >= 0) & (sb >= 0)
+    fixed = closed & ~operable & valid_switch
+    n_zones, zone_of_section = _components(n_sections, section[sa[fixed]], section[sb[fixed]])
+    zone_of_bus = zone_of_section[section]
 
-    switch_zone = np.stack(
-        [np.where(sa >= 0, zone_of_bus[sa], -1), np.where(sb >= 0, zone_of_bus[sb], -1)], axis=1
-    ).astype(np.int64)
+    switch_bus = np.stack([sa, sb], axis=1).astype(np.int64)
+    switch_zone = np.where(switch_bus >= 0, zone_of_bus[np.maximum(switch_bus, 0)], -1)
     edge = operable & valid_switch & (switch_zone[:, 0] != switch_zone[:, 1])
 
-    src = model.source
-    src_rows = lookup(bus_ids, src["bus"])
     fed = src_rows[src["in_service"] & (src_rows >= 0)]
     zone_source = np.zeros(n_zones, dtype=np.bool_)
     zone_source[zone_of_bus[fed]] = True
@@ -207,7 +222,9 @@ def switching_zones(model: GridModel, operable: BoolArray) -> SwitchingZones:
     return SwitchingZones(
         zone_of_bus=zone_of_bus,
         n_zones=n_zones,
-        switch_zone=switch_zone,
+        section_of_bus=section,
+        switch_bus=switch_bus,
+        switch_zone=switch_zone.astype(np.int64),
         operable=edge,
         closed=closed,
         zone_source=zone_source,
@@ -384,18 +401,9 @@ def _skipped(
     blocked: BoolArray,
 ) -> tuple[SkippedSwitch, ...]:
     """Closed switches inside the isolated zone between switching sections, nearest first."""
-    bus_ids = model.bus["id"]
-    line, trafo, switch = model.line, model.transformer, model.switch
-    la, lb = lookup(bus_ids, line["from_bus"]), lookup(bus_ids, line["to_bus"])
-    ta, tb = lookup(bus_ids, trafo["hv_bus"]), lookup(bus_ids, trafo["lv_bus"])
-    keep_line = line["in_service"] & (la >= 0) & (lb >= 0)
-    keep_trafo = trafo["in_service"] & (ta >= 0) & (tb >= 0)
-    _, section = _components(
-        int(bus_ids.size),
-        np.concatenate([la[keep_line], ta[keep_trafo]]),
-        np.concatenate([lb[keep_line], tb[keep_trafo]]),
-    )
-    sa, sb = lookup(bus_ids, switch["from_bus"]), lookup(bus_ids, switch["to_bus"])
+    switch = model.switch
+    section = zones.section_of_bus
+    sa, sb = zones.switch_bus[:, 0], zones.switch_bus[:, 1]
     valid = (sa >= 0) & (sb >= 0)
     inside = in_zone[zones.zone_of_bus[np.maximum(sa, 0)]]
     inside &= in_zone[zones.zone_of_bus[np.maximum(sb, 0)]]
@@ -425,6 +433,10 @@ def _components(n: int, a: IntArray, b: IntArray) -> tuple[int, IntArray]:
     """Connected components of ``n`` nodes joined by edges ``a``-``b``."""
     if n == 0:
         return 0, np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    # CSR built directly: half the cost of going through a COO matrix on small graphs
+    order = np.argsort(a, kind="stable")
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(a, minlength=n), out=indptr[1:])
+    graph = csr_matrix((np.ones(a.size), b[order].astype(np.int32), indptr), shape=(n, n))
     count, labels = connected_components(graph, directed=False)
     return int(count), labels.astype(np.int64)
