@@ -341,7 +341,7 @@ def assert_consistent(
     floor = np.where(u0 < limits.v_min_pu, u0 - limits.slack_u_pu, limits.v_min_pu) - 1e-6
     assert (u[lit] >= floor[lit]).all()
     assert plan.check.min_u_pu == pytest.approx(u[lit].min())
-    loading, loading0 = _loading(state, result), _loading(state, before)
+    loading, loading0 = _loading(result), _loading(before)
     cap = np.where(
         loading0 > limits.max_loading, loading0 + limits.slack_loading, limits.max_loading
     )
@@ -354,11 +354,9 @@ def assert_consistent(
     assert plan.unserved_customers == sum(customers[i] for i in plan.unserved_load_ids)
 
 
-def _loading(model: GridModel, result: PowerFlowResult) -> np.ndarray:
+def _loading(result: PowerFlowResult) -> np.ndarray:
     """Current over rating of every branch (switches without a rating count as 0)."""
-    loading = result.branch["loading_percent"] / 100.0
-    loading = np.nan_to_num(loading, nan=0.0)
-    del model
+    loading: np.ndarray = np.nan_to_num(result.branch["loading_percent"] / 100.0, nan=0.0)
     return loading
 
 
