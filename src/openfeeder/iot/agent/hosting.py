@@ -69,7 +69,7 @@ class AgentHost:
         *,
         name: str = "agent-host",
         tick_grid_s: float = DEFAULT_TICK_GRID_S,
-        connect_workers: int = 4,
+        connect_workers: int = 16,
     ) -> None:
         if tick_grid_s < 0:
             raise ValueError("tick_grid_s must not be negative")
