@@ -71,7 +71,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_CALL_DEADLINE_S: Final = 2.0
-DEFAULT_QUEUE_SIZE: Final = 16
+DEFAULT_QUEUE_SIZE: Final = 256
+"""Inputs waiting per algorithm: enough for the burst of events a fault causes (every FTU's
+indicator and record at once) reaching an algorithm that listens to events (the edge locator)."""
 
 # --- the interface --------------------------------------------------------------------------------
 

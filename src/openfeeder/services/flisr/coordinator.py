@@ -106,6 +106,8 @@ FLOC_ALGORITHM: Final = "floc"
 """Name of the fault-locator plug-in whose output the edge variant waits for."""
 
 _POLL_S: Final = 0.002
+_EDGE_SKEW_NS: Final = 50_000_000
+"""Clock skew allowed between the breaker's device and the edge locator's (the same device)."""
 _BREAKER_KINDS: Final = (enum_code(SwitchKind.BREAKER), enum_code(SwitchKind.RECLOSER))
 
 
@@ -442,7 +444,7 @@ class FlisrCoordinator:
             return
         self._sleep(self.config.indicator_wait_s)
         self._step(incident, "detected", breaker=breaker)
-        location = self._locate(incident, breaker)
+        location = self._locate(incident, breaker, device_t_ns)
         if location is None:
             incident.status = "failed"
             self._finish(incident)
@@ -469,9 +471,9 @@ class FlisrCoordinator:
 
     # -- location -------------------------------------------------------------------------------
 
-    def _locate(self, incident: Incident, breaker: int) -> FaultLocation | None:
+    def _locate(self, incident: Incident, breaker: int, trip_ns: int) -> FaultLocation | None:
         if self.config.variant == "edge":
-            edge = self._wait_edge()
+            edge = self._wait_edge(trip_ns)
             if edge is not None:
                 return self._edge_location(incident, breaker, edge)
             self._step(incident, "edge_timeout", waited_s=self.config.edge_wait_s)
@@ -516,14 +518,23 @@ class FlisrCoordinator:
                 states[int(switch_id)] = False
         return states
 
-    def _wait_edge(self) -> dict[str, Any] | None:
+    def _wait_edge(self, trip_ns: int) -> dict[str, Any] | None:
+        """The edge locator's answer about this trip (published at or after it), once no newer
+        one has come for ``indicator_wait_s`` (it answers again when late evidence arrives)."""
         deadline = self.clock.now_ns() + round(self.config.edge_wait_s * NS_PER_S)
+        settle_ns = round(self.config.indicator_wait_s * NS_PER_S)
+        seen: dict[str, Any] | None = None
+        seen_at = 0
         while self.clock.now_ns() < deadline and not self._stop.is_set():
             with self._lock:
-                if self._fault.edge is not None:
-                    return dict(self._fault.edge)
+                edge = self._fault.edge
+            if edge is not None and int(edge["t_ns"]) >= trip_ns - _EDGE_SKEW_NS:
+                if edge is not seen:
+                    seen, seen_at = edge, self.clock.now_ns()
+                elif self.clock.now_ns() - seen_at >= settle_ns:
+                    return dict(seen)
             self._nap()
-        return None
+        return None if seen is None else dict(seen)
 
     def _edge_location(
         self, incident: Incident, breaker: int, edge: dict[str, Any]

@@ -121,7 +121,7 @@ def _consistent(run: Run) -> dict[int, bool]:
 def test_fault_is_isolated_restored_and_cleared(tmp_path: Path) -> None:
     with _running(tmp_path, _fault(103, 100.0)) as run:
         incident = _finished(run.coordinator)
-        assert incident.status == "restored", incident.as_dict()
+        assert incident.status == "restored", incident.as_dict()["timeline"]
         states = _consistent(run)
         # line 103 lies between switches 306 and 307: exactly those are open and locked out
         assert not states[306]
@@ -166,7 +166,7 @@ def test_switch_that_fails_to_open_widens_isolation_upstream(tmp_path: Path) -> 
     events = [{"at_s": 0.5, "type": "device_mode", "device": "ftu-306", "mode": "fail"}]
     with _running(tmp_path, _fault(103, 150.0), events) as run:
         incident = _finished(run.coordinator)
-        assert incident.status == "restored", incident.as_dict()
+        assert incident.status == "restored", incident.as_dict()["timeline"]
         states = _consistent(run)
         assert 306 in incident.failed_switches
         assert states[306]  # stuck closed
@@ -179,7 +179,7 @@ def test_tie_that_fails_to_close_ends_in_a_consistent_plan(tmp_path: Path) -> No
     events = [{"at_s": 0.5, "type": "device_mode", "device": "ftu-325", "mode": "fail"}]
     with _running(tmp_path, _fault(103, 100.0), events) as run:
         incident = _finished(run.coordinator)
-        assert incident.status == "restored", incident.as_dict()
+        assert incident.status == "restored", incident.as_dict()["timeline"]
         states = _consistent(run)
         assert 325 in incident.failed_switches
         assert not states[325]
@@ -193,11 +193,11 @@ def test_tie_that_fails_to_close_ends_in_a_consistent_plan(tmp_path: Path) -> No
 def test_edge_variant_locates_on_the_feeder_head_device(tmp_path: Path) -> None:
     with _running(tmp_path, _fault(105, 60.0), variant="edge") as run:
         incident = _finished(run.coordinator)
-        assert incident.status == "restored", incident.as_dict()
+        assert incident.status == "restored", incident.as_dict()["timeline"]
         located = incident.first("located")
         assert located is not None
         assert str(located.detail["by"]).startswith("edge:ftu-300")
-        assert located.detail["line"] == 105
+        assert located.detail["line"] == 105, located.detail
         states = _consistent(run)
         assert not states[310]
         assert not states[311]

@@ -68,11 +68,14 @@ class FaultLocator:
         fi = self.model.switch["fault_indicator"].astype(bool)
         self.fi_switches = [int(s) for s in self.model.switch["id"][fi].tolist()]
         self.offline: set[str] = set()
+        window = parameters.get("late_window_s", 2.0)
+        self.window_ns = int(float(window) * 1e9) if isinstance(window, int | float) else 0
         self.reset()
 
     def reset(self) -> None:
         self.latched: set[int] = set()
         self.records: dict[str, PhasorRecord] = {}
+        self.tripped_ns: int | None = None
 
     def on_measurement(self, readings: Sequence[Reading], t_ns: int) -> None:
         del readings, t_ns
@@ -90,7 +93,8 @@ class FaultLocator:
         device = message.device_id
         if message.kind == "fault_indicator" and device in self.switch_of:
             self.latched.add(self.switch_of[device])
-        elif message.kind == FAULT_RECORD_EVENT and device in self.where:
+            return self._late(message.t_ns)
+        if message.kind == FAULT_RECORD_EVENT and device in self.where:
             phasors = parse_record(message.values, topic=topic)
             bus, element = self.where[device]
             self.records[device] = PhasorRecord(
@@ -102,11 +106,23 @@ class FaultLocator:
                 i_pre_a=phasors.i_pre_a,
                 i_fault_a=phasors.i_fault_a,
             )
-        elif message.kind == "switch_position" and self.switch_of.get(device) == self.breaker:
+            return self._late(message.t_ns)
+        if message.kind == "switch_position" and self.switch_of.get(device) == self.breaker:
             closed = {r.channel: r.value for r in message.values}.get("closed")
-            if closed == 0.0 and (self.latched or self.records):
+            if closed == 1.0:
+                self.reset()  # reclosed or restored: the next trip is a new fault
+            elif closed == 0.0 and (self.latched or self.records):
+                self.tripped_ns = message.t_ns
                 return self.locate()
         return None
+
+    def _late(self, t_ns: int) -> tuple[Reading, ...] | None:
+        """Evidence that arrived after the trip but belongs to the fault (devices publish
+        independently, so an indicator can overtake the trip on the way): locate again and publish
+        the better answer; the coordinator takes the latest it has when it acts."""
+        if self.tripped_ns is None or abs(t_ns - self.tripped_ns) > self.window_ns:
+            return None
+        return self.locate()
 
     def locate(self) -> tuple[Reading, ...] | None:
         indicators: dict[int, bool | None] = {}
@@ -126,9 +142,7 @@ class FaultLocator:
             self.context.emit_event(
                 "floc_failed", Severity.WARNING, f"fault location failed: {err}"[:2000], ()
             )
-            self.reset()
             return None
-        self.reset()
         values: dict[str, Any] = {
             "line_id": location.line_id if location.line_id is not None else -1,
             "from_bus": location.from_bus if location.from_bus is not None else -1,
