@@ -44,25 +44,29 @@ Moves
     open where two parts or a part and a shed zone meet (shedding, when capacity is short) and
     close where a part needs them. A *transfer* opens a closed operable switch of an energized
     feeder: the zones below it join the pool to re-energize, with the constraint that all of them
-    come back (through another tie, or from the restored part itself). Candidate switches lie on the
-    path from each supply switch's energized end to its source (depth 1) and from the far end of
-    each tie leaving such a cut-off part (depth 2, a chain of two transfers); plans combine up to
-    two transfers and as many ties as there are.
+    come back (through another tie, or from the restored part itself). Candidate switches are those
+    of each feeder that holds the energized end of a supply switch, the path from that end up to
+    the source first, whose part could be fed again (an open operable switch leads from it to an
+    energized zone or into the outage area); and (depth 2) the same in the feeders at the far end
+    of the ties leaving such a part. Plans combine up to two transfers and as many ties as there
+    are.
 
 Search
     Every assignment of pool zones to supply switches is listed per connected piece of the pool
     (the pieces are few zones: remote switches are sparse, and branches that must come back whole
-    are merged first), with its weight and operation count known without a power flow.
-    Combinations across pieces and transfer sets are visited best first (weight down, operations
-    up; a transfer set is only listed when a bound on it could still win) and checked with
-    power-grid-model, one batch of candidates per call. When a candidate violates a limit, every
-    candidate that loads the same place with at least the same zones is dropped unchecked: below an
-    overloaded branch when the overload holds even at the highest voltage the branch could see,
-    on the whole island otherwise (voltage violations). This rests on one assumption, that more
-    restored zones mean more load (true for consumption; generation is off, see above). The first
-    candidate that passes is optimal for the moves above. When a piece has too many assignments to
-    list (:data:`MAX_ASSIGNMENTS`), its terminal-free branches are taken or shed whole; when the
-    power-flow budget runs out, the best plan without transfers is taken; ``optimal`` is False then.
+    are merged first), with its weight and operation count known without a power flow. Candidates
+    are visited best first (weight down, operations up) and checked with power-grid-model, one
+    batch of candidates per call: first without transfers, then only the transfer sets whose bound
+    (the weight their pieces could reach, one opening per transfer and one closing per piece) could
+    beat the plan found. When a candidate violates a limit, every candidate that loads the same
+    place with at least the same zones is dropped unchecked: below an overloaded branch when the
+    overload holds even at the highest voltage the branch could see, on the whole island otherwise
+    (voltage violations). This rests on one assumption, that more restored zones mean more load
+    (true for consumption; generation is off, see above). The first candidate that passes is
+    optimal for the moves above. When a piece has too many assignments to list
+    (:data:`MAX_ASSIGNMENTS`), its terminal-free branches are taken or shed whole; when the
+    power-flow budget runs out during the transfer search, the plan without transfers is kept;
+    ``optimal`` is False then.
 
 Execution order
     Opening before closing (no paralleling of feeders), part by part: the part behind the tripped
