@@ -107,6 +107,7 @@ from openfeeder.model.components import SwitchKind, enum_code
 from openfeeder.model.grid import GridModel, lookup
 
 __all__ = [
+    "DEFAULT_MAX_POWER_FLOWS",
     "MAX_ASSIGNMENTS",
     "PRIORITY_WEIGHT",
     "FlisrPlan",
@@ -369,7 +370,9 @@ def plan_restoration(
     yet. ``tripped_breaker`` is the switch that cleared the fault (reclosed first when it can be).
     ``unavailable`` switches are not operated. ``load_p_mw`` and ``load_q_mvar`` (one value per
     load, model order) replace the model's load values, e.g. with the present estimate. The search
-    solves at most about ``max_power_flows`` power-flow scenarios.
+    solves at most ``max_power_flows`` power-flow scenarios; when they run out it keeps the best
+    plan without transfers (or, if even that search ran out, restores nothing), with ``optimal``
+    False.
     """
     problem = _Problem.build(
         model,
