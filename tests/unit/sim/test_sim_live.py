@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sim_platform import running_platform
 
 from openfeeder.config import (
     BrokerSettings,
@@ -25,6 +24,7 @@ from openfeeder.sim.clock import NS_PER_S, ScaledClock
 from openfeeder.sim.live import LiveTwin
 from openfeeder.sim.scenario import parse_scenario
 from openfeeder.sim.twin import Twin
+from sim_platform import running_platform
 
 FACTOR = 4.0
 TIMEOUT_S = 30.0
