@@ -209,7 +209,6 @@ def _run_config(
     config: dict[str, Any], faults: list[dict[str, Any]], report: Any, workdir: Path
 ) -> None:
     from openfeeder.cli.demo_iot import _settings
-    from openfeeder.config import BrokerSettings, BrokersSettings
     from openfeeder.iot.catalog_client import CatalogClient
     from openfeeder.model.case_file import save_case
     from openfeeder.services.catalog.service import CatalogThread
@@ -231,54 +230,82 @@ def _run_config(
         save_case(model, workdir / "case.json")
         case = str(workdir / "case.json")
     booted = time.monotonic()
-    with _broker(config["broker"], config["mosquitto_url"]) as direct:
-        catalog = CatalogThread(_settings(workdir, direct, case, "http://127.0.0.1:1", 0))
+    variant = config["variant"]
+    with (
+        _broker(config["broker"], config["mosquitto_url"]) as direct,
+        (
+            NetworkEmulator.for_broker(direct, config=scenario.network_config(), seed=3)
+            if config["congestion"] is not None
+            else nullcontext()
+        ) as emulator,
+    ):
+        # devices connect to the brokers the catalog names: with an emulated network the catalog
+        # names the emulator, so every device link crosses it; the coordinator connects directly
+        relayed = direct if emulator is None else emulator.url
+        catalog = CatalogThread(
+            _platform_settings(
+                _settings(workdir, relayed, case, "http://127.0.0.1:1", 0), workdir, variant
+            )
+        )
         catalog_url = catalog.start()
         try:
             settings = _platform_settings(
-                _settings(workdir, direct, case, catalog_url, catalog.port),
-                workdir,
-                config["variant"],
+                _settings(workdir, direct, case, catalog_url, catalog.port), workdir, variant
             )
-            netem = (
-                NetworkEmulator.for_broker(direct, config=scenario.network_config(), seed=3)
-                if config["congestion"] is not None
-                else nullcontext()
+            device_settings = _platform_settings(
+                _settings(workdir, relayed, case, catalog_url, catalog.port), workdir, variant
             )
-            with netem as emulator:
-                device_settings = settings
-                if emulator is not None:
-                    relayed = BrokerSettings(url=emulator.url)
-                    device_settings = settings.model_copy(
-                        update={"brokers": BrokersSettings(grid_ops=relayed, monitoring=relayed)}
-                    )
-                twin = Twin(scenario, clock=clock_for_speed(1.0, scenario.scenario.start_ns))
-                with CatalogClient(catalog_url) as client:
-                    live = LiveTwin(
-                        twin, device_settings, catalog=client, case_name=model.name, netem=emulator
-                    )
-                    live.start()
-                    try:
-                        if not live.wait_running(180):
-                            raise RuntimeError("the twin's devices did not all start in 180 s")
-                        with FlisrThread(settings, model=twin.model, clock=twin.clock) as service:
-                            assert service.coordinator is not None
-                            report.put(
-                                (
-                                    "ready",
-                                    {
-                                        "devices": len(live.devices),
-                                        "boot_s": time.monotonic() - booted,
-                                    },
-                                )
+            twin = Twin(scenario, clock=clock_for_speed(1.0, scenario.scenario.start_ns))
+            with CatalogClient(catalog_url) as client:
+                live = LiveTwin(
+                    twin, device_settings, catalog=client, case_name=model.name, netem=emulator
+                )
+                live.start()
+                try:
+                    if not live.wait_running(180):
+                        raise RuntimeError("the twin's devices did not all start in 180 s")
+                    with FlisrThread(settings, model=twin.model, clock=twin.clock) as service:
+                        assert service.coordinator is not None
+                        report.put(
+                            (
+                                "ready",
+                                {
+                                    "devices": len(live.devices),
+                                    "boot_s": time.monotonic() - booted,
+                                },
                             )
-                            _play(service.coordinator, live, faults, report)
-                            lag = live.stats().max_lag_s
-                    finally:
-                        live.stop()
+                        )
+                        _play(service.coordinator, live, faults, report)
+                        lag = live.stats().max_lag_s
+                finally:
+                    live.stop()
+            netem_stats = None if emulator is None else _netem_summary(emulator.stats())
         finally:
             catalog.stop()
-    report.put(("done", {"max_stepper_lag_s": lag, "cpu_s": time.process_time()}))
+    report.put(
+        (
+            "done",
+            {
+                "max_stepper_lag_s": lag,
+                "cpu_s": time.process_time(),
+                "loadavg": os.getloadavg(),
+                "netem": netem_stats,
+            },
+        )
+    )
+
+
+def _netem_summary(stats: Any) -> dict[str, Any]:
+    """Per class and direction: packets and the delay the emulated network added."""
+    return {
+        f"{message_class}/{direction}": {
+            "packets": c.packets,
+            "mean_added_delay_ms": c.total_added_delay_ms / c.packets if c.packets else 0.0,
+            "max_added_delay_ms": c.max_added_delay_ms,
+            "retransmitted": c.retransmitted,
+        }
+        for (message_class, direction), c in sorted(stats.by_class.items())
+    }
 
 
 def _play(coordinator: Any, live: Any, faults: list[dict[str, Any]], report: Any) -> None:
@@ -616,8 +643,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     progress.update(task, status=f"{payload['devices']} devices up")
                 elif kind == "fault":
                     records.append(payload)
-                    e2e = payload.get("platform_ms")
-                    text = payload.get("error") or f"last platform share {e2e:.0f} ms"
+                    share = payload.get("platform_ms")
+                    text = payload.get("error") or (
+                        f"last platform share {share:.0f} ms"
+                        if share is not None
+                        else f"last incident {payload.get('status')}"
+                    )
                     progress.update(task, advance=1, status=text)
 
             started = time.monotonic()
