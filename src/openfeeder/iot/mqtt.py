@@ -261,6 +261,7 @@ class MqttLink:
                 extra={"url": self._settings.url, "client_id": self.client_id},
             )
             return
+        _no_delay(client)
         with self._lock:
             subscriptions = list(self._subscriptions)
         if subscriptions:
@@ -745,3 +746,12 @@ class Messenger:
         self, topic_filter: TopicFilter, handler: MessageHandler, *, context: BrokerContext
     ) -> None:
         self.links[context].subscribe(topic_filter, handler)
+
+
+def _no_delay(client: paho.Client) -> None:
+    """Send small MQTT packets at once: without TCP_NODELAY, Nagle's algorithm holds a PUBACK or
+    an acknowledgement behind the peer's delayed ACK (about 40 ms per hop)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -474,9 +474,13 @@ class FlisrCoordinator:
     def _locate(self, incident: Incident, breaker: int, trip_ns: int) -> FaultLocation | None:
         if self.config.variant == "edge":
             edge = self._wait_edge(trip_ns)
-            if edge is not None:
+            if edge is not None and edge.get("line_id", -1) >= 0:
                 return self._edge_location(incident, breaker, edge)
-            self._step(incident, "edge_timeout", waited_s=self.config.edge_wait_s)
+            self._step(
+                incident,
+                "edge_timeout" if edge is None else "edge_incomplete",
+                waited_s=self.config.edge_wait_s,
+            )
         with self._lock:
             indicators = self._indicator_states()
             records = [record for _, record in self._fault.records.values()]
@@ -531,7 +535,7 @@ class FlisrCoordinator:
             if edge is not None and int(edge["t_ns"]) >= trip_ns - _EDGE_SKEW_NS:
                 if edge is not seen:
                     seen, seen_at = edge, self.clock.now_ns()
-                elif self.clock.now_ns() - seen_at >= settle_ns:
+                elif self.clock.now_ns() - seen_at >= settle_ns and edge.get("line_id", -1) >= 0:
                     return dict(seen)
             self._nap()
         return None if seen is None else dict(seen)

@@ -76,8 +76,13 @@ def _running(
                 "catalog": platform.settings.catalog.model_copy(
                     update={"url": platform.catalog.base_url}
                 ),
+                # messages of the twin's hosted devices can take up to a reporting interval to
+                # leave (a known latency issue, see README): give late indicators time to arrive
                 "flisr": FlisrSettings(
-                    listen_port=0, incident_log=tmp_path / "incidents.jsonl", variant=variant
+                    listen_port=0,
+                    incident_log=tmp_path / "incidents.jsonl",
+                    variant=variant,
+                    indicator_wait_s=1.5,
                 ),
             }
         )
