@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from sim_platform import Platform, running_platform
 
 from openfeeder.config import (
     BrokerSettings,
@@ -58,6 +57,7 @@ from openfeeder.sim.devices import (
     switch_device_id,
 )
 from openfeeder.sim.world import SolvedWorld
+from sim_platform import Platform, running_platform
 
 FACTOR = 20.0
 """Domain seconds per wall second in the switch tests."""
