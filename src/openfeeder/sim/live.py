@@ -10,7 +10,8 @@ real device of the IoT infrastructure.
   assigns, exactly as the field devices of seed 003;
 - runs a **stepper** thread that follows the domain clock: every ``step_s`` it sets the operating
   point of that instant (profiles -> one three-phase power flow); at each scenario event it acts:
-  a fault plays its protection timeline in domain time (segment states imposed at their instants,
+  a fault plays its protection timeline in domain time (worked out a second ahead, so that the
+  calculation's run time does not delay the trip) (segment states imposed at their instants,
   breaker trips and recloses, fault indicators latched), a switch event operates the switch, a
   device outage powers the device off and on again, a device mode makes a switch slow or stuck, a
   network event changes the emulated network (when there is one);
@@ -49,7 +50,7 @@ from openfeeder.iot.device_settings import Location
 from openfeeder.model.components import MeasurementKind, SwitchKind, enum_from_code
 from openfeeder.sim.clock import NS_PER_S
 from openfeeder.sim.devices import OPERATING_TIME_S, SwitchMode, VirtualSwitch
-from openfeeder.sim.faults import FaultSpec, fault_timeline
+from openfeeder.sim.faults import FaultSpec, FaultTimeline, fault_timeline
 from openfeeder.sim.netem import Impairment, NetworkEmulator
 from openfeeder.sim.placements import DevicePlacement
 from openfeeder.sim.scenario import (
@@ -66,6 +67,8 @@ __all__ = ["LiveStats", "LiveTwin"]
 
 _LOG = logging.getLogger(__name__)
 _MAX_WAIT_S: Final = 0.2
+_PREPARE_LEAD_NS: Final = 1_000_000_000
+"""A fault's protection timeline is worked out this long (domain) before the fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class LiveTwin:
         self._lag_s = 0.0
         self._max_lag_s = 0.0
         self._fault: FaultSpec | None = None
+        self._prepared: dict[tuple[int, int], tuple[FaultSpec, FaultTimeline]] = {}
         self._fault_dirty = False
         self.host = AgentHost(name="twin-devices")
         self._sampler = TwinSampler(self.world, twin.measurement)
@@ -191,9 +195,7 @@ class LiveTwin:
             device.start()
         start = self.clock.now_ns()
         for index, event in enumerate(self.twin.scenario.events):
-            self._schedule(
-                self.twin.start_ns + round(event.at_s * NS_PER_S), "event", (index, event)
-            )
+            self._schedule_event(self.twin.start_ns + round(event.at_s * NS_PER_S), index, event)
         self._next_step_ns = max(start, self.twin.start_ns)
         self._thread.start()
 
@@ -225,8 +227,17 @@ class LiveTwin:
         if the scenario had it; its ``at_s`` is ignored. Returns the domain instant (ns)."""
         t_ns = self.clock.now_ns() + round(after_s * NS_PER_S)
         index = len(self.twin.scenario.events) + next(self._injected)
-        self._schedule(t_ns, "event", (index, event))
+        self._schedule_event(t_ns, index, event)
         return t_ns
+
+    def _schedule_event(self, t_ns: int, index: int, event: Any) -> None:
+        """The event at ``t_ns``; a fault's protection timeline is worked out ahead of it (a
+        fault calculation takes longer than a relay, and the trip must come on time)."""
+        if isinstance(event, FaultEvent):
+            self._schedule(
+                max(self.clock.now_ns(), t_ns - _PREPARE_LEAD_NS), "prepare", (index, event, t_ns)
+            )
+        self._schedule(t_ns, "event", (index, event))
 
     def stats(self) -> LiveStats:
         agents: list[AgentStats] = []
@@ -305,6 +316,9 @@ class LiveTwin:
                 action="close" if closed else "open",
                 reason=reason,
             )
+        elif kind == "prepare":
+            index, event, at_ns = payload
+            self._prepared[(index, at_ns)] = self._timeline(event, at_ns)
         elif kind == "fault_settled":
             self._fault_dirty = True
         elif kind == "restart":
@@ -352,7 +366,7 @@ class LiveTwin:
         elif isinstance(event, FaultEvent):
             self._start_fault(index, event, t_ns)
 
-    def _start_fault(self, index: int, event: FaultEvent, t_ns: int) -> None:
+    def _timeline(self, event: FaultEvent, t_ns: int) -> tuple[FaultSpec, FaultTimeline]:
         spec = self.twin.fault_spec(event, t_ns)
         load_p, load_q, _ = self.world.operating_point()
         timeline = fault_timeline(
@@ -362,6 +376,11 @@ class LiveTwin:
             load_p_mw=load_p,
             load_q_mvar=load_q,
         )
+        return spec, timeline
+
+    def _start_fault(self, index: int, event: FaultEvent, t_ns: int) -> None:
+        prepared = self._prepared.pop((index, t_ns), None)
+        spec, timeline = prepared if prepared is not None else self._timeline(event, t_ns)
         self._record(
             t_ns,
             "fault",
@@ -399,6 +418,7 @@ class LiveTwin:
         self.world.impose(self.twin._fault_now(self.world.model, load_p, load_q))
 
     def _on_switch(self, _switch_id: int, _closed: bool) -> None:
+        self._prepared.clear()  # worked out on the grid as it was
         if self._fault is not None:
             self._fault_dirty = True
 
