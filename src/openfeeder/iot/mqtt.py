@@ -240,6 +240,10 @@ class MqttLink:
                 topic=str(topic),
                 reason="publish_failed",
             )
+        if self._network is not None:
+            # paho asks for a write only when its own "registered" flag is clear; it can stay set
+            # with nothing queued, so a hosted link asks the loop itself (idempotent)
+            self._network._register_write(self)
         return PublishHandle(info.mid, info)
 
     # -- paho callbacks (network thread) -----------------------------------------------------
@@ -572,13 +576,14 @@ class NetworkLoop:
         self._close_resources()
 
     def _drain_wake(self) -> None:
-        with self._lock:
-            self._woken = False
-        try:
+        # drain first, then clear the flag: cleared first, a wake-up arriving in between would set
+        # the flag and have its byte drained here, leaving the flag set with nothing to wake the
+        # loop, and every later wake-up skipped until a timer ran (messages waited up to a second)
+        with contextlib.suppress(BlockingIOError, OSError):
             while self._wake_r.recv(4096):
                 pass
-        except (BlockingIOError, OSError):
-            return
+        with self._lock:
+            self._woken = False
 
     def _run_calls(self) -> None:
         with self._lock:
