@@ -124,9 +124,10 @@ _TRIGGER_U: Final = 0.05
 """A fault recorder triggers on a voltage step above 5 % of the pre-fault voltage..."""
 _TRIGGER_I: Final = 0.5
 _TRIGGER_I_MIN_A: Final = 10.0
-_RECORDER_SAMPLES: Final = 32
-_SAMPLE_NS: Final = 312_500  # 3.2 kHz
 """... or on a current step above half the pre-fault current plus 10 A."""
+_RECORDER_SAMPLES: Final = 32
+_SAMPLE_NS: Final = 312_500
+"""Samples a recorder may fall back on when the measurement model drops one (3.2 kHz)."""
 
 
 class SwitchMode(StrEnum):
