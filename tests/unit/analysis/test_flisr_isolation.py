@@ -7,6 +7,7 @@ from collections.abc import Collection
 
 import numpy as np
 import pytest
+from flisr_zones import one_bus_per_zone
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -103,24 +104,6 @@ def test_turin_every_fault_is_isolated_minimally(faulted: int) -> None:
     assert plan.widened_by == ()  # every turin switch is remote controllable
     # a cable section or an RMU busbar with its LV side: never more than one switching section
     assert len(plan.isolated_bus_ids) == 2
-
-
-def one_bus_per_zone(model: GridModel) -> list[int]:
-    """A feeder bus of every zone that remote switching can separate: faults in one such zone
-    give the same plan, so these are all the distinct fault cases."""
-    bus_ids = model.bus["id"]
-    switch = model.switch
-    fixed = switch["closed"] & ~switch["remote_controllable"]
-    a = np.concatenate(
-        [model.line["from_bus"], model.transformer["hv_bus"], switch["from_bus"][fixed]]
-    )
-    b = np.concatenate([model.line["to_bus"], model.transformer["lv_bus"], switch["to_bus"][fixed]])
-    n = bus_ids.size
-    graph = coo_matrix((np.ones(a.size), (lookup(bus_ids, a), lookup(bus_ids, b))), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    feeder = analyze_topology(model).feeder_of_bus
-    _, first = np.unique(label, return_index=True)
-    return [int(bus_ids[row]) for row in sorted(first) if feeder[row] >= 0]
 
 
 def test_synthetic_every_fault_is_isolated_minimally() -> None:

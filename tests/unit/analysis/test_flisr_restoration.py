@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from flisr_zones import one_bus_per_zone
 from power_grid_model import CalculationMethod, ComponentType, PowerGridModel
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -409,23 +410,6 @@ def free_switches(model: GridModel, isolation: IsolationPlan, *, near_outage: bo
         )
         free &= touches
     return switch["id"][free].tolist()
-
-
-def one_bus_per_zone(model: GridModel) -> list[int]:
-    """A feeder bus of every zone remote switching can separate (the distinct fault cases)."""
-    bus_ids = model.bus["id"]
-    switch = model.switch
-    fixed = switch["closed"] & ~switch["remote_controllable"]
-    a = np.concatenate(
-        [model.line["from_bus"], model.transformer["hv_bus"], switch["from_bus"][fixed]]
-    )
-    b = np.concatenate([model.line["to_bus"], model.transformer["lv_bus"], switch["to_bus"][fixed]])
-    n = bus_ids.size
-    graph = coo_matrix((np.ones(a.size), (lookup(bus_ids, a), lookup(bus_ids, b))), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    feeder = analyze_topology(model).feeder_of_bus
-    _, first = np.unique(label, return_index=True)
-    return [int(bus_ids[row]) for row in sorted(first) if feeder[row] >= 0]
 
 
 def fault_buses(model: GridModel) -> list[int]:
