@@ -17,6 +17,11 @@ catch them all; below it, the branches follow what the caller can do about it::
     +-- CatalogError              (iot.catalog_client) the device catalog refused or did not answer;
     |                             carries url, HTTP status, field and the problem+json document
     +-- PackageError              (iot.agent.packages) an algorithm package is invalid or unverified
+    +-- SecurityError             a security check failed or security material is unusable
+    |   +-- AuditError            (security.audit) the audit log cannot be written or read
+    |   +-- KeyStoreError         (security.keys) a key is unknown, destroyed or in the wrong state
+    |   +-- PayloadRejected       (security.payload) a protected message failed authentication or
+    |                             replay checks; carries topic, device id and reason
     +-- ProblemError              (services.catalog) a REST error answered as problem+json
     +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
 
@@ -39,6 +44,7 @@ __all__ = [
     "NotConvergedError",
     "OpenFeederError",
     "ScenarioError",
+    "SecurityError",
     "StorageError",
 ]
 
@@ -150,6 +156,10 @@ class StorageError(OpenFeederError):
     def __init__(self, message: str, *, url: str) -> None:
         super().__init__(message)
         self.url = url
+
+
+class SecurityError(OpenFeederError):
+    """A security check failed, or keys, certificates or signatures are unusable."""
 
 
 class DependencyError(OpenFeederError):
