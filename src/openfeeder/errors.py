@@ -8,6 +8,10 @@ catch them all; below it, the branches follow what the caller can do about it::
     |   +-- CaseValidationError   one or more CaseIssue found by validation (all of them attached)
     +-- AnalysisError             a calculation could not produce a result
     |   +-- NotConvergedError     iterative solver gave up; carries iterations and the worst bus
+    |   +-- NotObservableError    (analysis.estimation) the measurements do not determine the state;
+    |                             carries the unobservable bus ids
+    +-- MeasurementError          (analysis.estimation) a measurement set or file is unusable; carries
+    |                             file, index, measurement id, element id and field
     +-- MessagingError            a topic or payload is outside the messaging contract; carries topic,
     |   |                         reason (a StrEnum from openfeeder.iot) and the failing field
     |   +-- ProtocolError         (iot.broker) a client broke MQTT; carries the v5 reason code
@@ -40,8 +44,10 @@ __all__ = [
     "CaseValidationError",
     "ConfigError",
     "DependencyError",
+    "MeasurementError",
     "MessagingError",
     "NotConvergedError",
+    "NotObservableError",
     "OpenFeederError",
     "ScenarioError",
     "SecurityError",
@@ -125,6 +131,58 @@ class NotConvergedError(AnalysisError):
         self.iterations = iterations
         self.max_deviation = max_deviation
         self.worst_bus = worst_bus
+
+
+class NotObservableError(AnalysisError):
+    """State estimation cannot determine the state of some (or all) energized buses.
+
+    ``buses`` holds the ids of the buses whose state the measurements do not determine.
+    """
+
+    def __init__(self, message: str, *, buses: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.buses = buses
+
+
+class MeasurementError(OpenFeederError):
+    """A measurement set (a measurement file or records) is unusable; says where.
+
+    ``file`` is the file (None for records built in code), ``index`` the position of the measurement
+    in the set, ``measurement_id`` its id, ``element_id`` the bus or element it refers to, ``field``
+    the key that is wrong; each is None when it does not apply.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        index: int | None = None,
+        measurement_id: str | None = None,
+        element_id: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        where = []
+        if file:
+            where.append(file)
+        if index is not None:
+            label = f"measurement {index}"
+            if measurement_id is not None:
+                label += f" (id {measurement_id!r})"
+            where.append(label)
+        elif measurement_id is not None:
+            where.append(f"measurement {measurement_id!r}")
+        if element_id is not None:
+            where.append(f"element {element_id}")
+        if field:
+            where.append(f"field '{field}'")
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.file = file
+        self.index = index
+        self.measurement_id = measurement_id
+        self.element_id = element_id
+        self.field = field
 
 
 class MessagingError(OpenFeederError):
