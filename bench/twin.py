@@ -36,9 +36,29 @@ err = Console(stderr=True, highlight=False)
 # -- study ---------------------------------------------------------------------------------------
 
 
-def _turin_200(seconds: float) -> tuple[Any, Any]:
+def _with_meters(model: Any, devices: int) -> list[Any]:
+    """The default placements, topped up with smart meters at loads to ``devices`` in all."""
     from openfeeder.model.components import MeasurementKind
     from openfeeder.sim.placements import DevicePlacement, default_placements
+
+    placements = default_placements(model)
+    loads = model.load
+    k = 0
+    while len(placements) < devices:  # more smart meters per LV district, as in seed 003's field
+        row = k % loads.size
+        placements.append(
+            DevicePlacement(
+                device_id=f"meter-{int(loads['id'][row])}-{k // loads.size}",
+                kind=MeasurementKind.METER,
+                bus_id=int(loads["bus"][row]),
+                element_id=int(loads["id"][row]),
+            )
+        )
+        k += 1
+    return placements
+
+
+def _turin_200(seconds: float) -> tuple[Any, Any]:
     from openfeeder.sim.scenario import parse_scenario
 
     scenario = parse_scenario(
@@ -55,22 +75,7 @@ def _turin_200(seconds: float) -> tuple[Any, Any]:
             "devices": {"dropout_probability": 0.001},
         }
     )
-    model = scenario.build_model()
-    placements = default_placements(model)
-    loads = model.load
-    k = 0
-    while len(placements) < 200:  # more smart meters per LV district, as in seed 003's field
-        row = k % loads.size
-        placements.append(
-            DevicePlacement(
-                device_id=f"meter-{int(loads['id'][row])}-{k // loads.size}",
-                kind=MeasurementKind.METER,
-                bus_id=int(loads["bus"][row]),
-                element_id=int(loads["id"][row]),
-            )
-        )
-        k += 1
-    return scenario, placements
+    return scenario, _with_meters(scenario.build_model(), 200)
 
 
 def run_study(seconds: float) -> list[dict[str, Any]]:
@@ -125,6 +130,7 @@ def _live_scenario(buses: int, seconds: float, start_iso: str) -> dict[str, Any]
 def _worker(  # noqa: PLR0917 - a multiprocessing target takes its arguments positionally
     index: int,
     workers: int,
+    devices: int,
     data: dict[str, Any],
     start_ns: int,
     settings_json: str,
@@ -144,7 +150,13 @@ def _worker(  # noqa: PLR0917 - a multiprocessing target takes its arguments pos
     logging.basicConfig(level=logging.ERROR)
     settings = Settings.model_validate_json(settings_json)
     scenario = parse_scenario(data)
-    twin = Twin(scenario, clock=ScaledClock(time.time_ns(), 1.0))
+    model = scenario.build_model()
+    twin = Twin(
+        scenario,
+        model=model,
+        clock=ScaledClock(time.time_ns(), 1.0),
+        placements=_with_meters(model, devices),
+    )
     with CatalogClient(catalog_url) as catalog:
         live = LiveTwin(twin, settings, catalog=catalog, hosted=lambda i, _p: i % workers == index)
         live.start()
@@ -218,7 +230,7 @@ def _one_second(settings: Any) -> Any:
     )
 
 
-def run_live(buses: int, seconds: float, workers: int, broker: str) -> dict[str, Any]:
+def run_live(buses: int, devices: int, seconds: float, workers: int, broker: str) -> dict[str, Any]:
     from datetime import UTC, datetime
 
     from openfeeder.cli.demo_iot import _settings
@@ -250,6 +262,7 @@ def run_live(buses: int, seconds: float, workers: int, broker: str) -> dict[str,
                 args=(
                     k,
                     workers,
+                    devices,
                     data,
                     start_ns,
                     settings.model_dump_json(),
@@ -311,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study-seconds", type=float, default=3600.0)
     parser.add_argument("--buses", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=60.0, help="live measurement window")
-    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--devices", type=int, default=2000, help="live devices (meters added)")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--broker", choices=("embedded", "mosquitto"), default="embedded")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {}
@@ -333,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         out.print(table)
     if args.what in ("live", "all"):
-        live = run_live(args.buses, args.seconds, args.workers, args.broker)
+        live = run_live(args.buses, args.devices, args.seconds, args.workers, args.broker)
         report["live"] = live
         table = Table(
             "grid",
