@@ -24,8 +24,12 @@ catch them all; below it, the branches follow what the caller can do about it::
     +-- SecurityError             a security check failed or security material is unusable
     |   +-- AuditError            (security.audit) the audit log cannot be written or read
     |   +-- KeyStoreError         (security.keys) a key is unknown, destroyed or in the wrong state
-    |   +-- PayloadRejected       (security.payload) a protected message failed authentication or
-    |                             replay checks; carries topic, device id and reason
+    |   +-- PayloadRejectedError  (security.payload) a protected message failed authentication or
+    |   |                         replay checks; carries topic, sender id and reason
+    |   +-- PkiError              (security.pki) a CA, certificate, key or CSR is unusable; carries
+    |   |                         path or identity name
+    |   +-- AccessError           (security.acl) an access table is invalid or an identity may not
+    |                             do this; carries identity and topic
     +-- ProblemError              (services.catalog) a REST error answered as problem+json
     +-- DependencyError           an optional extra (e.g. pandapower) is needed but not installed
 
