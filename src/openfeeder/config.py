@@ -42,6 +42,7 @@ from openfeeder.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "ENV_PREFIX",
+    "AccessSettings",
     "AgentSettings",
     "BrokerSettings",
     "BrokersSettings",
@@ -236,6 +237,54 @@ class FlisrSettings(_Section):
     max_replans: int = Field(default=6, ge=0, le=100)
 
 
+class AccessSettings(_Section):
+    """Who may do what: operators on the REST control endpoints (signed bearer tokens checked
+    against attribute-based policies) and publishers of algorithm packages (Ed25519 signatures the
+    agents check). See ``docs/security-packages.md``."""
+
+    token_keys: tuple[Path, ...] = ()
+    """Ed25519 public keys (PEM) that verify operator tokens (``openfeeder token keygen``)."""
+    enforce: bool | None = None
+    """Check tokens and policies on control endpoints. None: yes when ``token_keys`` is set."""
+    protect_reads: bool = False
+    """Also require a token (operation ``*.read``) on the catalog's and FLISR's read endpoints."""
+    policy_file: Path | None = None
+    """Attribute-based rules and the area map (TOML); None: the built-in policy."""
+    token_file: Path | None = None
+    """The token this process presents to other services' control endpoints (first line)."""
+    audit_log: Path | None = None
+    """Where denials (and allowed control operations) are audited; None: not written."""
+    clock_skew_s: float = Field(default=60.0, ge=0, le=3600)
+    """Tolerance on a token's not-before and expiry, and on a package signature's time."""
+    publisher_key_file: Path | None = None
+    """The catalog's Ed25519 package-signing key (PEM). None: the catalog keeps a generated key in
+    its database."""
+    sign_uploads: bool = True
+    """The catalog signs an upload that carries no signature (the uploader's token authorised it)."""
+    publisher_keys: tuple[Path, ...] = ()
+    """Further publisher public keys (PEM) the catalog accepts and hands to devices."""
+    package_validity_days: float = Field(default=365.0, gt=0, le=36_500)
+    """Lifetime of the signatures the catalog makes."""
+    pinned_publisher_keys: tuple[Path, ...] = ()
+    """Agents: trust only these publisher keys (PEM), not the keys in the catalog's settings."""
+    require_signed_packages: bool = True
+    """Agents refuse packages without a valid signature of a trusted publisher."""
+
+    def token_enforced(self) -> bool:
+        if self.enforce is None:
+            return bool(self.token_keys)
+        return self.enforce
+
+    def service_token(self) -> str | None:
+        """The token from ``token_file`` (its first line), if one is configured."""
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as err:
+            raise ConfigError(f"access.token_file: cannot read {self.token_file}") from err
+
+
 class Settings(_Section):
     brokers: BrokersSettings = BrokersSettings()
     storage: StorageSettings = StorageSettings()
@@ -244,6 +293,7 @@ class Settings(_Section):
     historian: HistorianSettings = HistorianSettings()
     agent: AgentSettings = AgentSettings()
     flisr: FlisrSettings = FlisrSettings()
+    access: AccessSettings = AccessSettings()
 
     def catalog_storage_url(self) -> str:
         return self.catalog.storage_url or self.storage.url

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Final, Self, TypeVar
 from urllib.parse import quote, urlsplit
@@ -58,6 +59,7 @@ from openfeeder.iot.schema import SwitchId, SwitchPosition
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "SIGNATURE_HEADER",
     "AlgorithmAssignment",
     "AlgorithmChecksumError",
     "AlgorithmInfo",
@@ -80,6 +82,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S: Final = 10.0
+SIGNATURE_HEADER: Final = "X-Package-Signature"
+"""The header that carries a package's signature on upload."""
 MAX_ALGORITHMS_PER_DEVICE: Final = 64
 InstanceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 EndpointUrl = Annotated[str, StringConstraints(max_length=2048)]
@@ -234,6 +238,8 @@ class AlgorithmInfo(_Model):
     uploaded_ns: int
     url: str
     """Where to download it."""
+    signature: str | None = None
+    """The publisher's signed metadata (:mod:`openfeeder.security.signing`)."""
 
 
 class TopologyUpdate(_Model):
@@ -308,6 +314,8 @@ class CatalogClient:
     """Synchronous client of the catalog's REST API (httpx); use it as a context manager.
 
     ``transport`` replaces the network (e.g. ``httpx.MockTransport`` or an ASGI transport).
+    ``token``: an operator's or service's bearer token (``openfeeder token issue``), sent with
+    every request; the catalog requires one on its control endpoints when ``[access]`` enforces.
     """
 
     def __init__(
@@ -316,10 +324,15 @@ class CatalogClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=httpx.Timeout(timeout_s), transport=transport
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            headers=headers,
         )
 
     def close(self) -> None:
@@ -420,12 +433,19 @@ class CatalogClient:
 
     # -- algorithms ----------------------------------------------------------------------------
 
-    def upload_algorithm(self, name: str, version: str, data: bytes) -> AlgorithmInfo:
+    def upload_algorithm(
+        self, name: str, version: str, data: bytes, *, signature: str | None = None
+    ) -> AlgorithmInfo:
+        """Upload a package, with its publisher's signature (``openfeeder algorithm sign``) or
+        for the catalog to sign."""
+        headers = {"Content-Type": "application/octet-stream"}
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
         response = self._request(
             "PUT",
             f"/v1/algorithms/{quote(name, safe='')}/{quote(version, safe='')}",
             content=data,
-            headers={"Content-Type": "application/octet-stream"},
+            headers=headers,
         )
         return self._parse(AlgorithmInfo, response)
 
@@ -433,17 +453,60 @@ class CatalogClient:
         response = self._request("GET", "/v1/algorithms")
         return [AlgorithmInfo.model_validate(item) for item in self._json(response)]
 
-    def download_algorithm(self, ref: AlgorithmRef) -> bytes:
-        """The package ``ref`` names, checked against its SHA-256 (AlgorithmChecksumError if not)."""
+    def download_algorithm(self, ref: AlgorithmRef, *, partial: Path | None = None) -> bytes:
+        """The package ``ref`` names, checked against its SHA-256 (AlgorithmChecksumError if not).
+
+        With ``partial`` the download survives an interruption: what arrives is appended to that
+        file as it comes, and a later call continues from its end with an HTTP ``Range`` request
+        (``If-Range`` the package's SHA-256, so a file of other content starts over). The file is
+        removed once the package is complete and checked.
+        """
+        if partial is not None:
+            return self._download_resumable(ref, partial)
         response = self._request("GET", ref.url)
         data = response.content
+        return self._checked(ref, data, response.status_code)
+
+    def _download_resumable(self, ref: AlgorithmRef, partial: Path) -> bytes:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        have = partial.stat().st_size if partial.is_file() else 0
+        headers = {"Range": f"bytes={have}-", "If-Range": f'"{ref.sha256}"'} if have else {}
+        try:
+            with self._http.stream("GET", ref.url, headers=headers) as response:
+                if response.status_code == httpx.codes.REQUESTED_RANGE_NOT_SATISFIABLE:
+                    partial.unlink(missing_ok=True)  # longer than the package: start over
+                    response.read()
+                    raise _error_from("GET", ref.url, response)
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from("GET", ref.url, response)
+                resumed = response.status_code == httpx.codes.PARTIAL_CONTENT
+                with partial.open("ab" if resumed else "wb") as sink:
+                    for chunk in response.iter_bytes():
+                        sink.write(chunk)
+                        sink.flush()
+                status = response.status_code
+        except httpx.TimeoutException as err:
+            raise CatalogUnavailableError(
+                f"GET {ref.url}: timed out (kept {_size(partial)} bytes to resume)", url=ref.url
+            ) from err
+        except httpx.HTTPError as err:
+            raise CatalogUnavailableError(
+                f"GET {ref.url}: interrupted: {err} (kept {_size(partial)} bytes to resume)",
+                url=ref.url,
+            ) from err
+        data = partial.read_bytes()
+        partial.unlink(missing_ok=True)
+        return self._checked(ref, data, status)
+
+    def _checked(self, ref: AlgorithmRef, data: bytes, status: int) -> bytes:
         digest = hashlib.sha256(data).hexdigest()
         if digest != ref.sha256:
             raise AlgorithmChecksumError(
                 f"{ref.url}: algorithm {ref.name} {ref.version} has SHA-256 {digest}, "
                 f"expected {ref.sha256}",
                 url=ref.url,
-                status=response.status_code,
+                status=status,
             )
         return data
 
@@ -529,3 +592,7 @@ def _error_from(method: str, url: str, response: httpx.Response) -> CatalogError
         )
     kind = CatalogNotFoundError if status == 404 else CatalogRequestError
     return kind(message, url=url, status=status, field=field, problem=problem)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0

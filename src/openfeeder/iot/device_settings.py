@@ -77,6 +77,10 @@ class AlgorithmRef(_Model):
     url: str
     """Where to download the package (the catalog's algorithm repository)."""
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    signature: Annotated[str, StringConstraints(max_length=16_384)] | None = None
+    """The publisher's signed metadata of the package (name, version, SHA-256, size, expiry;
+    :func:`openfeeder.security.signing.verify_package`); None: unsigned, refused by agents that
+    require signatures."""
 
 
 class GridPart(_Model):
@@ -109,3 +113,6 @@ class DeviceSettings(_Model):
     disconnect_timeout_s: float = Field(gt=0, le=86_400)
     algorithms: tuple[AlgorithmRef, ...] = ()
     grid: GridPart | None = None
+    package_keys: Annotated[tuple[str, ...], Field(max_length=64)] = ()
+    """Public keys (``ed25519:...``) of the publishers whose algorithm packages the device may
+    run, unless the device pins its own (``[access] pinned_publisher_keys``)."""

@@ -86,6 +86,7 @@ __all__ = [
     "load_package",
     "package_sha256",
     "parameters_for",
+    "read_manifest",
     "topic_context",
     "unload",
 ]
@@ -253,6 +254,11 @@ def builtin_algorithms() -> dict[str, Path]:
             manifest = _read_manifest_file(manifest_path)
             found[manifest.name] = manifest_path.parent
     return found
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """The checked ``manifest.json`` of a package folder (PackageError BAD_MANIFEST if not)."""
+    return _read_manifest_file(directory / MANIFEST_FILE)
 
 
 def _read_manifest_file(path: Path) -> Manifest:

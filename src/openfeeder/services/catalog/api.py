@@ -19,9 +19,23 @@ GET    /v1/services/{name}                 one service
 DELETE /v1/services/{name}
 GET    /v1/algorithms                      packages with SHA-256 and size
 PUT    /v1/algorithms/{name}/{version}     upload the package bytes (any content type)
-GET    /v1/algorithms/{name}/{version}     download (header ``X-Checksum-SHA256``)
+GET    /v1/algorithms/{name}/{version}     download (``X-Checksum-SHA256``; ``Range`` resumes)
 DELETE /v1/algorithms/{name}/{version}     409 while a device is assigned to it
 ====== =================================== ===================================================
+
+Access (:mod:`openfeeder.services.access`, ``[access]``): the device endpoints (boot, settings
+poll, package download) take no operator token: devices are known by their identity (TLS client
+certificate). With enforcement on, every other write needs ``Authorization: Bearer <token>`` whose
+principal the policy allows: ``catalog.device.write`` (PUT/PATCH/DELETE a device; the areas of its
+old and new location, its device type), ``catalog.topology.write`` (the areas of the switches
+set), ``catalog.algorithm.write`` (upload, delete), ``catalog.service.write``; reads
+(``catalog.<resource>.read``) only with ``protect_reads``. 401 without a valid token, 403 (audited)
+when the policy refuses.
+
+An upload may carry its publisher's signature in ``X-Package-Signature``
+(:mod:`~openfeeder.services.catalog.repository`). A download answers ``Range: bytes=<from>-`` with
+206 and the rest of the package (``If-Range: "<sha256>"`` guards against another content), so a
+device continues an interrupted download instead of starting over.
 
 Settings answers carry ``ETag: "<config_version>"``. Every error is ``application/problem+json``
 (RFC 7807) with ``type``, ``title``, ``status``, ``detail`` and, when one input is at fault,
@@ -41,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from openfeeder import __version__
 from openfeeder.errors import StorageError
 from openfeeder.iot.catalog_client import (
+    SIGNATURE_HEADER,
     AlgorithmInfo,
     DeviceInfo,
     DeviceList,
@@ -53,8 +68,10 @@ from openfeeder.iot.catalog_client import (
     TopologyUpdate,
     etag_for,
 )
-from openfeeder.iot.device_settings import BootRequest, DeviceSettings
+from openfeeder.iot.device_settings import BootRequest, DeviceSettings, Location
 from openfeeder.iot.topics import ID_PATTERN
+from openfeeder.security.policy import AccessRequest
+from openfeeder.services.access import AccessControl, Caller, GridAreas, Reader, install_access
 from openfeeder.services.catalog.core import Catalog
 from openfeeder.services.catalog.problems import (
     PROBLEM_CONTENT_TYPE,
@@ -208,8 +225,49 @@ def _matches(if_none_match: str | None, version: int) -> bool:
     return any(tag in ("*", current) for tag in tags)
 
 
-def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES) -> FastAPI:
-    """The catalog's FastAPI application over ``catalog`` (which must be started to serve)."""
+def create_app(
+    catalog: Catalog,
+    *,
+    max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
+    access: AccessControl | None = None,
+) -> FastAPI:
+    """The catalog's FastAPI application over ``catalog`` (which must be started to serve);
+    ``access`` checks operators' tokens (None: nothing is checked)."""
+    access = access if access is not None else AccessControl.disabled()
+    grid_areas: list[GridAreas] = []
+
+    def areas() -> GridAreas | None:
+        case = catalog.case_grid
+        if case is None:
+            return None
+        if not grid_areas:
+            grid_areas.append(GridAreas(case.model, policy=access.policy, topology=case.initial))
+        return grid_areas[0]
+
+    def device_access(
+        device_id: str, new_type: str | None, new_location: Location | None, *, moved: bool
+    ) -> AccessRequest:
+        """The areas and type a device write touches: where it is and where it goes."""
+        found = areas()
+        touched: set[str] = set()
+        old_type: str | None = None
+        try:
+            old = catalog.device(device_id)
+        except ProblemError:
+            old = None
+        if old is not None:
+            old_type = old.device_type
+            if found is not None:
+                touched |= found.of_location(old.location)
+        if found is not None and moved:
+            touched |= found.of_location(new_location)
+        return AccessRequest(
+            operation="catalog.device.write",
+            areas=frozenset(touched),
+            device_type=new_type or old_type,
+            target=f"device {device_id}",
+        )
+
     app = FastAPI(
         title="OpenFeeder device catalog",
         version=__version__,
@@ -220,6 +278,7 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         redoc_url=None,
     )
     _install_error_handlers(app)
+    install_access(app, access)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:
@@ -234,6 +293,7 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         status: DeviceStatus | None = None,
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        _reader: Reader = None,
     ) -> DeviceList:
         """Devices by id; ``total`` counts all that match the filters."""
         return catalog.devices(device_type=device_type, status=status, offset=offset, limit=limit)
@@ -269,21 +329,32 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         return _settings_response(version, body)
 
     @app.get("/v1/devices/{device_id}", tags=["devices"], responses=_PROBLEM_RESPONSES)
-    async def get_device(device_id: DeviceIdPath) -> DeviceInfo:
+    async def get_device(device_id: DeviceIdPath, _reader: Reader) -> DeviceInfo:
         return catalog.device(device_id)
 
     @app.put("/v1/devices/{device_id}", tags=["devices"], responses=_PROBLEM_RESPONSES)
     async def put_device(
-        device_id: DeviceIdPath, spec: DeviceSpec, response: Response
+        device_id: DeviceIdPath,
+        spec: DeviceSpec,
+        request: Request,
+        response: Response,
+        caller: Caller,
     ) -> DeviceInfo:
         """Provision a device: type, location, algorithms, rate overrides (replaces them all)."""
+        wanted = device_access(device_id, spec.device_type, spec.location, moved=True)
+        access.authorize(caller, wanted, request)
         info, created = await catalog.put_device(device_id, spec)
         response.status_code = 201 if created else 200
         return info
 
     @app.patch("/v1/devices/{device_id}", tags=["devices"], responses=_PROBLEM_RESPONSES)
-    async def patch_device(device_id: DeviceIdPath, patch: DevicePatch) -> DeviceInfo:
+    async def patch_device(
+        device_id: DeviceIdPath, patch: DevicePatch, request: Request, caller: Caller
+    ) -> DeviceInfo:
         """Change the fields present; ``null`` clears a location or resets a rate to default."""
+        moved = "location" in patch.model_fields_set
+        wanted = device_access(device_id, patch.device_type, patch.location, moved=moved)
+        access.authorize(caller, wanted, request)
         return await catalog.patch_device(device_id, patch)
 
     @app.delete(
@@ -293,36 +364,50 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         response_class=Response,
         responses=_PROBLEM_RESPONSES,
     )
-    async def delete_device(device_id: DeviceIdPath) -> Response:
+    async def delete_device(device_id: DeviceIdPath, request: Request, caller: Caller) -> Response:
+        access.authorize(caller, device_access(device_id, None, None, moved=False), request)
         await catalog.delete_device(device_id)
         return Response(status_code=204)
 
     # -- topology ------------------------------------------------------------------------------
 
     @app.get("/v1/topology", tags=["topology"])
-    async def get_topology() -> TopologyInfo:
+    async def get_topology(_reader: Reader) -> TopologyInfo:
         return catalog.topology()
 
     @app.put("/v1/topology", tags=["topology"], responses=_PROBLEM_RESPONSES)
-    async def put_topology(update: TopologyUpdate) -> TopologyInfo:
+    async def put_topology(
+        update: TopologyUpdate, request: Request, caller: Caller
+    ) -> TopologyInfo:
         """Set switch positions (others keep theirs); devices whose grid part changes get pushed."""
+        found = areas()
+        touched = found.of_switches(update.switch_states) if found is not None else frozenset()
+        switches = ", ".join(str(s) for s in sorted(update.switch_states))
+        wanted = AccessRequest(
+            operation="catalog.topology.write", areas=touched, target=f"switches {switches}"
+        )
+        access.authorize(caller, wanted, request)
         return await catalog.set_topology(update)
 
     # -- services ------------------------------------------------------------------------------
 
     @app.get("/v1/services", tags=["services"])
-    async def list_services() -> list[ServiceInfo]:
+    async def list_services(_reader: Reader) -> list[ServiceInfo]:
         return catalog.services.infos()
 
     @app.put("/v1/services/{name}", tags=["services"], responses=_PROBLEM_RESPONSES)
-    async def put_service(name: NamePath, spec: ServiceSpec, response: Response) -> ServiceInfo:
+    async def put_service(
+        name: NamePath, spec: ServiceSpec, request: Request, response: Response, caller: Caller
+    ) -> ServiceInfo:
         """Register a service's endpoints; calling it again is the heartbeat."""
+        wanted = AccessRequest(operation="catalog.service.write", target=f"service {name}")
+        access.authorize(caller, wanted, request)
         info, created = await catalog.services.put(name, spec)
         response.status_code = 201 if created else 200
         return info
 
     @app.get("/v1/services/{name}", tags=["services"], responses=_PROBLEM_RESPONSES)
-    async def get_service(name: NamePath) -> ServiceInfo:
+    async def get_service(name: NamePath, _reader: Reader) -> ServiceInfo:
         return catalog.services.get(name)
 
     @app.delete(
@@ -332,14 +417,16 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         response_class=Response,
         responses=_PROBLEM_RESPONSES,
     )
-    async def delete_service(name: NamePath) -> Response:
+    async def delete_service(name: NamePath, request: Request, caller: Caller) -> Response:
+        wanted = AccessRequest(operation="catalog.service.write", target=f"service {name}")
+        access.authorize(caller, wanted, request)
         await catalog.services.delete(name)
         return Response(status_code=204)
 
     # -- algorithm repository ------------------------------------------------------------------
 
     @app.get("/v1/algorithms", tags=["algorithms"])
-    async def list_algorithms() -> list[AlgorithmInfo]:
+    async def list_algorithms(_reader: Reader) -> list[AlgorithmInfo]:
         return catalog.algorithms.infos()
 
     @app.put(
@@ -354,11 +441,22 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         },
     )
     async def put_algorithm(
-        name: NamePath, version: VersionPath, request: Request, response: Response
+        *,
+        name: NamePath,
+        version: VersionPath,
+        request: Request,
+        response: Response,
+        caller: Caller,
+        signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     ) -> AlgorithmInfo:
-        """Upload a package (the body, any content type; at most 16 MiB by default)."""
+        """Upload a package (the body, any content type; at most 16 MiB by default), with its
+        publisher's signature in ``X-Package-Signature`` or for the catalog to sign."""
+        wanted = AccessRequest(
+            operation="catalog.algorithm.write", target=f"algorithm {name} {version}"
+        )
+        access.authorize(caller, wanted, request)
         data = await _read_limited(request, max_package_bytes)
-        info, created = await catalog.algorithms.put(name, version, data)
+        info, created = await catalog.algorithms.put(name, version, data, signature=signature)
         response.status_code = 201 if created else 200
         return info
 
@@ -371,12 +469,39 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
             **_PROBLEM_RESPONSES,
         },
     )
-    async def get_algorithm(name: NamePath, version: VersionPath) -> Response:
+    async def get_algorithm(
+        name: NamePath,
+        version: VersionPath,
+        range_header: Annotated[str | None, Header(alias="Range")] = None,
+        if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    ) -> Response:
+        """The package; ``Range: bytes=<from>-[<to>]`` answers 206 with that part (resume)."""
         meta, data = await catalog.algorithms.data(name, version)
+        etag = f'"{meta.sha256}"'
+        headers = {"X-Checksum-SHA256": meta.sha256, "ETag": etag, "Accept-Ranges": "bytes"}
+        wanted = None
+        if range_header is not None and (if_range is None or if_range.strip() == etag):
+            wanted = _byte_range(range_header, len(data))
+        if wanted is None:
+            return Response(data, media_type="application/octet-stream", headers=headers)
+        start, end = wanted
+        if start >= len(data) or start > end:
+            response = problem_response(
+                ProblemKind.INVALID,
+                416,
+                f"range {range_header} is outside the package's {len(data)} bytes",
+                field="Range",
+                instance=f"/v1/algorithms/{name}/{version}",
+            )
+            response.headers["Content-Range"] = f"bytes */{len(data)}"
+            return response
+        end = min(end, len(data) - 1)
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         return Response(
-            data,
+            data[start : end + 1],
+            status_code=206,
             media_type="application/octet-stream",
-            headers={"X-Checksum-SHA256": meta.sha256, "ETag": f'"{meta.sha256}"'},
+            headers=headers,
         )
 
     @app.delete(
@@ -386,7 +511,13 @@ def create_app(catalog: Catalog, *, max_package_bytes: int = DEFAULT_MAX_PACKAGE
         response_class=Response,
         responses=_PROBLEM_RESPONSES,
     )
-    async def delete_algorithm(name: NamePath, version: VersionPath) -> Response:
+    async def delete_algorithm(
+        name: NamePath, version: VersionPath, request: Request, caller: Caller
+    ) -> Response:
+        wanted = AccessRequest(
+            operation="catalog.algorithm.write", target=f"algorithm {name} {version}"
+        )
+        access.authorize(caller, wanted, request)
         await catalog.delete_algorithm(name, version)
         return Response(status_code=204)
 
@@ -417,3 +548,21 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if size == 0:
         raise ProblemError(ProblemKind.INVALID, 422, "the package is empty", field="body")
     return b"".join(chunks)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single ``bytes=`` range; None when the header is not one (then
+    the whole package is sent, as RFC 9110 allows)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    if not first:  # a suffix: the last N bytes
+        if not last.isdigit() or int(last) == 0:
+            return None
+        return max(0, size - int(last)), size - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    return int(first), int(last) if last else size - 1

@@ -67,7 +67,11 @@ from openfeeder.services.catalog.rendering import (
     render_settings,
     settings_fingerprint,
 )
-from openfeeder.services.catalog.repository import AlgorithmRepository, ServiceRegistry
+from openfeeder.services.catalog.repository import (
+    AlgorithmRepository,
+    PackageSigning,
+    ServiceRegistry,
+)
 from openfeeder.services.catalog.store import (
     CatalogStore,
     DeleteDevice,
@@ -132,6 +136,11 @@ class Catalog:
         self.services = ServiceRegistry({}, writer=self._writer, clock_ns=clock_ns)
         self._started_s = monotonic()
 
+    @property
+    def case_grid(self) -> CaseGrid | None:
+        """The configured case (None before start or without ``[catalog] case``)."""
+        return self._case
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, *, public_url: str) -> None:
@@ -142,10 +151,20 @@ class Catalog:
             self._case = await asyncio.to_thread(_load_case, case_name)
         stored = await asyncio.to_thread(self._store.load)
         self._writer.start()
+        signing, key_writes = PackageSigning.load(self._settings.access, stored.meta)
+        if key_writes:
+            await self._writer.write(key_writes)
         self.algorithms = AlgorithmRepository(
-            stored.algorithms, store=self._store, writer=self._writer, clock_ns=self._clock_ns
+            stored.algorithms,
+            store=self._store,
+            writer=self._writer,
+            clock_ns=self._clock_ns,
+            signing=signing,
         )
         self.algorithms.catalog_url = self._context.catalog_url
+        self._context = dataclasses.replace(self._context, package_keys=signing.trusted.texts())
+        await self.algorithms.sign_stored()
+        await self.algorithms.publish_builtins()
         self.services = ServiceRegistry(
             stored.services, writer=self._writer, clock_ns=self._clock_ns
         )

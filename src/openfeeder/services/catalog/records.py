@@ -97,3 +97,5 @@ class AlgorithmMeta:
     sha256: str
     size_bytes: int
     uploaded_ns: int
+    signature: str | None = None
+    """The publisher's signed metadata (:mod:`openfeeder.security.signing`), None if unsigned."""

@@ -3,8 +3,8 @@
 :func:`render_settings` is the one place that decides what a device gets: broker endpoints per
 context, the topics to publish on and the filters to subscribe to, rates (the device's overrides or
 the ``[catalog]`` defaults), poll interval and disconnect timeout, its algorithms resolved to
-package SHA-256 and download URL, and its part of the grid model. :func:`settings_fingerprint`
-hashes everything but ``config_version``: when it changes, the settings changed and the device gets
+package SHA-256, download URL and signature, the publisher keys it trusts, and its part of the grid
+model. :func:`settings_fingerprint` hashes everything but ``config_version``: when it changes, the settings changed and the device gets
 a new version.
 """
 
@@ -57,6 +57,8 @@ class RenderContext:
     reporting_interval_s: float
     poll_interval_s: float
     disconnect_timeout_s: float
+    package_keys: tuple[str, ...] = ()
+    """Publisher keys devices trust for algorithm packages (``ed25519:...``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, catalog_url: str) -> RenderContext:
@@ -92,6 +94,7 @@ def render_settings(
                 sha256=meta.sha256,
                 url=algorithm_url(context.catalog_url, assignment.name, assignment.version),
                 parameters=dict(assignment.parameters),
+                signature=meta.signature,
             )
         )
     publish = [
@@ -120,6 +123,7 @@ def render_settings(
         disconnect_timeout_s=context.disconnect_timeout_s,
         algorithms=tuple(refs),
         grid=record.grid,
+        package_keys=context.package_keys,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Final, Self
 
 from openfeeder.config import Settings
 from openfeeder.iot.mqtt import Messenger
+from openfeeder.services.access import AccessControl
 from openfeeder.services.catalog.api import create_app
 from openfeeder.services.catalog.core import Catalog
 from openfeeder.services.catalog.publishing import MessengerPublisher
@@ -54,8 +55,9 @@ async def serve_catalog(
     try:
         messenger.start()
         catalog = Catalog(settings, store=store, publisher=publisher)
+        access = AccessControl.from_settings(settings.access, service="catalog")
         server = HttpServer(
-            create_app(catalog),
+            create_app(catalog, access=access),
             host=settings.catalog.listen_host,
             port=settings.catalog.listen_port,
         )

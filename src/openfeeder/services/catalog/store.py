@@ -14,11 +14,12 @@ table               content
 ``<p>devices``      one row per device: provisioning, reported firmware and capabilities,
                     config version, grid part, settings fingerprint, status, last seen
 ``<p>services``     registered services: kind, instance id, endpoints (JSON), last seen
-``<p>algorithms``   algorithm packages: name, version, SHA-256, size, upload time, the bytes
+``<p>algorithms``   algorithm packages: name, version, SHA-256, size, upload time, the bytes,
+                    the publisher's signature (schema version 2)
 ==================  =====================================================================
 
 The schema is created on first start and versioned (``schema_version`` in meta); a database made by
-a newer release is refused rather than misread. Every :meth:`CatalogStore.apply` is one transaction:
+a newer release is refused rather than misread, one of version 1 gets the signature column. Every :meth:`CatalogStore.apply` is one transaction:
 all of its operations are stored, or none.
 
 A store is used from one thread at a time (it serialises its callers with a lock): the catalog gives
@@ -65,13 +66,14 @@ __all__ = [
     "PutDevice",
     "PutMeta",
     "PutService",
+    "SignAlgorithm",
     "StoredState",
     "TouchDevices",
     "WriteOp",
     "open_store",
 ]
 
-STORE_SCHEMA_VERSION: Final = 1
+STORE_SCHEMA_VERSION: Final = 2
 DEFAULT_TABLE_PREFIX: Final = "catalog_"
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,30}")
 _DEVICE_COLUMNS: Final = (
@@ -132,6 +134,15 @@ class PutAlgorithm:
 
 
 @dataclass(frozen=True, slots=True)
+class SignAlgorithm:
+    """Replace the signature of a stored package (a renewed or a first signature)."""
+
+    name: str
+    version: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteAlgorithm:
     name: str
     version: str
@@ -150,6 +161,7 @@ WriteOp = (
     | PutService
     | DeleteService
     | PutAlgorithm
+    | SignAlgorithm
     | DeleteAlgorithm
     | PutMeta
 )
@@ -346,6 +358,7 @@ class CatalogStore:
                 size_bytes BIGINT NOT NULL,
                 uploaded_ns BIGINT NOT NULL,
                 data {blob} NOT NULL,
+                signature TEXT,
                 PRIMARY KEY (name, version))""",
         ]
         with self._lock:
@@ -364,6 +377,18 @@ class CatalogStore:
                 )
                 return
         found = json.loads(rows[0][0])
+        if found == 1:  # version 2 added the packages' signatures
+            with self._lock:
+                self._backend.run(
+                    [
+                        (f"ALTER TABLE {self._algorithms} ADD COLUMN signature TEXT", [()]),
+                        (
+                            f"UPDATE {self._meta} SET value = ? WHERE key = ?",
+                            [(json.dumps(STORE_SCHEMA_VERSION), "schema_version")],
+                        ),
+                    ]
+                )
+            found = STORE_SCHEMA_VERSION
         if found != STORE_SCHEMA_VERSION:
             raise StorageError(
                 f"catalog tables '{self.table_prefix}*' have schema version {found}; this release "
@@ -384,7 +409,8 @@ class CatalogStore:
                 f"FROM {self._services}"
             )
             algorithm_rows = self._backend.query(
-                f"SELECT name, version, sha256, size_bytes, uploaded_ns FROM {self._algorithms}"
+                f"SELECT name, version, sha256, size_bytes, uploaded_ns, signature "
+                f"FROM {self._algorithms}"
             )
             meta_rows = self._backend.query(f"SELECT key, value FROM {self._meta}")
         devices = dict(_device_from_row(row, url=self._backend.shown_url) for row in device_rows)
@@ -406,6 +432,7 @@ class CatalogStore:
                 sha256=str(row[2]),
                 size_bytes=int(row[3]),
                 uploaded_ns=int(row[4]),
+                signature=str(row[5]) if row[5] is not None else None,
             )
             for row in algorithm_rows
         }
@@ -450,6 +477,7 @@ class CatalogStore:
             PutService: self._put_service,
             DeleteService: self._delete_service,
             PutAlgorithm: self._put_algorithm,
+            SignAlgorithm: self._sign_algorithm,
             DeleteAlgorithm: self._delete_algorithm,
             PutMeta: self._put_meta,
         }
@@ -489,9 +517,16 @@ class CatalogStore:
     def _put_algorithm(self, op: PutAlgorithm) -> Iterator[tuple[str, tuple[Any, ...]]]:
         m = op.meta
         yield (
-            f"INSERT INTO {self._algorithms} (name, version, sha256, size_bytes, uploaded_ns, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (m.name, m.version, m.sha256, m.size_bytes, m.uploaded_ns, op.data),
+            f"INSERT INTO {self._algorithms} "
+            "(name, version, sha256, size_bytes, uploaded_ns, data, signature) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (m.name, m.version, m.sha256, m.size_bytes, m.uploaded_ns, op.data, m.signature),
+        )
+
+    def _sign_algorithm(self, op: SignAlgorithm) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        yield (
+            f"UPDATE {self._algorithms} SET signature = ? WHERE name = ? AND version = ?",
+            (op.signature, op.name, op.version),
         )
 
     def _delete_algorithm(self, op: DeleteAlgorithm) -> Iterator[tuple[str, tuple[Any, ...]]]:

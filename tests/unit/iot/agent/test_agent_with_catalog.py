@@ -70,14 +70,14 @@ def test_catalog_pushes_a_new_algorithm_version_and_the_agent_swaps_it(
     with CatalogThread(settings) as catalog:
         url = catalog.start()
         with CatalogClient(url, timeout_s=10) as client:
-            for version in ("1.0.0", "2.0.0"):
+            for version in ("1.0.1", "2.0.0"):  # 1.0.0: the built-in, published by the catalog
                 client.upload_algorithm("energy", version, _energy_package(tmp_path, version))
             client.put_device(
                 device,
                 DeviceSpec(
                     device_type="meter",
                     location=Location(case="turin", bus_id=7),
-                    algorithms=(AlgorithmAssignment(name="energy", version="1.0.0"),),
+                    algorithms=(AlgorithmAssignment(name="energy", version="1.0.1"),),
                 ),
             )
             filters = (measurement_filter(device), algorithm_filter(device, "energy"))
@@ -112,7 +112,7 @@ def test_catalog_pushes_a_new_algorithm_version_and_the_agent_swaps_it(
                                 output = AlgorithmOutput.model_validate_json(payload)
                                 versions.append(output.algorithm_version)
 
-                    until(lambda: "1.0.0" in versions)
+                    until(lambda: "1.0.1" in versions)
                     client.put_device(  # the operator assigns version 2
                         device,
                         DeviceSpec(
