@@ -106,7 +106,11 @@ class MqttLink:
         on_published: PublishCallback | None = None,
         on_connection_change: Callable[[bool], None] | None = None,
         network: NetworkLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: the context for an ``mqtts://`` broker (CA, client certificate and key, TLS
+        version: :meth:`openfeeder.security.tls.TlsFiles.client_context`); None: the system's
+        defaults with the broker settings' ``ca_file``. Ignored for ``mqtt://``."""
         self._settings = settings
         self._network = network
         # state kept by the network loop (its thread only)
@@ -139,7 +143,7 @@ class MqttLink:
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password())
         if settings.tls:
-            context = ssl.create_default_context(
+            context = tls or ssl.create_default_context(
                 cafile=str(settings.ca_file) if settings.ca_file else None
             )
             client.tls_set_context(context)
@@ -705,8 +709,10 @@ class Messenger:
         max_inflight: int = 100,
         on_published: dict[BrokerContext, PublishCallback] | None = None,
         network: NetworkLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``network``: the shared loop both connections run on (None: paho's own threads)."""
+        """``network``: the shared loop both connections run on (None: paho's own threads);
+        ``tls``: the TLS context of both connections to ``mqtts://`` brokers (see MqttLink)."""
         will_message = (publish_topic(will), encode(will)) if will is not None else None
         callbacks = on_published or {}
         self.links: dict[BrokerContext, MqttLink] = {
@@ -719,6 +725,7 @@ class Messenger:
                 max_inflight=max_inflight,
                 on_published=callbacks.get(context),
                 network=network,
+                tls=tls,
             )
             for context in BrokerContext
         }

@@ -100,6 +100,9 @@ class Counters:
     dropped_expired: int = 0
     protocol_errors: int = 0
     wills_published: int = 0
+    denied_connects: int = 0
+    denied_publishes: int = 0
+    denied_subscribes: int = 0
 
 
 class Message:
