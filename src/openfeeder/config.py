@@ -50,6 +50,7 @@ __all__ = [
     "FlisrSettings",
     "HistorianSettings",
     "LoggingSettings",
+    "SecuritySettings",
     "Settings",
     "StorageSettings",
     "load_settings",
@@ -237,6 +238,35 @@ class FlisrSettings(_Section):
     max_replans: int = Field(default=6, ge=0, le=100)
 
 
+class SecuritySettings(_Section):
+    """Identities and TLS (``docs/security.md``): the CA every party trusts, this party's own
+    certificate and key, and what the catalog needs to certify devices and keep the broker ACL.
+
+    With ``ca_file`` (and ``cert_file`` / ``key_file``), connections to ``mqtts://`` brokers trust
+    only that CA and present this certificate, HTTPS clients verify the catalog with it, and HTTP
+    services serve HTTPS with the certificate.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+    pki_dir: Path | None = None
+    """Catalog: the CA directory (``openfeeder pki init``) that signs enrolled devices' keys."""
+    enrolment_secret_file: Path | None = None
+    """Catalog: a device enrolling with this secret (first line) is certified at once; otherwise
+    its request waits for an operator's approval."""
+    acl_backend: Literal["none", "dynsec", "acl_file"] = "none"
+    """Catalog: how it keeps Mosquitto's ACL current when devices come and go: ``dynsec``
+    (commands to the dynamic-security plug-in over MQTT) or ``acl_file`` (rewrite ``acl_file``,
+    then SIGHUP the pid in ``mosquitto_pid_file``)."""
+    acl_file: Path | None = None
+    mosquitto_pid_file: Path | None = None
+    services: dict[str, str] = Field(default_factory=dict)
+    """Service identities (certificate CN) and their roles for the ACL, e.g.
+    ``{historian = "historian", flisr = "flisr"}``."""
+
+
 class AccessSettings(_Section):
     """Who may do what: operators on the REST control endpoints (signed bearer tokens checked
     against attribute-based policies) and publishers of algorithm packages (Ed25519 signatures the
@@ -293,6 +323,7 @@ class Settings(_Section):
     historian: HistorianSettings = HistorianSettings()
     agent: AgentSettings = AgentSettings()
     flisr: FlisrSettings = FlisrSettings()
+    security: SecuritySettings = SecuritySettings()
     access: AccessSettings = AccessSettings()
 
     def catalog_storage_url(self) -> str:
