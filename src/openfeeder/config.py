@@ -50,6 +50,7 @@ __all__ = [
     "FlisrSettings",
     "HistorianSettings",
     "LoggingSettings",
+    "PayloadProtectionSettings",
     "SecuritySettings",
     "Settings",
     "StorageSettings",
@@ -315,6 +316,33 @@ class AccessSettings(_Section):
             raise ConfigError(f"access.token_file: cannot read {self.token_file}") from err
 
 
+class PayloadProtectionSettings(_Section):
+    """End-to-end payload protection per traffic class (``docs/security-payload.md``).
+
+    Services read keys from the key store in ``key_dir`` (master key from ``master_key_file`` or
+    ``OPENFEEDER_MASTER_KEY``); a device reads the bundle issued to it (``key_bundle``) and opens
+    it with its key-encryption key (``kek_file``). Key material never appears in this file.
+    """
+
+    enabled: bool = False
+    control: Literal["aes-256-gcm", "sm4-gcm", "none"] = "aes-256-gcm"
+    """Commands, acknowledgements, configuration, topology, committed marks."""
+    protection: Literal["aes-256-gcm", "sm4-gcm", "none"] = "sm4-gcm"
+    """Events and alarms (fault detection, protection trips)."""
+    monitoring: Literal["aes-256-gcm", "sm4-gcm", "none"] = "none"
+    """Measurements and algorithm outputs: TLS only by default."""
+    key_dir: Path | None = None
+    master_key_file: Path | None = None
+    key_bundle: Path | None = None
+    kek_file: Path | None = None
+    replay_window: int = Field(default=64, ge=1, le=4096)
+    """Sequence numbers below the highest accepted that may still arrive (reordering)."""
+    event_interval_s: float = Field(default=1.0, ge=0, le=3600)
+    """At most one security event per sender and reason in this time; the event counts the rest."""
+    audit_log: Path | None = None
+    """Where rejections are audited (kind ``security``); None: not written."""
+
+
 class Settings(_Section):
     brokers: BrokersSettings = BrokersSettings()
     storage: StorageSettings = StorageSettings()
@@ -324,6 +352,7 @@ class Settings(_Section):
     agent: AgentSettings = AgentSettings()
     flisr: FlisrSettings = FlisrSettings()
     security: SecuritySettings = SecuritySettings()
+    payload_protection: PayloadProtectionSettings = PayloadProtectionSettings()
     access: AccessSettings = AccessSettings()
 
     def catalog_storage_url(self) -> str:

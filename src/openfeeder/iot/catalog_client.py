@@ -26,6 +26,7 @@ name the URL::
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -73,6 +74,9 @@ __all__ = [
     "DevicePatch",
     "DeviceSpec",
     "DeviceStatus",
+    "EnrolmentInfo",
+    "EnrolmentRequest",
+    "EnrolmentStatus",
     "ServiceInfo",
     "ServiceSpec",
     "TopologyInfo",
@@ -227,6 +231,34 @@ class ServiceInfo(_Model):
     registered_ns: int
 
 
+# --- enrolment ---------------------------------------------------------------------------------
+
+
+class EnrolmentStatus(StrEnum):
+    PENDING = "pending"
+    ISSUED = "issued"
+    REJECTED = "rejected"
+
+
+class EnrolmentRequest(_Model):
+    """A device asks for its certificate: its CSR (PEM, CN = its id) and, if it has one, the
+    enrolment secret; without a valid secret the request waits for an operator's approval."""
+
+    csr_pem: Annotated[str, StringConstraints(max_length=16_384)]
+    secret: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class EnrolmentInfo(_Model):
+    device_id: DeviceId
+    status: EnrolmentStatus
+    requested_ns: int
+    certificate_pem: str | None = None
+    """The device's certificate, once issued."""
+    ca_pem: str | None = None
+    """The platform CA to trust, once issued."""
+    detail: str = ""
+
+
 # --- algorithm repository and topology ---------------------------------------------------------
 
 
@@ -316,6 +348,8 @@ class CatalogClient:
     ``transport`` replaces the network (e.g. ``httpx.MockTransport`` or an ASGI transport).
     ``token``: an operator's or service's bearer token (``openfeeder token issue``), sent with
     every request; the catalog requires one on its control endpoints when ``[access]`` enforces.
+    ``verify``: the TLS context that checks an ``https://`` catalog (the platform CA:
+    :meth:`openfeeder.security.tls.TlsFiles.client_context`); None: the system's CAs.
     """
 
     def __init__(
@@ -325,6 +359,7 @@ class CatalogClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -333,6 +368,7 @@ class CatalogClient:
             timeout=httpx.Timeout(timeout_s),
             transport=transport,
             headers=headers,
+            verify=verify if verify is not None else True,
         )
 
     def close(self) -> None:
@@ -404,6 +440,35 @@ class CatalogClient:
 
     def delete_device(self, device_id: str) -> None:
         self._request("DELETE", f"/v1/devices/{quote(device_id, safe='')}")
+
+    # -- enrolment -----------------------------------------------------------------------------
+
+    def enrol(self, device_id: str, csr_pem: bytes, *, secret: str | None = None) -> EnrolmentInfo:
+        """Ask for the device's certificate: issued at once with the right secret, else pending."""
+        request = EnrolmentRequest(csr_pem=csr_pem.decode("ascii"), secret=secret)
+        response = self._request(
+            "POST",
+            f"/v1/enrolments/{quote(device_id, safe='')}",
+            content=request.model_dump_json(exclude_none=True),
+        )
+        return self._parse(EnrolmentInfo, response)
+
+    def enrolment(self, device_id: str) -> EnrolmentInfo:
+        """Where the device's enrolment stands (a pending device polls this)."""
+        response = self._request("GET", f"/v1/enrolments/{quote(device_id, safe='')}")
+        return self._parse(EnrolmentInfo, response)
+
+    def enrolments(self) -> list[EnrolmentInfo]:
+        """Every enrolment the catalog holds (pending ones wait for an operator)."""
+        return [EnrolmentInfo.model_validate(item) for item in self._json(
+            self._request("GET", "/v1/enrolments")
+        )]
+
+    def decide_enrolment(self, device_id: str, *, approve: bool) -> EnrolmentInfo:
+        """An operator approves (the certificate is issued) or rejects a pending enrolment."""
+        action = "approve" if approve else "reject"
+        response = self._request("POST", f"/v1/enrolments/{quote(device_id, safe='')}/{action}")
+        return self._parse(EnrolmentInfo, response)
 
     # -- services ------------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -49,6 +49,9 @@ from openfeeder.config import BrokerSettings, BrokersSettings
 from openfeeder.errors import MessagingError
 from openfeeder.iot.schema import Payload, encode, publish_topic
 from openfeeder.iot.topics import MESSAGE_SPECS, BrokerContext, QoS, Topic, TopicFilter
+
+if TYPE_CHECKING:
+    from openfeeder.iot.protection import MessageProtection
 
 __all__ = ["MessageHandler", "Messenger", "MqttLink", "NetworkLoop", "PublishHandle", "TimerHandle"]
 
@@ -710,6 +713,7 @@ class Messenger:
         on_published: dict[BrokerContext, PublishCallback] | None = None,
         network: NetworkLoop | None = None,
         tls: ssl.SSLContext | None = None,
+        protection: MessageProtection | None = None,
     ) -> None:
         """``network``: the shared loop both connections run on (None: paho's own threads);
         ``tls``: the TLS context of both connections to ``mqtts://`` brokers (see MqttLink)."""
@@ -729,6 +733,11 @@ class Messenger:
             )
             for context in BrokerContext
         }
+        # payload protection (openfeeder.iot.protection): seals on publish, opens on receipt and
+        # publishes a security event for each rejected message; None costs nothing
+        self._protection = protection
+        if protection is not None:
+            protection.attach(self.publish)
 
     def start(self) -> None:
         for link in self.links.values():
@@ -749,6 +758,8 @@ class Messenger:
         spec = MESSAGE_SPECS[payload.message_class]
         data = encode(payload)
         topic = publish_topic(payload)
+        if self._protection is not None:
+            data = self._protection.seal(topic, data)
         return [
             self.links[context].publish(topic, data, qos=spec.qos, retain=spec.retain)
             for context in spec.contexts
@@ -757,6 +768,8 @@ class Messenger:
     def subscribe(
         self, topic_filter: TopicFilter, handler: MessageHandler, *, context: BrokerContext
     ) -> None:
+        if self._protection is not None:
+            handler = self._protection.guard(handler)
         self.links[context].subscribe(topic_filter, handler)
 
 
