@@ -118,6 +118,14 @@ class PackageFault(StrEnum):
     MISSING_MODULE = "missing_module"
     IMPORT_FAILED = "import_failed"
     NOT_AN_ALGORITHM = "not_an_algorithm"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    """The signature is malformed, altered, or for another package or other bytes."""
+    UNTRUSTED = "untrusted"
+    """Signed by a key the device does not trust."""
+    EXPIRED = "expired"
+    DOWNGRADE = "downgrade"
+    """Older than the installed version, or the installed version with other content."""
 
 
 class PackageError(OpenFeederError):

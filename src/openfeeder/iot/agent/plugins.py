@@ -15,6 +15,9 @@ the manifest's ``entry`` is instantiated without arguments, then:
   decode them with :func:`openfeeder.iot.schema.decode`); returns readings to publish, like above;
 - ``reconfigure(context)`` (optional): the device's grid part or the algorithm's parameters changed
   (same version); without it the algorithm is restarted as a fresh instance instead;
+- ``check_health()`` (optional): the health check of a new version, called once after its first
+  measurements (:mod:`openfeeder.iot.agent.algorithm_host`); returning False or raising fails it,
+  and the agent goes back to the version it replaced;
 - ``stop()``: release what it holds. Its state is its own: attributes of the instance.
 
 **Isolation.** Each algorithm runs on its own worker thread fed by a bounded queue
@@ -184,6 +187,8 @@ class PluginRunner:
         self.outputs = 0
         self.skipped = 0
         self.error = ""
+        self.health_passed = False
+        """Its ``check_health`` (or, without one, :meth:`submit_health`) said it is healthy."""
         manifest = loaded.manifest
         self._channels = manifest.input_channels
         self._units = manifest.output_units
@@ -233,6 +238,18 @@ class PluginRunner:
         if not self.accepting:
             return False
         return self._offer(_Call("message", (topic, payload)))
+
+    def submit_health(self) -> bool:
+        """Queue the health check (``check_health()`` if the algorithm has one); False if it
+        cannot take it now. :attr:`health_passed` turns True once it passed."""
+        if not self.accepting:
+            return False
+        if self._instance is not None and not callable(
+            getattr(self._instance, "check_health", None)
+        ):
+            self.health_passed = True
+            return True
+        return self._offer(_Call("health"))
 
     def reconfigure(self, context: AlgorithmContext) -> bool:
         """Hand a changed context to ``reconfigure``; False if it has none (restart it instead)."""
@@ -353,8 +370,12 @@ class PluginRunner:
             return handler(*call.args)
         if call.kind == "reconfigure":
             instance.reconfigure(call.args[0])
-            return None
-        instance.stop()  # "stop"
+        elif call.kind == "health":
+            if instance.check_health() is False:
+                raise RuntimeError("check_health() returned False")
+            self.health_passed = True
+        else:
+            instance.stop()  # "stop"
         return None
 
     def _after(self, call: _Call, result: Any, error: BaseException | None) -> bool:

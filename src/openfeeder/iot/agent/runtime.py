@@ -66,6 +66,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
 from pydantic import ValidationError
@@ -88,6 +89,7 @@ from openfeeder.iot.agent.store import (
     Forwarder,
     MeasurementStore,
 )
+from openfeeder.iot.agent.trust import package_trust
 from openfeeder.iot.device_settings import (
     AlgorithmRef,
     BootRequest,
@@ -147,7 +149,7 @@ class SettingsSource(Protocol):
 
     def poll(self, device_id: str, config_version: int) -> DeviceSettings | None: ...
 
-    def download_algorithm(self, ref: AlgorithmRef) -> bytes: ...
+    def download_algorithm(self, ref: AlgorithmRef, *, partial: Path | None = None) -> bytes: ...
 
 
 class AgentState(StrEnum):
@@ -351,6 +353,8 @@ class MeterAgent:
             ),
             emit_event=self._links.emit_event,
             deadline_s=call_deadline_s,
+            trust=package_trust(settings.access),
+            on_attention=lambda: self._control_queue.put(None),
         )
         self.produced = 0
         self.skipped_ticks = 0
@@ -535,7 +539,7 @@ class MeterAgent:
             self._pacer_thread.start()
         self._state = AgentState.RUNNING
         self._running.set()
-        self._host.apply(settings.algorithms, settings.grid)
+        self._host.apply(settings.algorithms, settings.grid, package_keys=settings.package_keys)
         self._links.subscribe(self._filters(settings))
 
     def _control_loop(self) -> None:
@@ -545,6 +549,7 @@ class MeterAgent:
             current = self._current
             if current is None:  # _activate sets it before this loop starts
                 return
+            self._host.review()  # health checks, rollbacks, interrupted downloads
             if time.monotonic() >= next_poll:
                 ok = self._poll(current)
                 attempt = 0 if ok else attempt + 1
@@ -603,7 +608,7 @@ class MeterAgent:
         self._current = new  # rates take effect at the loop's next tick
         self._write_cache(new)
         self._links.connect(new)  # moves to other brokers only if the endpoints changed
-        self._host.apply(new.algorithms, new.grid)
+        self._host.apply(new.algorithms, new.grid, package_keys=new.package_keys)
         self._links.subscribe(self._filters(new))
 
     def _filters(self, settings: DeviceSettings) -> list[str]:

@@ -73,6 +73,7 @@ from openfeeder.iot.topics import ID_PATTERN
 from openfeeder.security.policy import AccessRequest
 from openfeeder.services.access import AccessControl, Caller, GridAreas, Reader, install_access
 from openfeeder.services.catalog.core import Catalog
+from openfeeder.services.catalog.enrolment import Enrolments, enrolment_router
 from openfeeder.services.catalog.problems import (
     PROBLEM_CONTENT_TYPE,
     ProblemError,
@@ -230,9 +231,11 @@ def create_app(
     *,
     max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
     access: AccessControl | None = None,
+    enrolments: Enrolments | None = None,
 ) -> FastAPI:
     """The catalog's FastAPI application over ``catalog`` (which must be started to serve);
-    ``access`` checks operators' tokens (None: nothing is checked)."""
+    ``access`` checks operators' tokens (None: nothing is checked); ``enrolments`` adds the
+    device enrolment endpoints (:mod:`~openfeeder.services.catalog.enrolment`)."""
     access = access if access is not None else AccessControl.disabled()
     grid_areas: list[GridAreas] = []
 
@@ -279,6 +282,8 @@ def create_app(
     )
     _install_error_handlers(app)
     install_access(app, access)
+    if enrolments is not None:
+        app.include_router(enrolment_router(enrolments, access))
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:

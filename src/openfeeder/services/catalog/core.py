@@ -262,6 +262,14 @@ class Catalog:
             total=len(matching), offset=offset, devices=tuple(self._info(d) for d in page)
         )
 
+    def device_assignments(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Every device id with the (name, version) of the packages assigned to it (for the
+        broker ACL, :mod:`~openfeeder.services.catalog.access_sync`)."""
+        return {
+            device_id: tuple((a.name, a.version) for a in record.algorithms)
+            for device_id, record in self._devices.items()
+        }
+
     def health(self) -> dict[str, Any]:
         counts = self._live.counts()
         mqtt = self._publisher.connected()

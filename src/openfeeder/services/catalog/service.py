@@ -18,14 +18,22 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
 from openfeeder.config import Settings
+from openfeeder.errors import ConfigError
+from openfeeder.security.acl import AccessTable
+from openfeeder.security.mosquitto import DYNSEC_TOPIC
+from openfeeder.security.pki import CertificateAuthority
+from openfeeder.security.tls import own_identity, tls_files_from
 from openfeeder.iot.mqtt import Messenger
 from openfeeder.services.access import AccessControl
+from openfeeder.services.catalog.access_sync import AccessSync
 from openfeeder.services.catalog.api import create_app
 from openfeeder.services.catalog.core import Catalog
+from openfeeder.services.catalog.enrolment import Enrolments
 from openfeeder.services.catalog.publishing import MessengerPublisher
 from openfeeder.services.catalog.store import DEFAULT_TABLE_PREFIX, open_store
 from openfeeder.services.runtime import HttpServer
@@ -43,24 +51,53 @@ async def serve_catalog(
     ready: Callable[[str], None] | None = None,
     client_id: str | None = None,
     table_prefix: str = DEFAULT_TABLE_PREFIX,
+    on_access_table: Callable[[AccessTable], None] | None = None,
 ) -> None:
-    """Serve the device catalog until ``stop`` is set; ``ready(url)`` once it accepts requests."""
+    """Serve the device catalog until ``stop`` is set; ``ready(url)`` once it accepts requests.
+
+    With ``[security]``: connections to ``mqtts://`` brokers use the catalog's certificate, HTTPS is
+    served when ``[catalog] url`` is ``https://``, devices enrol when ``pki_dir`` names the CA, and
+    the broker ACL follows the registry (``acl_backend``, or ``on_access_table`` for a broker in
+    this process: :mod:`~openfeeder.services.catalog.access_sync`).
+    """
     store = await asyncio.to_thread(
         open_store, settings.catalog_storage_url(), table_prefix=table_prefix
     )
+    security = settings.security
+    tls = tls_files_from(security)
+    identity = own_identity(tls, default="catalog")
     messenger = Messenger(
-        settings.brokers, client_id=client_id or f"catalog-{uuid.uuid4().hex[:10]}"
+        settings.brokers,
+        client_id=client_id or f"{identity}-{uuid.uuid4().hex[:10]}",
+        tls=tls.client_context() if tls is not None and tls.cert_file is not None else None,
     )
     publisher = MessengerPublisher(messenger)
     try:
         messenger.start()
         catalog = Catalog(settings, store=store, publisher=publisher)
         access = AccessControl.from_settings(settings.access, service="catalog")
+        enrolments = None
+        if security.pki_dir is not None:
+            secret_file = security.enrolment_secret_file
+            enrolments = Enrolments(
+                await asyncio.to_thread(CertificateAuthority.open, security.pki_dir),
+                secret=_first_line(secret_file) if secret_file is not None else None,
+            )
+        https = settings.catalog.url.startswith("https://") and tls is not None
         server = HttpServer(
-            create_app(catalog, access=access),
+            create_app(catalog, access=access, enrolments=enrolments),
             host=settings.catalog.listen_host,
             port=settings.catalog.listen_port,
+            tls=tls if https else None,
         )
+        acl = None
+        if security.acl_backend != "none" or on_access_table is not None:
+            acl = AccessSync(
+                security,
+                identity=identity,
+                send_control=lambda body: _send_control(messenger, body),
+                on_table=on_access_table,
+            )
         public_url = server.url if settings.catalog.listen_port == 0 else settings.catalog.url
         try:
             await catalog.start(public_url=public_url)
@@ -71,6 +108,8 @@ async def serve_catalog(
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(catalog.run(stop))
+                if acl is not None:
+                    group.create_task(acl.run(catalog, stop))
                 group.create_task(_serve_http(server, stop))
                 group.create_task(_announce_ready(server, stop, ready))
         finally:
@@ -80,6 +119,20 @@ async def serve_catalog(
         # both links at once: a link waiting to reconnect takes up to a second to stop
         await asyncio.gather(*(asyncio.to_thread(link.stop) for link in messenger.links.values()))
         store.close()
+
+
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[0].strip()
+    except (OSError, IndexError) as err:
+        raise ConfigError(f"security.enrolment_secret_file: cannot read {path}") from err
+
+
+def _send_control(messenger: Messenger, body: bytes) -> None:
+    """Dynamic-security commands to the broker behind each link (twice if it is one broker:
+    the commands are idempotent in effect)."""
+    for link in messenger.links.values():
+        link.publish(DYNSEC_TOPIC, body)
 
 
 async def _serve_http(server: HttpServer, stop: asyncio.Event) -> None:
@@ -124,7 +177,9 @@ class CatalogThread:
         client_id: str | None = None,
         table_prefix: str = DEFAULT_TABLE_PREFIX,
         startup_timeout_s: float = 30.0,
+        on_access_table: Callable[[AccessTable], None] | None = None,
     ) -> None:
+        self._on_access_table = on_access_table
         self._settings = settings
         self._client_id = client_id
         self._table_prefix = table_prefix
@@ -204,6 +259,7 @@ class CatalogThread:
             ready=on_ready,
             client_id=self._client_id,
             table_prefix=self._table_prefix,
+            on_access_table=self._on_access_table,
         )
 
     def __enter__(self) -> Self:

@@ -3,6 +3,8 @@
 :class:`LoopbackCatalog` is a FastAPI app served by uvicorn on 127.0.0.1 in a thread: it answers
 ``POST /v1/devices/boot``, ``GET /v1/devices/{id}/settings`` (ETag / 304) and
 ``GET /v1/algorithms/{name}/{version}`` like the device catalog does, from settings the test sets.
+Its packages are signed with a publisher key of its own (:attr:`LoopbackCatalog.publisher`), whose
+public key it hands to the devices in their settings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Header, Response
 
 from openfeeder.config import AgentSettings, BrokerSettings, BrokersSettings, Settings
@@ -41,6 +44,7 @@ from openfeeder.iot.topics import (
     status_topic,
     topology_filter,
 )
+from openfeeder.security.signing import NS_PER_DAY, encode_public_key, sign_package
 from openfeeder.services.runtime import HttpServer
 
 
@@ -88,6 +92,7 @@ class LoopbackCatalog:
         self.boot_requests: dict[str, BootRequest] = {}
         self.packages: dict[tuple[str, str], bytes] = {}
         self.initial_algorithms: tuple[AlgorithmRef, ...] = ()
+        self.publisher = Ed25519PrivateKey.generate()
         self.boots = 0
         self.polls = 0
         self._lock = threading.Lock()
@@ -120,13 +125,24 @@ class LoopbackCatalog:
             self._thread.join(10)
 
     def add_package(self, data: bytes, name: str, version: str, **parameters: Any) -> AlgorithmRef:
+        """Serve ``data`` as a package signed by :attr:`publisher` (valid for a day)."""
         self.packages[(name, version)] = data
+        signature = sign_package(
+            self.publisher,
+            name=name,
+            version=version,
+            sha256=package_sha256(data),
+            size_bytes=len(data),
+            signed_ns=time.time_ns(),
+            validity_ns=NS_PER_DAY,
+        )
         return AlgorithmRef(
             name=name,
             version=version,
             sha256=package_sha256(data),
             url=f"{self.url}/v1/algorithms/{name}/{version}",
             parameters=parameters,
+            signature=signature,
         )
 
     def update(self, device_id: str, **changes: Any) -> DeviceSettings:
@@ -160,6 +176,7 @@ class LoopbackCatalog:
             ),
             disconnect_timeout_s=30.0,
             algorithms=self.initial_algorithms,
+            package_keys=(encode_public_key(self.publisher.public_key()),),
             **self.defaults,
         )
 
