@@ -1,0 +1,372 @@
+"""Centralized WLS state estimation: :func:`estimate_state`.
+
+Steps (each reported in the :class:`~.result.StateEstimate`):
+
+1. **Locate** the measurements on the model (errors name the measurement, element and field).
+2. **Observability** (:mod:`.observability`) of the measurements as given; pseudo-measurements
+   for the islands the policy picks; observability again. Islands still unobservable are left out
+   of the solve: their buses come back with ``observable`` false and NaN values
+   (``on_unobservable="raise"`` raises :class:`~openfeeder.errors.NotObservableError` instead;
+   so does an estimate with no observable island at all).
+3. **Solve** with power-grid-model (:mod:`.engine_wls`; Newton-Raphson by default). Magnitude-only
+   current measurements take part as currents whose angle against the local voltage is pinned to
+   the last estimate's; the solve repeats until those angles move less than 1e-4 rad (starting
+   from a power flow of the model's own loads).
+4. **Bad data** (:mod:`.bad_data`): the chi-square test on the objective; when it fails, the
+   measurement with the largest normalized residual above ``lnr_threshold`` is removed and the
+   state re-estimated, until the test passes, nothing stands out, ``max_bad_data`` measurements are
+   gone, or removing the next one would leave its island unobservable (then it stays, reported).
+   The Jacobian and the residual covariance are only built when the test fails.
+5. **Uncertainty** (``uncertainty=True``): standard deviations of every estimated bus's voltage
+   magnitude and angle from ``diag(G^-1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+from power_grid_model import CalculationMethod
+
+from openfeeder.analysis.estimation.bad_data import (
+    ChiSquareTest,
+    chi_square_test,
+    normalized_residuals,
+    optimal_residuals,
+)
+from openfeeder.analysis.estimation.engine_wls import EngineEstimate, solve_wls
+from openfeeder.analysis.estimation.jacobian import GainFactor, branch_admittance, state_jacobian
+from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
+from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
+from openfeeder.analysis.estimation.observability import (
+    Observability,
+    PseudoOptions,
+    PseudoPolicy,
+    check_observability,
+    pseudo_measurements,
+)
+from openfeeder.analysis.estimation.residuals import RowKind, ScalarRows, scalar_rows
+from openfeeder.analysis.estimation.result import BadDataRemoval, StateEstimate, build_result
+from openfeeder.errors import AnalysisError, NotObservableError
+from openfeeder.model.grid import GridModel, lookup
+
+__all__ = ["DEFAULT_CHI2_CONFIDENCE", "DEFAULT_LNR_THRESHOLD", "estimate_state"]
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+DEFAULT_CHI2_CONFIDENCE: Final = 0.99
+DEFAULT_LNR_THRESHOLD: Final = 3.0
+DEFAULT_MAX_BAD_DATA: Final = 10
+DEFAULT_EXACT_ROWS: Final = 20_000
+_ANGLE_TOLERANCE_RAD: Final = 1e-4
+_MAX_ANGLE_PASSES: Final = 10
+_METHODS: Final = {
+    "newton_raphson": CalculationMethod.newton_raphson,
+    "iterative_linear": CalculationMethod.iterative_linear,
+}
+
+
+@dataclass(slots=True)
+class _Solved:
+    located: LocatedMeasurements
+    estimate: EngineEstimate
+    solves: int
+
+
+def estimate_state(
+    model: GridModel,
+    measurements: MeasurementSet,
+    *,
+    pseudo: PseudoOptions | PseudoPolicy | str = PseudoPolicy.NEEDED,
+    bad_data: bool = True,
+    uncertainty: bool = True,
+    method: Literal["newton_raphson", "iterative_linear"] = "iterative_linear",
+    on_unobservable: Literal["mark", "raise"] = "mark",
+    chi2_confidence: float = DEFAULT_CHI2_CONFIDENCE,
+    lnr_threshold: float = DEFAULT_LNR_THRESHOLD,
+    max_bad_data: int = DEFAULT_MAX_BAD_DATA,
+    exact_rows: int = DEFAULT_EXACT_ROWS,
+    error_tolerance: float = 1e-8,
+    max_iterations: int = 50,
+    file: str | None = None,
+) -> StateEstimate:
+    """Estimate the state of ``model`` from ``measurements`` (see the module docstring).
+
+    ``pseudo`` is a :class:`PseudoOptions` or just its policy (``"needed"``, ``"all"``,
+    ``"none"``); ``file`` names the measurement file in errors.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    if on_unobservable not in ("mark", "raise"):
+        raise ValueError(f"on_unobservable must be 'mark' or 'raise', got {on_unobservable!r}")
+    if not 0.0 < chi2_confidence < 1.0:
+        raise ValueError(f"chi2_confidence must be in (0, 1), got {chi2_confidence!r}")
+    options = (
+        pseudo if isinstance(pseudo, PseudoOptions) else PseudoOptions(policy=PseudoPolicy(pseudo))
+    )
+    given = locate_measurements(model, measurements, file=file)
+    first = check_observability(model, given)
+    added = pseudo_measurements(model, given, first, options)
+    located = locate_measurements(model, measurements.concat(added)) if len(added) else given
+    observability = check_observability(model, located) if len(added) else first
+    if not observability.fully_observable and on_unobservable == "raise":
+        raise _not_observable(observability)
+    estimated = observability.energized & observability.observable
+    if not estimated.any():
+        raise _not_observable(observability)
+
+    engine_method = _METHODS[method]
+    solved = _solve(
+        model,
+        located,
+        excluded=~estimated,
+        method=engine_method,
+        error_tolerance=error_tolerance,
+        max_iterations=max_iterations,
+    )
+    removals: list[BadDataRemoval] = []
+    tests: list[ChiSquareTest] = []
+    rows: ScalarRows | None = None
+    gain: GainFactor | None = None
+    columns = _state_columns(model, located, estimated)
+    kept_critical: str | None = None
+    exact = True
+    while True:
+        rows = _rows(model, solved, estimated)
+        test = chi_square_test(rows, int(columns.size), chi2_confidence)
+        tests.append(test)
+        gain = None
+        if not bad_data or test.passed or len(removals) >= max_bad_data:
+            break
+        gain = GainFactor(rows.h[:, columns], 1.0 / rows.sigma**2)
+        residual = optimal_residuals(rows, gain)
+        optimal = chi_square_test(rows, int(columns.size), chi2_confidence, residual)
+        if optimal.passed:
+            tests[-1] = optimal
+            break
+        normalized = normalized_residuals(rows, residual, gain, exact_rows=exact_rows)
+        exact = exact and normalized.exact
+        largest = normalized.largest()
+        if largest is None or largest[1] <= lnr_threshold:
+            break
+        row, value = largest
+        culprit = _culprit(solved, rows, row)
+        trial = solved.located.measurements.select(
+            np.arange(len(solved.located.measurements)) != culprit
+        )
+        trial_located = locate_measurements(model, trial)
+        trial_observability = check_observability(model, trial_located)
+        if (estimated & ~trial_observability.observable).any():
+            kept_critical = solved.located.measurements.ids[culprit]
+            break
+        removals.append(
+            BadDataRemoval(
+                measurement_id=solved.located.measurements.ids[culprit],
+                quantity=str(_quantity_of(solved.located, culprit)),
+                normalized_residual=value,
+                objective_before=test.objective,
+            )
+        )
+        solved = _solve(
+            model,
+            trial_located,
+            excluded=~estimated,
+            method=engine_method,
+            error_tolerance=error_tolerance,
+            max_iterations=max_iterations,
+            solves=solved.solves,
+        )
+        columns = _state_columns(model, trial_located, estimated)
+
+    u_sigma_pu = np.full(model.bus.size, np.nan)
+    angle_sigma_rad = np.full(model.bus.size, np.nan)
+    if uncertainty and rows is not None and columns.size:
+        if gain is None:
+            gain = GainFactor(rows.h[:, columns], 1.0 / rows.sigma**2)
+        variance = gain.inverse_diagonal()
+        n = model.bus.size
+        std = np.sqrt(np.maximum(variance, 0.0))
+        angle_cols = columns < n
+        angle_sigma_rad[columns[angle_cols]] = std[angle_cols]
+        angle_sigma_rad[estimated & np.isnan(angle_sigma_rad)] = 0.0  # angle references
+        u_sigma_pu[columns[~angle_cols] - n] = std[~angle_cols]
+    return build_result(
+        model,
+        solved.located,
+        solved.estimate,
+        rows,
+        observability=observability,
+        first_observability=first,
+        pseudo=added,
+        estimated=estimated,
+        tests=tuple(tests),
+        removals=tuple(removals),
+        kept_critical=kept_critical,
+        exact_identification=exact,
+        u_sigma_pu=u_sigma_pu,
+        angle_sigma_rad=angle_sigma_rad,
+        solves=solved.solves,
+        method=method,
+    )
+
+
+def _not_observable(observability: Observability) -> NotObservableError:
+    buses = observability.unobservable_bus_ids
+    shown = ", ".join(str(b) for b in buses[:10].tolist())
+    more = f" (and {buses.size - 10} more)" if buses.size > 10 else ""
+    if buses.size == 0:
+        return NotObservableError("no energized bus to estimate", buses=())
+    return NotObservableError(
+        f"the measurements do not determine the state of {buses.size} energized buses: "
+        f"{shown}{more}",
+        buses=tuple(int(b) for b in buses.tolist()),
+    )
+
+
+def _solve(
+    model: GridModel,
+    located: LocatedMeasurements,
+    *,
+    excluded: BoolArray,
+    method: CalculationMethod,
+    error_tolerance: float,
+    max_iterations: int,
+    solves: int = 0,
+) -> _Solved:
+    """The engine's estimate, repeated while magnitude-only currents' pinned angles move."""
+    magnitude_only = np.flatnonzero(located.of_quantity(Quantity.I))
+    angles = np.zeros(len(located.measurements))
+    if magnitude_only.size:
+        angles[magnitude_only] = _prior_local_angles(model, located, magnitude_only)
+    for _ in range(_MAX_ANGLE_PASSES):
+        estimate = solve_wls(
+            model,
+            located,
+            excluded_bus=excluded,
+            local_angle_rad=angles,
+            method=method,
+            error_tolerance=error_tolerance,
+            max_iterations=max_iterations,
+        )
+        solves += 1
+        if magnitude_only.size == 0:
+            break
+        new = _estimated_local_angles(located, estimate, magnitude_only)
+        moved = np.abs(np.angle(np.exp(1j * (new - angles[magnitude_only]))))
+        angles[magnitude_only] = new
+        if not (moved > _ANGLE_TOLERANCE_RAD).any():
+            break
+    return _Solved(located, estimate, solves)
+
+
+def _prior_local_angles(
+    model: GridModel, located: LocatedMeasurements, rows: npt.NDArray[np.int64]
+) -> FloatArray:
+    """Local current angles at measured branch ends in a power flow of the model's own loads."""
+    from openfeeder.analysis.powerflow import run_power_flow
+
+    try:
+        flow = run_power_flow(model)
+    except AnalysisError:
+        return np.zeros(rows.size)
+    branch = located.target_row[rows]
+    to = located.measurements.table["end"][rows] == END_TO
+    p = np.where(to, flow.branch["p_to_mw"][branch], flow.branch["p_from_mw"][branch])
+    q = np.where(to, flow.branch["q_to_mvar"][branch], flow.branch["q_from_mvar"][branch])
+    angle: FloatArray = -np.arctan2(q, p)
+    return angle
+
+
+def _estimated_local_angles(
+    located: LocatedMeasurements, estimate: EngineEstimate, rows: npt.NDArray[np.int64]
+) -> FloatArray:
+    branch = located.target_row[rows]
+    to = located.measurements.table["end"][rows] == END_TO
+    p = np.where(to, estimate.branch["p_to_mw"][branch], estimate.branch["p_from_mw"][branch])
+    q = np.where(to, estimate.branch["q_to_mvar"][branch], estimate.branch["q_from_mvar"][branch])
+    angle: FloatArray = -np.arctan2(np.nan_to_num(q), np.nan_to_num(p))
+    return angle
+
+
+def _rows(model: GridModel, solved: _Solved, estimated: BoolArray) -> ScalarRows:
+    estimate = solved.estimate
+    branches = solved.located.branches
+    admittance = branch_admittance(model, branches)
+    v = estimate.u_pu * np.exp(1j * estimate.u_angle_rad)
+    s_from = estimate.branch["p_from_mw"] + 1j * estimate.branch["q_from_mvar"]
+    s_to = estimate.branch["p_to_mw"] + 1j * estimate.branch["q_to_mvar"]
+    jacobian = state_jacobian(branches, admittance, v, s_from, s_to)
+    return scalar_rows(model, solved.located, estimate, jacobian, estimated)
+
+
+def _state_columns(
+    model: GridModel, located: LocatedMeasurements, estimated: BoolArray
+) -> npt.NDArray[np.int64]:
+    """Angle and magnitude columns of the estimated buses, without one angle reference per
+    island that has no phasor measurement (its first source's bus)."""
+    n = model.bus.size
+    observability_islands = _islands(located, n)
+    phasor = located.of_quantity(Quantity.U_PHASOR, Quantity.I_PHASOR)
+    with_phasor = np.unique(observability_islands[located.bus_row[phasor]])
+    source = model.source[model.source["in_service"]]
+    source_rows = lookup(model.bus["id"], source["bus"])
+    source_rows = source_rows[estimated[source_rows]]
+    source_islands = observability_islands[source_rows]
+    first = np.unique(source_islands, return_index=True)[1]
+    reference = source_rows[first][~np.isin(source_islands[first], with_phasor)]
+    angle = estimated.copy()
+    angle[reference] = False
+    return np.concatenate([np.flatnonzero(angle), np.flatnonzero(estimated) + n]).astype(np.int64)
+
+
+def _islands(located: LocatedMeasurements, n: int) -> npt.NDArray[np.int64]:
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    branches = located.branches
+    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
+    graph = sp.csr_matrix(
+        (np.ones(int(live.sum())), (branches.from_row[live], branches.to_row[live])), shape=(n, n)
+    )
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _culprit(solved: _Solved, rows: ScalarRows, row: int) -> int:
+    """The measurement (set position) to remove for the flagged ``row``."""
+    if rows.kind[row] == RowKind.MEASUREMENT:
+        return int(rows.ref[row])
+    # an appliance sum: the real measurement at that bus that the estimate disagrees with most
+    located = solved.located
+    table = located.measurements.table
+    at_bus = np.flatnonzero(
+        located.of_quantity(Quantity.PQ)
+        & (located.bus_row == rows.ref[row])
+        & (located.target >= 2)
+        & ~table["pseudo"]
+    )
+    estimate = solved.estimate
+    worst, worst_value = int(at_bus[0]), -math.inf
+    for k in at_bus.tolist():
+        target = located.target[k]
+        from openfeeder.analysis.estimation.locate import Target
+
+        kind = Target(int(target))
+        p_est = estimate.appliance_p_mw[kind][located.target_row[k]]
+        q_est = estimate.appliance_q_mvar[kind][located.target_row[k]]
+        value = max(
+            abs(table["p_mw"][k] - p_est) / table["p_sigma_mw"][k],
+            abs(table["q_mvar"][k] - q_est) / table["q_sigma_mvar"][k],
+        )
+        if value > worst_value:
+            worst, worst_value = k, value
+    return worst
+
+
+def _quantity_of(located: LocatedMeasurements, row: int) -> Quantity:
+    from openfeeder.analysis.estimation.measurement_set import QUANTITIES
+
+    return QUANTITIES[int(located.measurements.table["quantity"][row])]

@@ -1,0 +1,198 @@
+"""Where each measurement of a set sits in a grid model, checked against it.
+
+:func:`locate_measurements` resolves every measurement's bus and element to rows of the model's
+tables in one vectorized pass per table and raises :class:`~openfeeder.errors.MeasurementError`
+naming the measurement (index and id), the element id and the field for the first one that does
+not fit: an unknown bus or element, a branch end that is missing, a current on something that is
+not a branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from openfeeder.analysis.estimation.measurement_set import (
+    END_NONE,
+    END_TO,
+    QUANTITIES,
+    MeasurementSet,
+    Quantity,
+)
+from openfeeder.errors import MeasurementError
+from openfeeder.model.components import NO_ID
+from openfeeder.model.grid import GridModel, lookup
+
+__all__ = ["BranchTable", "LocatedMeasurements", "Target", "branch_table", "locate_measurements"]
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class Target(IntEnum):
+    """What a measurement measures: a bus (voltage, injection), a branch end or an appliance."""
+
+    BUS = 0
+    BRANCH = 1
+    LOAD = 2
+    GENERATOR = 3
+    SOURCE = 4
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BranchTable:
+    """Every branch in result order (lines, transformers, switches) with its end buses' rows."""
+
+    id: IntArray
+    from_row: IntArray
+    to_row: IntArray
+    connected: BoolArray
+    """In service (lines, transformers) or closed (switches)."""
+    kind: npt.NDArray[np.int8]
+    """0 line, 1 transformer, 2 switch (as :class:`openfeeder.analysis.powerflow.BranchKind`)."""
+
+
+def branch_table(model: GridModel) -> BranchTable:
+    bus_id = model.bus["id"]
+    parts = (
+        (model.line, "from_bus", "to_bus", model.line["in_service"]),
+        (model.transformer, "hv_bus", "lv_bus", model.transformer["in_service"]),
+        (model.switch, "from_bus", "to_bus", model.switch["closed"]),
+    )
+    return BranchTable(
+        id=np.concatenate([t["id"] for t, *_ in parts]).astype(np.int64),
+        from_row=lookup(bus_id, np.concatenate([t[f] for t, f, _, _ in parts])),
+        to_row=lookup(bus_id, np.concatenate([t[b] for t, _, b, _ in parts])),
+        connected=np.concatenate([np.asarray(on, dtype=bool) for *_, on in parts]),
+        kind=np.repeat(
+            np.arange(3, dtype=np.int8),
+            [model.line.size, model.transformer.size, model.switch.size],
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LocatedMeasurements:
+    """Per measurement (in set order): its target, the target's row, the bus row it is read at."""
+
+    measurements: MeasurementSet
+    branches: BranchTable
+    target: npt.NDArray[np.int8]
+    target_row: IntArray
+    """Row in the bus table, the branch table (:class:`BranchTable` order) or the appliance table."""
+    bus_row: IntArray
+    """The bus the value is read at: the measured bus, the branch end's bus, the appliance's bus."""
+
+    def of_quantity(self, *quantities: Quantity) -> BoolArray:
+        codes = [QUANTITIES.index(q) for q in quantities]
+        return np.isin(self.measurements.quantity, codes)
+
+
+_APPLIANCES: Final = (
+    (Target.LOAD, "load"),
+    (Target.GENERATOR, "generator"),
+    (Target.SOURCE, "source"),
+)
+
+
+def locate_measurements(
+    model: GridModel, measurements: MeasurementSet, *, file: str | None = None
+) -> LocatedMeasurements:
+    """Resolve ``measurements`` against ``model`` (see the module docstring)."""
+    table = measurements.table
+    n = len(measurements)
+    branches = branch_table(model)
+    quantity = measurements.quantity
+    bus = table["bus"]
+    element = table["element"]
+    end = table["end"]
+
+    def fail(bad: BoolArray, field: str, message: str, ids: IntArray) -> None:
+        if bad.any():
+            row = int(np.argmax(bad))
+            more = int(bad.sum()) - 1
+            raise MeasurementError(
+                message + (f" (and {more} more measurements)" if more else ""),
+                file=file,
+                index=row,
+                measurement_id=measurements.ids[row],
+                element_id=int(ids[row]),
+                field=field,
+            )
+
+    target = np.full(n, Target.BUS, dtype=np.int8)
+    target_row = np.full(n, -1, dtype=np.int64)
+    bus_row = np.full(n, -1, dtype=np.int64)
+
+    has_bus = bus != NO_ID
+    found_bus = lookup(model.bus["id"], bus)
+    fail(has_bus & (found_bus < 0), "bus", "no bus with this id in the model", bus)
+    has_element = element != NO_ID
+    on_bus_only = np.isin(
+        quantity, [QUANTITIES.index(Quantity.U), QUANTITIES.index(Quantity.U_PHASOR)]
+    )
+    fail(
+        on_bus_only & has_element,
+        "element",
+        "a voltage is measured at a bus, not an element",
+        element,
+    )
+    injection = has_bus & ~has_element
+    target_row[injection] = found_bus[injection]
+    bus_row[injection] = found_bus[injection]
+
+    branch_row = lookup(branches.id, element)
+    is_branch = has_element & (branch_row >= 0)
+    remaining = has_element & ~is_branch
+    for kind, name in _APPLIANCES:
+        appliance = model.table(name)
+        rows = lookup(appliance["id"], element)
+        hit = remaining & (rows >= 0)
+        target[hit] = kind
+        target_row[hit] = rows[hit]
+        bus_row[hit] = lookup(model.bus["id"], appliance["bus"][rows[hit]])
+        remaining &= ~hit
+    fail(
+        remaining,
+        "element",
+        "no line, transformer, switch, load, generator or source with this id in the model",
+        element,
+    )
+    on_branch_only = np.isin(
+        quantity, [QUANTITIES.index(Quantity.I), QUANTITIES.index(Quantity.I_PHASOR)]
+    )
+    fail(
+        on_branch_only & has_element & ~is_branch,
+        "element",
+        "a current is measured on a line, transformer or switch",
+        element,
+    )
+    fail(is_branch & (end == END_NONE), "end", "a branch measurement needs 'end'", element)
+    target[is_branch] = Target.BRANCH
+    target_row[is_branch] = branch_row[is_branch]
+    end_bus = np.where(
+        end == END_TO, _take(branches.to_row, branch_row), _take(branches.from_row, branch_row)
+    )
+    bus_row[is_branch] = end_bus[is_branch]
+    at_other_bus = is_branch & has_bus & (found_bus != bus_row)
+    fail(at_other_bus, "bus", "the branch end named is not at this bus", bus)
+    at_other_bus = has_element & ~is_branch & has_bus & (found_bus != bus_row)
+    fail(at_other_bus, "bus", "the element is not at this bus", bus)
+    return LocatedMeasurements(
+        measurements=measurements,
+        branches=branches,
+        target=target,
+        target_row=target_row,
+        bus_row=bus_row,
+    )
+
+
+def _take(values: IntArray, rows: IntArray) -> IntArray:
+    """``values[rows]`` with -1 where a row is -1, also when ``values`` is empty."""
+    if values.size == 0:
+        return np.full(rows.shape, -1, dtype=np.int64)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], -1)

@@ -1,0 +1,342 @@
+"""Observability of a grid from a measurement set, and the pseudo-measurements that restore it.
+
+**Check** (:func:`check_observability`, topological, in the decoupled P-angle sense). Buses are
+grouped into *components* whose voltage angles the measurements tie together:
+
+1. a closed switch joins its buses (zero impedance), a branch with a measured flow (``pq`` or
+   ``i_phasor`` at an end) joins its ends, and buses with a voltage phasor (PMU) are joined
+   through the common time reference;
+2. a bus whose injection is known (a ``pq`` measurement on the bus, every in-service appliance on it
+   measured, or no appliance at all: zero injection, as power-grid-model counts it) determines the
+   flow of its last unknown branch: when all of its branches but those to one other component lie
+   inside its own component, that component is joined to its own. Rule 2 repeats until nothing
+   changes.
+
+An energized island is observable when it ends as one component and has a voltage magnitude
+measurement. When all buses of an island but one have a known injection (every load metered or
+given a pseudo-measurement) the island is observable without iterating (the reduced network
+Laplacian is regular), which is the common case and costs one pass. The test is exact for radial
+grids; in meshed grids it can miss observability that only the joint solution of several
+injections gives (it is then conservative: it reports the island unobservable).
+
+**Pseudo-measurements** (:func:`pseudo_measurements`): each in-service load or generator without a
+``pq`` measurement gets one, valued from a forecast (``load_p_mw`` / ``load_q_mvar`` in load order,
+default the model's own values) with standard deviation ``sigma_fraction`` of its apparent power
+(at least ``sigma_floor_mw``); an island without a voltage magnitude measurement gets one at its
+first source's bus (the source's setpoint, ``voltage_sigma_pu``). The policy says for which
+islands: ``all`` energized islands, only those ``needed`` (not observable without), or ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
+from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity
+from openfeeder.model.grid import GridModel, lookup
+
+__all__ = [
+    "Observability",
+    "PseudoOptions",
+    "PseudoPolicy",
+    "check_observability",
+    "pseudo_measurements",
+]
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+
+
+class PseudoPolicy(StrEnum):
+    ALL = "all"
+    NEEDED = "needed"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class PseudoOptions:
+    """How pseudo-measurements are made (see the module docstring)."""
+
+    policy: PseudoPolicy = PseudoPolicy.NEEDED
+    load_p_mw: FloatArray | None = None
+    """Forecast active power per load (model order); None: the model's ``p_mw``."""
+    load_q_mvar: FloatArray | None = None
+    """Forecast reactive power per load; None: the model's ``q_mvar``."""
+    sigma_fraction: float = 0.5
+    sigma_floor_mw: float = 1e-3
+    voltage_sigma_pu: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", PseudoPolicy(self.policy))
+        for name in ("sigma_fraction", "sigma_floor_mw", "voltage_sigma_pu"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(f"PseudoOptions.{name} must be finite and > 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Observability:
+    """Per bus (model order): island, energized, observable; per island what is missing."""
+
+    bus_id: IntArray
+    island: IntArray
+    """Island label of each bus (connected through in-service branches and closed switches)."""
+    energized: BoolArray
+    """The bus's island has an in-service source."""
+    observable: BoolArray
+    injection_known: BoolArray
+    components: IntArray
+    """Per island: the number of components the measurements leave (1: angles determined)."""
+    voltage_reference: BoolArray
+    """Per island: it has a voltage magnitude measurement."""
+    islands_observable: BoolArray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def unobservable_bus_ids(self) -> IntArray:
+        return self.bus_id[self.energized & ~self.observable]
+
+    @property
+    def fully_observable(self) -> bool:
+        return not bool((self.energized & ~self.observable).any())
+
+    def as_dict(self) -> dict[str, Any]:
+        energized_islands = np.unique(self.island[self.energized])
+        return {
+            "observable": self.fully_observable,
+            "energized_buses": int(self.energized.sum()),
+            "observable_buses": int((self.energized & self.observable).sum()),
+            "unobservable_buses": self.unobservable_bus_ids.tolist(),
+            "islands": [
+                {
+                    "island": int(k),
+                    "buses": int((self.island == k).sum()),
+                    "observable": bool(self.islands_observable[k]),
+                    "components": int(self.components[k]),
+                    "voltage_reference": bool(self.voltage_reference[k]),
+                }
+                for k in energized_islands.tolist()
+            ],
+        }
+
+
+def check_observability(model: GridModel, located: LocatedMeasurements) -> Observability:
+    """Which energized buses the located measurements determine (see the module docstring)."""
+    n = model.bus.size
+    branches = located.branches
+    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
+    f, t = branches.from_row[live], branches.to_row[live]
+    n_islands, labels = connected_components(_graph(f, t, n), directed=False)
+    island: IntArray = labels.astype(np.int64)
+    source = model.source[model.source["in_service"]]
+    source_rows = lookup(model.bus["id"], source["bus"])
+    fed = np.zeros(n_islands, dtype=bool)
+    fed[island[source_rows]] = True
+    energized = fed[island]
+
+    injection_known = _injection_known(model, located)
+    voltage = located.of_quantity(Quantity.U, Quantity.U_PHASOR)
+    voltage_reference = np.zeros(n_islands, dtype=bool)
+    voltage_reference[island[located.bus_row[voltage]]] = True
+
+    unknown_per_island = np.bincount(island[~injection_known], minlength=n_islands)
+    quick = unknown_per_island <= 1
+    components = np.ones(n_islands, dtype=np.int64)
+    if not quick[island[energized]].all():
+        component = _propagate(located, f, t, live=live, injection_known=injection_known, n=n)
+        labels_per_island = _distinct_per_group(island, component, n_islands)
+        components = np.where(quick, 1, labels_per_island)
+    islands_observable = fed & (components == 1) & voltage_reference
+    return Observability(
+        bus_id=model.bus["id"].astype(np.int64),
+        island=island,
+        energized=energized,
+        observable=energized & islands_observable[island],
+        injection_known=injection_known,
+        components=components,
+        voltage_reference=voltage_reference,
+        islands_observable=islands_observable,
+    )
+
+
+def pseudo_measurements(
+    model: GridModel,
+    located: LocatedMeasurements,
+    observability: Observability,
+    options: PseudoOptions,
+) -> MeasurementSet:
+    """Pseudo-measurements for the islands ``options.policy`` selects (module docstring)."""
+    if options.policy is PseudoPolicy.NONE:
+        return MeasurementSet.empty()
+    if options.policy is PseudoPolicy.ALL:
+        chosen = np.unique(observability.island[observability.energized])
+    else:
+        chosen = np.unique(
+            observability.island[observability.energized & ~observability.observable]
+        )
+    wanted = np.zeros(observability.components.size, dtype=bool)
+    wanted[chosen] = True
+    measured = _measured_appliances(located)
+    bus_id = model.bus["id"]
+    parts: list[MeasurementSet] = []
+
+    load = model.load
+    p = load["p_mw"] if options.load_p_mw is None else np.asarray(options.load_p_mw, np.float64)
+    q = (
+        load["q_mvar"]
+        if options.load_q_mvar is None
+        else np.asarray(options.load_q_mvar, np.float64)
+    )
+    if p.shape != (load.size,) or q.shape != (load.size,):
+        raise ValueError(f"pseudo load forecasts need shape ({load.size},)")
+    for name, kind, values_p, values_q, sign in (
+        ("load", Target.LOAD, p, q, "load"),
+        ("generator", Target.GENERATOR, model.generator["p_mw"], model.generator["q_mvar"], "gen"),
+    ):
+        table = model.table(name)
+        if table.size == 0:
+            continue
+        bus_rows = lookup(bus_id, table["bus"])
+        pick = table["in_service"] & wanted[observability.island[bus_rows]]
+        pick &= observability.energized[bus_rows]
+        pick[measured.get(kind, np.zeros(0, dtype=np.int64))] = False
+        rows = np.flatnonzero(pick)
+        if rows.size == 0:
+            continue
+        s_mva = np.hypot(values_p[rows], values_q[rows])
+        sigma = np.maximum(options.sigma_fraction * s_mva, options.sigma_floor_mw)
+        parts.append(
+            MeasurementSet.from_columns(
+                [f"pseudo-{sign}-{i}" for i in table["id"][rows].tolist()],
+                Quantity.PQ,
+                element=table["id"][rows],
+                p_mw=values_p[rows],
+                q_mvar=values_q[rows],
+                p_sigma_mw=sigma,
+                q_sigma_mvar=sigma,
+                pseudo=True,
+            )
+        )
+
+    no_reference = wanted & ~observability.voltage_reference
+    source = model.source[model.source["in_service"]]
+    if no_reference.any() and source.size:
+        source_rows = lookup(bus_id, source["bus"])
+        island_of_source = observability.island[source_rows]
+        first = np.unique(island_of_source, return_index=True)[1]
+        keep = first[no_reference[island_of_source[first]]]
+        rows = source_rows[keep]
+        u_rated = model.bus["u_rated_kv"][rows]
+        parts.append(
+            MeasurementSet.from_columns(
+                [f"pseudo-u-{i}" for i in bus_id[rows].tolist()],
+                Quantity.U,
+                bus=bus_id[rows],
+                u_kv=source["u_ref_pu"][keep] * u_rated,
+                u_sigma_kv=options.voltage_sigma_pu * u_rated,
+                pseudo=True,
+            )
+        )
+    if not parts:
+        return MeasurementSet.empty()
+    return parts[0].concat(*parts[1:])
+
+
+# -- internals -------------------------------------------------------------------------------
+
+
+def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.ones(f.size, dtype=np.int8), (f, t)), shape=(n, n))
+
+
+def _measured_appliances(located: LocatedMeasurements) -> dict[Target, IntArray]:
+    pq = located.of_quantity(Quantity.PQ)
+    return {
+        kind: np.unique(located.target_row[pq & (located.target == kind)])
+        for kind in (Target.LOAD, Target.GENERATOR, Target.SOURCE)
+    }
+
+
+def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArray:
+    """Buses with a known injection: a bus ``pq``, all appliances measured, or none at all."""
+    n = model.bus.size
+    bus_id = model.bus["id"]
+    measured = _measured_appliances(located)
+    appliances = np.zeros(n, dtype=np.int64)
+    covered = np.zeros(n, dtype=np.int64)
+    for kind, name in (
+        (Target.LOAD, "load"),
+        (Target.GENERATOR, "generator"),
+        (Target.SOURCE, "source"),
+    ):
+        table = model.table(name)
+        on = np.asarray(table["in_service"], dtype=bool)
+        bus_rows = lookup(bus_id, table["bus"])
+        appliances += np.bincount(bus_rows[on], minlength=n)
+        hit = np.zeros(table.size, dtype=bool)
+        hit[measured[kind]] = True
+        covered += np.bincount(bus_rows[on & hit], minlength=n)
+    known = covered >= appliances
+    bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
+    known[located.bus_row[bus_pq]] = True
+    return known
+
+
+def _propagate(
+    located: LocatedMeasurements,
+    f: IntArray,
+    t: IntArray,
+    *,
+    live: BoolArray,
+    injection_known: BoolArray,
+    n: int,
+) -> IntArray:
+    """Component label per bus after rules 1 and 2 of the module docstring (index n: PMU ref)."""
+    branches = located.branches
+    flow = located.of_quantity(Quantity.PQ, Quantity.I_PHASOR) & (located.target == Target.BRANCH)
+    measured_branch = np.zeros(branches.id.size, dtype=bool)
+    measured_branch[located.target_row[flow]] = True
+    join = (branches.kind[live] == 2) | measured_branch[live]
+    merge_a = [f[join]]
+    merge_b = [t[join]]
+    pmu = located.bus_row[located.of_quantity(Quantity.U_PHASOR)]
+    merge_a.append(pmu)
+    merge_b.append(np.full(pmu.size, n, dtype=np.int64))
+    # each branch seen from both ends: (bus, other bus), for buses with a known injection
+    ends = np.concatenate([f, t])
+    others = np.concatenate([t, f])
+    at_known = injection_known[ends]
+    ends, others = ends[at_known], others[at_known]
+    while True:
+        a = np.concatenate(merge_a)
+        b = np.concatenate(merge_b)
+        labels = connected_components(_graph(a, b, n + 1), directed=False)[1]
+        component: IntArray = labels.astype(np.int64)
+        outside = component[others] != component[ends]
+        if not outside.any():
+            return component[:n]
+        bus, neighbour = ends[outside], component[others[outside]]
+        pairs = np.unique(np.stack([bus, neighbour], axis=1), axis=0)
+        count = np.bincount(pairs[:, 0], minlength=n)
+        single = pairs[count[pairs[:, 0]] == 1]
+        new = component[single[:, 0]] != single[:, 1]
+        if not new.any():
+            return component[:n]
+        # join the bus with (any bus of) the one neighbouring component
+        representative = np.full(n + 1, -1, dtype=np.int64)
+        representative[component[::-1]] = np.arange(n + 1)[::-1]
+        merge_a.append(single[new, 0])
+        merge_b.append(representative[single[new, 1]])
+
+
+def _distinct_per_group(group: IntArray, label: IntArray, groups: int) -> IntArray:
+    pairs = np.unique(np.stack([group, label], axis=1), axis=0)
+    return np.bincount(pairs[:, 0], minlength=groups).astype(np.int64)
