@@ -7,7 +7,9 @@
   each with a synthetic source scaled to its bus voltage and load; a progress line every few
   seconds and a summary (messages, readings, CPU time per message) at the end;
 - ``openfeeder algorithm package SOURCE -o FILE``: build an algorithm package from a folder (or a
-  built-in example by name); ``openfeeder algorithm builtin-list``: the shipped examples.
+  built-in example by name); ``openfeeder algorithm builtin-list``: the shipped examples;
+  ``openfeeder algorithm keygen`` / ``sign``: publisher keys and package signatures
+  (:mod:`openfeeder.cli.packages_cmd`).
 
 Agents run until SIGINT/SIGTERM (or ``--duration``), stop cleanly and exit 0.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import click
 
+from openfeeder.cli.packages_cmd import keygen_command, sign_command
 from openfeeder.config import Settings, load_settings
 from openfeeder.iot.agent.fleet import (
     MAX_AGENTS_PER_PROCESS,
@@ -322,3 +325,7 @@ def builtin_list_command(as_json: bool) -> None:
             f"{row['name']} {row['version']}: {row['description']}\n"
             f"  inputs: {', '.join(row['inputs'])}\n  outputs: {', '.join(row['outputs'])}"
         )
+
+
+algorithm_group.add_command(keygen_command)
+algorithm_group.add_command(sign_command)

@@ -45,7 +45,11 @@ def _client_options(function: _F) -> _F:
 
 def _client(url: str | None, config_file: Path | None) -> CatalogClient:
     settings = load_settings(config_file)
-    return CatalogClient(url or settings.catalog.url, timeout_s=settings.catalog.request_timeout_s)
+    return CatalogClient(
+        url or settings.catalog.url,
+        timeout_s=settings.catalog.request_timeout_s,
+        token=settings.access.service_token(),  # [access] token_file: the operator's token
+    )
 
 
 @click.group("catalog")
@@ -161,13 +165,27 @@ def services_command(url: str | None, config_file: Path | None, as_json: bool) -
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Package name ([A-Za-z0-9_.-]{1,64}).")
 @click.option("--version", "version", required=True, help="Package version, e.g. 1.0.2.")
+@click.option(
+    "--signature",
+    "signature_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The publisher's signature (openfeeder algorithm sign); without it the catalog signs.",
+)
 @_client_options
 def upload_command(
-    file: Path, name: str, version: str, url: str | None, config_file: Path | None
+    *,
+    file: Path,
+    name: str,
+    version: str,
+    signature_file: Path | None,
+    url: str | None,
+    config_file: Path | None,
 ) -> None:
     """Upload FILE to the algorithm repository as NAME VERSION."""
+    signature = signature_file.read_text(encoding="utf-8").strip() if signature_file else None
     with _client(url, config_file) as client:
-        info = client.upload_algorithm(name, version, file.read_bytes())
+        info = client.upload_algorithm(name, version, file.read_bytes(), signature=signature)
     click.echo(f"{info.name} {info.version}: {info.size_bytes} bytes, sha256 {info.sha256}")
     click.echo(f"download: {info.url}")
 

@@ -19,6 +19,7 @@ from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
+from openfeeder.services.access import AccessControl
 from openfeeder.services.flisr.api import create_app
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident, Step
@@ -45,7 +46,11 @@ async def serve_flisr(
     ready: Callable[[FlisrCoordinator, str], None] | None = None,
 ) -> None:
     """Run the coordinator and its REST API until ``stop`` is set."""
-    catalog = CatalogClient(settings.catalog.url, timeout_s=settings.catalog.request_timeout_s)
+    catalog = CatalogClient(
+        settings.catalog.url,
+        timeout_s=settings.catalog.request_timeout_s,
+        token=settings.access.service_token(),
+    )
     try:
         grid = model if model is not None else await asyncio.to_thread(_model_from_catalog, catalog)
         coordinator = FlisrCoordinator(
@@ -54,7 +59,10 @@ async def serve_flisr(
         await asyncio.to_thread(coordinator.start)
         try:
             server = HttpServer(
-                create_app(coordinator),
+                create_app(
+                    coordinator,
+                    access=AccessControl.from_settings(settings.access, service="flisr"),
+                ),
                 host=settings.flisr.listen_host,
                 port=settings.flisr.listen_port,
             )
