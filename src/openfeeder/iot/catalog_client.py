@@ -460,9 +460,10 @@ class CatalogClient:
 
     def enrolments(self) -> list[EnrolmentInfo]:
         """Every enrolment the catalog holds (pending ones wait for an operator)."""
-        return [EnrolmentInfo.model_validate(item) for item in self._json(
-            self._request("GET", "/v1/enrolments")
-        )]
+        return [
+            EnrolmentInfo.model_validate(item)
+            for item in self._json(self._request("GET", "/v1/enrolments"))
+        ]
 
     def decide_enrolment(self, device_id: str, *, approve: bool) -> EnrolmentInfo:
         """An operator approves (the certificate is issued) or rejects a pending enrolment."""

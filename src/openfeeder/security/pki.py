@@ -322,6 +322,20 @@ class CertificateAuthority:
         against what the caller (the catalog, after the enrolment secret or an operator's approval)
         decided, never taken on trust.
         """
+        public = self.check_csr(csr_pem, name=name)
+        cert = self._build(name, role=role, public=public, hosts=(), valid_days=valid_days)
+        return IssuedIdentity(
+            name=name,
+            role=role,
+            serial=cert.serial_number,
+            not_after=cert.not_valid_after_utc,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+    @staticmethod
+    def check_csr(csr_pem: bytes, *, name: str) -> ec.EllipticCurvePublicKey:
+        """The key of a well-formed CSR for ``name``: PEM, signed by its key, ECDSA P-256, CN
+        equal to ``name``; :class:`PkiError` saying which check failed otherwise."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as err:
@@ -343,14 +357,7 @@ class CertificateAuthority:
             raise PkiError(
                 f"{name}: the CSR asks for CN={asked!r}, not the enrolled name {name!r}", name=name
             )
-        cert = self._build(name, role=role, public=public, hosts=(), valid_days=valid_days)
-        return IssuedIdentity(
-            name=name,
-            role=role,
-            serial=cert.serial_number,
-            not_after=cert.not_valid_after_utc,
-            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
-        )
+        return public
 
     def _build(
         self,

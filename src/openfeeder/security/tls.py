@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from openfeeder.security.pki import ISSUED_DIR, CertificateAuthority, PkiError
+from openfeeder.config import SecuritySettings
+from openfeeder.security.pki import (
+    ISSUED_DIR,
+    CertificateAuthority,
+    PkiError,
+    certificate_identity,
+    load_certificate,
+)
 
 __all__ = [
     "DEFAULT_MIN_VERSION",
@@ -27,8 +34,10 @@ __all__ = [
     "TlsVersionName",
     "client_context",
     "issued_files",
+    "own_identity",
     "peer_identity",
     "server_context",
+    "tls_files_from",
 ]
 
 TlsVersionName = Literal["1.2", "1.3"]
@@ -88,6 +97,22 @@ def issued_files(
         if path is not None and not path.exists():
             raise PkiError(f"{path}: {name} was not issued here", path=path, name=name)
     return files
+
+
+def tls_files_from(security: SecuritySettings) -> TlsFiles | None:
+    """The ``[security]`` files of this party (None when no CA is configured)."""
+    if security.ca_file is None:
+        return None
+    return TlsFiles(
+        security.ca_file, security.cert_file, security.key_file, security.tls_min_version
+    )
+
+
+def own_identity(files: TlsFiles | None, *, default: str) -> str:
+    """The CN of this party's certificate, or ``default`` without one."""
+    if files is None or files.cert_file is None:
+        return default
+    return certificate_identity(load_certificate(files.cert_file))[0]
 
 
 def _version(name: str) -> ssl.TLSVersion:

@@ -25,6 +25,7 @@ from typing import Any, Final
 import uvicorn
 
 from openfeeder.config import LoggingSettings
+from openfeeder.security.tls import TlsFiles
 
 __all__ = ["HttpServer", "JsonLineFormatter", "configure_logging", "run_service"]
 
@@ -111,9 +112,13 @@ class _QuietServer(uvicorn.Server):
 
 
 class HttpServer:
-    """An ASGI app served by uvicorn in the current event loop, on a socket bound up front."""
+    """An ASGI app served by uvicorn in the current event loop, on a socket bound up front.
 
-    def __init__(self, app: Any, *, host: str, port: int) -> None:
+    With ``tls`` it serves HTTPS (TLS 1.3 unless ``tls.min_version`` says otherwise) with the
+    certificate and key of ``tls``; clients verify it against the platform CA.
+    """
+
+    def __init__(self, app: Any, *, host: str, port: int, tls: TlsFiles | None = None) -> None:
         # IPPROTO_TCP explicitly: accepted sockets inherit it, and asyncio sets TCP_NODELAY only on
         # sockets that say they are TCP; without it Nagle and delayed ACKs add 40 ms per response.
         self._socket = socket.socket(
@@ -130,6 +135,17 @@ class HttpServer:
         self._socket.listen(2048)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
+        self.tls = tls
+        options: dict[str, Any] = {}
+        if tls is not None:
+            # the files' own context: the platform's minimum TLS version (uvicorn has no setting
+            # for it); client certificates are not asked for (REST authorization is by token)
+            context = tls.server_context(require_client_cert=False)
+            options = {
+                "ssl_certfile": str(tls.cert_file),
+                "ssl_keyfile": str(tls.key_file),
+                "ssl_context_factory": lambda _config, _default: context,
+            }
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -137,12 +153,14 @@ class HttpServer:
             lifespan="off",
             timeout_graceful_shutdown=5,
             backlog=2048,
+            **options,
         )
         self._server = _QuietServer(config)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down gracefully and close the socket."""

@@ -24,11 +24,11 @@ from typing import Final, Self
 
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
+from openfeeder.iot.mqtt import Messenger
 from openfeeder.security.acl import AccessTable
 from openfeeder.security.mosquitto import DYNSEC_TOPIC
 from openfeeder.security.pki import CertificateAuthority
 from openfeeder.security.tls import own_identity, tls_files_from
-from openfeeder.iot.mqtt import Messenger
 from openfeeder.services.access import AccessControl
 from openfeeder.services.catalog.access_sync import AccessSync
 from openfeeder.services.catalog.api import create_app

@@ -1,0 +1,219 @@
+"""Device enrolment: a device sends a certificate signing request and gets its X.509 identity.
+
+A device makes its own key (it never leaves the device) and POSTs a CSR whose CN is its device id:
+
+- with the installation's **enrolment secret** (``[security] enrolment_secret_file``, compared in
+  constant time) the CA (``[security] pki_dir``) signs it at once: ``201`` with the certificate and
+  the CA certificate to trust;
+- without it (or with a wrong one) the request is **pending** (``202``) until an operator approves
+  it (``POST /v1/enrolments/{id}/approve``, ``openfeeder catalog enrolments approve ID``) or rejects
+  it; the device polls ``GET /v1/enrolments/{id}``.
+
+A CSR whose CN is not the device id in the path, whose signature is wrong, or whose key is not
+ECDSA P-256 is refused (422, field ``csr_pem``). Pending requests live in memory: a catalog restart
+forgets them and the devices ask again. What the CA issued is in its index
+(``pki_dir/index.json``).
+
+====== ================================ ==============================================
+method path                             what
+====== ================================ ==============================================
+POST   /v1/enrolments/{id}              CSR (+ secret) -> 201 issued / 202 pending
+GET    /v1/enrolments                   every enrolment held (pending ones first)
+GET    /v1/enrolments/{id}              one enrolment (a pending device polls it)
+POST   /v1/enrolments/{id}/approve      issue the certificate of a pending request
+POST   /v1/enrolments/{id}/reject       refuse a pending request
+====== ================================ ==============================================
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+
+from openfeeder.iot.access import DEVICE_ROLE
+from openfeeder.iot.catalog_client import EnrolmentInfo, EnrolmentRequest, EnrolmentStatus
+from openfeeder.iot.topics import ID_PATTERN
+from openfeeder.security.pki import CertificateAuthority, PkiError
+from openfeeder.security.policy import AccessRequest
+from openfeeder.services.access import AccessControl, Caller, Reader
+from openfeeder.services.catalog.problems import ProblemError, ProblemKind, not_found
+
+__all__ = ["Enrolments", "enrolment_router"]
+
+_LOG = logging.getLogger(__name__)
+DeviceIdPath = Annotated[
+    str, Path(pattern=f"^{ID_PATTERN.pattern}$", description="device id ([A-Za-z0-9_.-]{1,64})")
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _Enrolment:
+    device_id: str
+    status: EnrolmentStatus
+    requested_ns: int
+    csr_pem: bytes
+    certificate_pem: str | None = None
+    detail: str = ""
+
+
+class Enrolments:
+    """The catalog's enrolment desk over a CA (see the module docstring). Thread-safe."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        *,
+        secret: str | None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._ca = ca
+        self._secret = secret.encode("utf-8") if secret else None
+        self._clock_ns = clock_ns
+        self._held: dict[str, _Enrolment] = {}
+        self._lock = threading.Lock()
+
+    def _info(self, enrolment: _Enrolment) -> EnrolmentInfo:
+        issued = enrolment.status is EnrolmentStatus.ISSUED
+        return EnrolmentInfo(
+            device_id=enrolment.device_id,
+            status=enrolment.status,
+            requested_ns=enrolment.requested_ns,
+            certificate_pem=enrolment.certificate_pem,
+            ca_pem=self._ca.certificate_pem.decode("ascii") if issued else None,
+            detail=enrolment.detail,
+        )
+
+    def _secret_ok(self, secret: str | None) -> bool:
+        if self._secret is None or secret is None:
+            return False
+        return hmac.compare_digest(self._secret, secret.encode("utf-8"))
+
+    def _sign(self, enrolment: _Enrolment) -> _Enrolment:
+        try:
+            issued = self._ca.sign_csr(
+                enrolment.csr_pem, name=enrolment.device_id, role=DEVICE_ROLE
+            )
+        except PkiError as err:
+            raise ProblemError(ProblemKind.INVALID, 422, str(err), field="csr_pem") from err
+        _LOG.info(
+            "device certificate issued device_id=%s serial=%x",
+            enrolment.device_id,
+            issued.serial,
+            extra={"event": "enrolment_issued", "device_id": enrolment.device_id},
+        )
+        return replace(
+            enrolment,
+            status=EnrolmentStatus.ISSUED,
+            certificate_pem=issued.certificate_pem.decode("ascii"),
+            detail="",
+        )
+
+    def request(self, device_id: str, request: EnrolmentRequest) -> EnrolmentInfo:
+        """A device's CSR: issued at once with the secret, otherwise pending (checked first)."""
+        csr = request.csr_pem.encode("ascii", errors="replace")
+        enrolment = _Enrolment(device_id, EnrolmentStatus.PENDING, self._clock_ns(), csr)
+        with self._lock:
+            if self._secret_ok(request.secret):
+                enrolment = self._sign(enrolment)
+            else:
+                self._check_csr(enrolment)
+                _LOG.info(
+                    "enrolment waits for approval device_id=%s",
+                    device_id,
+                    extra={"event": "enrolment_pending", "device_id": device_id},
+                )
+            self._held[device_id] = enrolment
+            return self._info(enrolment)
+
+    def _check_csr(self, enrolment: _Enrolment) -> None:
+        """Refuse a malformed CSR now rather than at approval (nothing is issued here)."""
+        probe = CertificateAuthority.check_csr
+        try:
+            probe(enrolment.csr_pem, name=enrolment.device_id)
+        except PkiError as err:
+            raise ProblemError(ProblemKind.INVALID, 422, str(err), field="csr_pem") from err
+
+    def get(self, device_id: str) -> EnrolmentInfo:
+        with self._lock:
+            enrolment = self._held.get(device_id)
+            if enrolment is None:
+                raise not_found("enrolment", device_id, field="device_id")
+            return self._info(enrolment)
+
+    def all(self) -> list[EnrolmentInfo]:
+        with self._lock:
+            held = sorted(
+                self._held.values(),
+                key=lambda e: (e.status is not EnrolmentStatus.PENDING, e.device_id),
+            )
+            return [self._info(enrolment) for enrolment in held]
+
+    def decide(self, device_id: str, *, approve: bool) -> EnrolmentInfo:
+        """An operator's decision on a pending enrolment (409 if it is not pending)."""
+        with self._lock:
+            enrolment = self._held.get(device_id)
+            if enrolment is None:
+                raise not_found("enrolment", device_id, field="device_id")
+            if enrolment.status is not EnrolmentStatus.PENDING:
+                raise ProblemError(
+                    ProblemKind.CONFLICT,
+                    409,
+                    f"enrolment of {device_id} is {enrolment.status}, not pending",
+                    field="device_id",
+                )
+            if approve:
+                enrolment = self._sign(enrolment)
+            else:
+                enrolment = replace(
+                    enrolment, status=EnrolmentStatus.REJECTED, detail="rejected by an operator"
+                )
+            self._held[device_id] = enrolment
+            return self._info(enrolment)
+
+
+def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter:
+    """The REST endpoints of :class:`Enrolments` (included by the catalog's app). Approving and
+    rejecting are operator actions (operation ``catalog.enrolment.decide`` of ``[access]``)."""
+    router = APIRouter(prefix="/v1/enrolments", tags=["enrolment"])
+
+    @router.post("/{device_id}", status_code=201)
+    async def enrol(
+        device_id: DeviceIdPath, request: EnrolmentRequest, response: Response
+    ) -> EnrolmentInfo:
+        """A device's CSR (+ secret): 201 with the certificate, or 202 pending approval."""
+        info = enrolments.request(device_id, request)
+        response.status_code = 201 if info.status is EnrolmentStatus.ISSUED else 202
+        return info
+
+    @router.get("")
+    async def list_enrolments(_reader: Reader) -> list[EnrolmentInfo]:
+        return enrolments.all()
+
+    @router.get("/{device_id}")
+    async def get_enrolment(device_id: DeviceIdPath) -> EnrolmentInfo:
+        return enrolments.get(device_id)
+
+    def decide(device_id: str, request: Request, caller: Caller, *, approve: bool) -> EnrolmentInfo:
+        wanted = AccessRequest(
+            operation="catalog.enrolment.decide",
+            target=f"enrolment {device_id}",
+        )
+        access.authorize(caller, wanted, request)
+        return enrolments.decide(device_id, approve=approve)
+
+    @router.post("/{device_id}/approve")
+    async def approve(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
+        return decide(device_id, request, caller, approve=True)
+
+    @router.post("/{device_id}/reject")
+    async def reject(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
+        return decide(device_id, request, caller, approve=False)
+
+    return router
