@@ -19,6 +19,7 @@ from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
 from openfeeder.cli.flisr_cmd import flisr_group
 from openfeeder.cli.historian_cmd import historian_group
+from openfeeder.cli.pki_cmd import pki_group
 from openfeeder.cli.token_cmd import token_group
 from openfeeder.cli.twin_cmd import twin_group
 from openfeeder.errors import OpenFeederError
@@ -47,6 +48,7 @@ cli.add_command(algorithm_group)
 cli.add_command(twin_group)
 cli.add_command(flisr_group)
 cli.add_command(token_group)
+cli.add_command(pki_group)
 
 
 def main(argv: list[str] | None = None) -> int:
