@@ -12,6 +12,7 @@ import click
 from openfeeder import __version__
 from openfeeder.cli.agent_cmd import agent_command, algorithm_group, meters_command
 from openfeeder.cli.analysis_cmd import pf_command, topology_command
+from openfeeder.cli.audit_cmd import audit_group
 from openfeeder.cli.broker_cmd import broker_command
 from openfeeder.cli.case_cmd import case_group, cases_command
 from openfeeder.cli.catalog_cmd import catalog_group
@@ -19,6 +20,7 @@ from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
 from openfeeder.cli.flisr_cmd import flisr_group
 from openfeeder.cli.historian_cmd import historian_group
+from openfeeder.cli.keys_cmd import keys_group
 from openfeeder.cli.pki_cmd import pki_group
 from openfeeder.cli.token_cmd import token_group
 from openfeeder.cli.twin_cmd import twin_group
@@ -47,6 +49,8 @@ cli.add_command(meters_command)
 cli.add_command(algorithm_group)
 cli.add_command(twin_group)
 cli.add_command(flisr_group)
+cli.add_command(keys_group)
+cli.add_command(audit_group)
 cli.add_command(token_group)
 cli.add_command(pki_group)
 
