@@ -245,15 +245,9 @@ def _sensors(
     )
     out: dict[ComponentType, npt.NDArray[np.void]] = {}
 
-    voltage = np.flatnonzero(located.of_quantity(Quantity.U, Quantity.U_PHASOR))
-    if voltage.size:
-        sensor = initialize_array(DatasetType.input, ComponentType.sym_voltage_sensor, voltage.size)
-        sensor["id"] = next_id + voltage
-        sensor["measured_object"] = model.bus["id"][located.bus_row[voltage]]
-        sensor["u_sigma"] = table["u_sigma_kv"][voltage] * 1e3
-        sensor["u_measured"] = table["u_kv"][voltage] * 1e3
-        sensor["u_angle_measured"] = np.deg2rad(table["u_angle_deg"][voltage])
-        out[ComponentType.sym_voltage_sensor] = sensor
+    voltage = _voltage_sensors(model, located, next_id)
+    if voltage is not None:
+        out[ComponentType.sym_voltage_sensor] = voltage
 
     power = np.flatnonzero(located.of_quantity(Quantity.PQ))
     if power.size:
@@ -290,6 +284,46 @@ def _sensors(
         )
         out[ComponentType.sym_current_sensor] = sensor
     return out
+
+
+def _voltage_sensors(
+    model: GridModel, located: LocatedMeasurements, next_id: int
+) -> npt.NDArray[np.void] | None:
+    """Voltage sensors; a magnitude at a bus that also has a phasor is merged into the phasor(s).
+
+    The engine merges all sensors of a bus into one and drops the angle when one of them has
+    none; inverse-variance weighting of the magnitudes here keeps the angle and the information.
+    """
+    table = located.measurements.table
+    magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
+    phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
+    if magnitude.size + phasor.size == 0:
+        return None
+    n = model.bus.size
+    u_kv = table["u_kv"].copy()
+    sigma_kv = table["u_sigma_kv"].copy()
+    phasor_buses = np.zeros(n, dtype=bool)
+    phasor_buses[located.bus_row[phasor]] = True
+    merged = magnitude[phasor_buses[located.bus_row[magnitude]]]
+    if merged.size:
+        buses = located.bus_row[merged]
+        weight = np.bincount(buses, 1.0 / sigma_kv[merged] ** 2, n)
+        weighted = np.bincount(buses, u_kv[merged] / sigma_kv[merged] ** 2, n)
+        # each phasor sensor at such a bus takes an equal share of the magnitudes' information
+        share = np.bincount(located.bus_row[phasor], minlength=n).astype(np.float64)
+        b = located.bus_row[phasor]
+        w_phasor = 1.0 / sigma_kv[phasor] ** 2
+        w_extra = weight[b] / share[b]
+        u_kv[phasor] = (u_kv[phasor] * w_phasor + weighted[b] / share[b]) / (w_phasor + w_extra)
+        sigma_kv[phasor] = 1.0 / np.sqrt(w_phasor + w_extra)
+    rows = np.concatenate([np.setdiff1d(magnitude, merged), phasor])
+    sensor = initialize_array(DatasetType.input, ComponentType.sym_voltage_sensor, rows.size)
+    sensor["id"] = next_id + rows
+    sensor["measured_object"] = model.bus["id"][located.bus_row[rows]]
+    sensor["u_sigma"] = sigma_kv[rows] * 1e3
+    sensor["u_measured"] = u_kv[rows] * 1e3
+    sensor["u_angle_measured"] = np.deg2rad(table["u_angle_deg"][rows])
+    return sensor
 
 
 def _terminal(located: LocatedMeasurements, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int8]:

@@ -62,6 +62,9 @@ DEFAULT_CHI2_CONFIDENCE: Final = 0.99
 DEFAULT_LNR_THRESHOLD: Final = 3.0
 DEFAULT_MAX_BAD_DATA: Final = 10
 DEFAULT_EXACT_ROWS: Final = 20_000
+DEFAULT_ERROR_TOLERANCE_PU: Final = 1e-6
+"""Largest voltage change (pu) of the engine's last iteration: far below any meter's noise."""
+DEFAULT_MAX_ITERATIONS: Final = 100
 _ANGLE_TOLERANCE_RAD: Final = 1e-4
 _MAX_ANGLE_PASSES: Final = 10
 _METHODS: Final = {
@@ -90,8 +93,8 @@ def estimate_state(
     lnr_threshold: float = DEFAULT_LNR_THRESHOLD,
     max_bad_data: int = DEFAULT_MAX_BAD_DATA,
     exact_rows: int = DEFAULT_EXACT_ROWS,
-    error_tolerance: float = 1e-8,
-    max_iterations: int = 50,
+    error_tolerance: float = DEFAULT_ERROR_TOLERANCE_PU,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
     file: str | None = None,
 ) -> StateEstimate:
     """Estimate the state of ``model`` from ``measurements`` (see the module docstring).
