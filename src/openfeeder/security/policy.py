@@ -190,13 +190,15 @@ class Policy:
     """Area name -> the feeder areas it is made of."""
 
     def decide(self, principal: Principal, request: AccessRequest) -> Decision:
-        closest: tuple[int, Rule, list[str]] | None = None
+        closest: tuple[tuple[bool, int], Rule, list[str]] | None = None
         for rule in self.rules:
             failures = rule.check(principal, request)
             if not failures:
                 return Decision(True, f"allowed by rule '{rule.name}'", rule.name)
-            if closest is None or len(failures) < closest[0]:
-                closest = (len(failures), rule, failures)
+            # closest: a rule of the caller's own roles first, then the fewest failures
+            rank = (not rule.roles & principal.roles, len(failures))
+            if closest is None or rank < closest[0]:
+                closest = (rank, rule, failures)
         if closest is None:
             return Decision(False, "no rule allows anything (empty policy)")
         _, rule, failures = closest

@@ -19,7 +19,7 @@ single-user installs need no tokens.
 **Areas** (:class:`GridAreas`): the area of a place on the grid is the feeder that supplies it in
 the grid's *normal* switch state, named ``feeder-<head switch id>`` (buses above the feeder heads:
 ``substation``), so an area does not move when FLISR reconfigures the grid. A switch touches the
-areas of both its ends (a tie switch: two feeders). The policy file's ``[areas]`` table groups
+areas of both its ends (a tie switch: two feeders; a feeder-head breaker: its feeder only). The policy file's ``[areas]`` table groups
 feeder areas under one name (``north = ["feeder-12", "feeder-40"]``).
 """
 
@@ -330,11 +330,15 @@ class GridAreas:
         return self._policy.area_names(feeders)
 
     def of_switches(self, switch_ids: Iterable[int]) -> frozenset[str]:
-        """Areas of both ends of each switch; an unknown id touches no area (the catalog refuses
-        it with its own 422)."""
+        """Areas of both ends of each switch (a feeder head belongs to its feeder, not to the
+        substation above it); an unknown id touches no area (the catalog refuses it itself)."""
         rows = lookup(self._switch_ids, list(switch_ids))
-        buses = self._switch_buses[rows[rows >= 0]].ravel()
-        return self.of_buses(int(b) for b in buses)
+        touched: set[str] = set()
+        for row in rows[rows >= 0].tolist():
+            ends = self.of_buses(int(b) for b in self._switch_buses[row])
+            feeders = ends - {SUBSTATION_AREA}
+            touched |= feeders or ends
+        return frozenset(touched)
 
     def of_location(self, location: Location | None) -> frozenset[str]:
         if location is None:
