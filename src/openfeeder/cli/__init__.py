@@ -22,6 +22,7 @@ from openfeeder.cli.flisr_cmd import flisr_group
 from openfeeder.cli.historian_cmd import historian_group
 from openfeeder.cli.keys_cmd import keys_group
 from openfeeder.cli.pki_cmd import pki_group
+from openfeeder.cli.se_cmd import se_command
 from openfeeder.cli.token_cmd import token_group
 from openfeeder.cli.twin_cmd import twin_group
 from openfeeder.errors import OpenFeederError
@@ -49,6 +50,7 @@ cli.add_command(meters_command)
 cli.add_command(algorithm_group)
 cli.add_command(twin_group)
 cli.add_command(flisr_group)
+cli.add_command(se_command)
 cli.add_command(keys_group)
 cli.add_command(audit_group)
 cli.add_command(token_group)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from openfeeder.cli.render import console, model_size_line
+from openfeeder.cli.se_cmd import twin_measurements_command
 from openfeeder.sim.clock import NS_PER_S
 from openfeeder.sim.scenario import builtin_scenarios, load_scenario
 from openfeeder.sim.twin import Twin, TwinRun
@@ -21,6 +22,9 @@ __all__ = ["twin_group"]
 @click.group("twin")
 def twin_group() -> None:
     """The digital twin: time-stepped grid, devices, faults, waveforms."""
+
+
+twin_group.add_command(twin_measurements_command)
 
 
 @twin_group.command("scenarios")
