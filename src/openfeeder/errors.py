@@ -23,6 +23,9 @@ catch them all; below it, the branches follow what the caller can do about it::
     +-- PackageError              (iot.agent.packages) an algorithm package is invalid or unverified
     +-- SecurityError             a security check failed or security material is unusable
     |   +-- AuditError            (security.audit) the audit log cannot be written or read
+    |   +-- SignatureError        (security.signing) a signed package metadata or token was
+    |   |                         refused; carries reason (unsigned, expired, ...) and key id
+    |   +-- AccessDeniedError     (services.access) a REST call refused: status 401 or 403
     |   +-- KeyStoreError         (security.keys) a key is unknown, destroyed or in the wrong state
     |   +-- PayloadRejectedError  (security.payload) a protected message failed authentication or
     |   |                         replay checks; carries topic, sender id and reason
