@@ -52,7 +52,7 @@ def metered(
     voltage_every: int = 3,
     noise: bool = True,
 ) -> MeasurementSet:
-    """Noisy measurements of ``flow``: P/Q of a share of the loads (class 1 meters), the voltage
+    """Noisy measurements of ``flow``: P/Q of a share of the loads and generators, the voltage
     of every ``voltage_every``-th bus (class 0.5) and P/Q at both ends of every closed switch."""
     rng = np.random.default_rng(seed)
     scale = 1.0 if noise else 0.0
@@ -67,6 +67,21 @@ def metered(
                 "id": f"meter-{load['id'][row]}",
                 "quantity": "pq",
                 "element": int(load["id"][row]),
+                "p_mw": p + scale * sigma * rng.normal(),
+                "q_mvar": q + scale * sigma * rng.normal(),
+                "p_sigma_mw": sigma,
+                "q_sigma_mvar": sigma,
+            }
+        )
+    gen = model.generator
+    for row in np.flatnonzero(rng.random(gen.size) < load_share).tolist():
+        p, q = float(gen["p_mw"][row]), float(gen["q_mvar"][row])
+        sigma = max(0.007 * float(np.hypot(p, q)), 1e-5)
+        records.append(
+            {
+                "id": f"meter-{gen['id'][row]}",
+                "quantity": "pq",
+                "element": int(gen["id"][row]),
                 "p_mw": p + scale * sigma * rng.normal(),
                 "q_mvar": q + scale * sigma * rng.normal(),
                 "p_sigma_mw": sigma,
