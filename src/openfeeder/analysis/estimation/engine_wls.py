@@ -5,8 +5,9 @@ The model's engine input (:mod:`openfeeder.analysis.engine_input`) gets one sens
 - ``u`` / ``u_phasor``: a ``sym_voltage_sensor`` (line-to-line volts; the angle only for a phasor);
 - ``pq``: a ``sym_power_sensor`` on the node (injection), the appliance, or the branch end;
 - ``i_phasor``: a ``sym_current_sensor`` with a global angle;
-- ``i`` (magnitude only): a ``sym_current_sensor`` with a *local* angle (current against the
-  voltage at that end) pinned to the angle the caller passes, normally the previous estimate's. At
+- ``i`` (magnitude only): a ``sym_current_sensor`` with a *local* angle (the angle by which the
+  current lags the voltage at that end, ``atan2(Q, P)``) pinned to the angle the caller passes,
+  normally the previous estimate's. At
   a fixed point (pinned angle = estimated angle) the residual lies along the measured magnitude,
   so the estimate is the one of a magnitude-only measurement (see :mod:`.estimator`).
 

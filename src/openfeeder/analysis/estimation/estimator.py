@@ -269,7 +269,11 @@ def _solve(
 def _prior_local_angles(
     model: GridModel, located: LocatedMeasurements, rows: npt.NDArray[np.int64]
 ) -> FloatArray:
-    """Local current angles at measured branch ends in a power flow of the model's own loads."""
+    """Local current angles at measured branch ends in a power flow of the model's own loads.
+
+    The engine's local angle is the one by which the current lags the voltage at that end, i.e.
+    the angle of ``S = V I*``: ``atan2(Q, P)``.
+    """
     from openfeeder.analysis.powerflow import run_power_flow
 
     try:
@@ -280,7 +284,7 @@ def _prior_local_angles(
     to = located.measurements.table["end"][rows] == END_TO
     p = np.where(to, flow.branch["p_to_mw"][branch], flow.branch["p_from_mw"][branch])
     q = np.where(to, flow.branch["q_to_mvar"][branch], flow.branch["q_from_mvar"][branch])
-    angle: FloatArray = -np.arctan2(q, p)
+    angle: FloatArray = np.arctan2(q, p)
     return angle
 
 
@@ -291,7 +295,7 @@ def _estimated_local_angles(
     to = located.measurements.table["end"][rows] == END_TO
     p = np.where(to, estimate.branch["p_to_mw"][branch], estimate.branch["p_from_mw"][branch])
     q = np.where(to, estimate.branch["q_to_mvar"][branch], estimate.branch["q_from_mvar"][branch])
-    angle: FloatArray = -np.arctan2(np.nan_to_num(q), np.nan_to_num(p))
+    angle: FloatArray = np.arctan2(np.nan_to_num(q), np.nan_to_num(p))
     return angle
 
 
