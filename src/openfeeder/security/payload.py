@@ -114,13 +114,14 @@ _TRAFFIC_BY_CODE: Final = {code: traffic for traffic, code in _TRAFFIC_CODES.ite
 #: Message class (the topic level, ``openfeeder.iot.topics.MessageClass``) -> traffic class.
 #: ``status`` is absent on purpose: a last will is fixed when a link connects, so it cannot carry
 #: a fresh sequence number; liveness carries no grid data and travels under TLS only.
+#: ``committed`` is absent because the historian publishes it through its own lean MQTT link,
+#: which does not seal; add it (as control) once the historian seals its marks.
 DEFAULT_TRAFFIC: Final[Mapping[str, TrafficClass]] = MappingProxyType(
     {
         "cmd": TrafficClass.CONTROL,
         "ack": TrafficClass.CONTROL,
         "config": TrafficClass.CONTROL,
         "topology": TrafficClass.CONTROL,
-        "committed": TrafficClass.CONTROL,
         "event": TrafficClass.PROTECTION,
         "meas": TrafficClass.MONITORING,
         "algo": TrafficClass.MONITORING,
