@@ -387,6 +387,7 @@ def _measure(incident: Any, fault: dict[str, Any], fault_ns: int) -> dict[str, A
         "round_trips_ms": _round_trips_ms(incident),
         "unserved_customers": incident.summary.get("unserved_customers"),
         "failed_switches": list(incident.failed_switches),
+        "steps": [step.as_dict(start) for step in incident.steps],
     }
     if restored is not None and start is not None and trip is not None:
         trip_device_ns = int(trip.detail.get("device_t_ns", trip.t_ns))

@@ -3,7 +3,8 @@
 Inputs (``on_message``): every device's events and status. It keeps the fault indicators that
 latched, the fault records (phasors before and during the fault) and which devices are offline;
 when the feeder-head breaker this device watches opens (its own ``switch_position`` event), it runs
-:func:`openfeeder.analysis.flisr.location.locate_fault` on what it collected and publishes the
+:func:`openfeeder.analysis.flisr.location.locate_fault` on what it collected, on the topology the
+switches' position events describe (a grid already reconfigured by FLISR), and publishes the
 faulted line, its buses and the distance from the line's from bus (``algo/<device>/floc``). The
 FLISR coordinator in its edge variant isolates and restores from that.
 
@@ -14,10 +15,11 @@ feeder head), ``devices`` (device id -> [bus id, element id or null], from the d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from openfeeder.analysis.flisr.location import FAULT_TYPES, PhasorRecord, locate_fault
+from openfeeder.errors import MessagingError
 from openfeeder.iot.fault_record import FAULT_RECORD_EVENT, parse_record
 from openfeeder.iot.schema import (
     Event,
@@ -34,12 +36,25 @@ from openfeeder.model.cases import resolve_case
 
 if TYPE_CHECKING:
     from openfeeder.iot.agent.plugins import AlgorithmContext
+    from openfeeder.model.grid import GridModel
 
 
 class FaultLocator:
     """Collects indicators and records; locates the fault when its breaker trips."""
 
     def start(self, context: AlgorithmContext) -> None:
+        self.positions: dict[int, bool] = {}
+        self.offline: set[str] = set()
+        self.undecodable = 0
+        self._configure(context)
+        self.reset()
+
+    def reconfigure(self, context: AlgorithmContext) -> None:
+        """New parameters or grid part (e.g. after FLISR published a topology): the evidence of a
+        fault in progress, the switch positions seen and the offline devices are kept."""
+        self._configure(context)
+
+    def _configure(self, context: AlgorithmContext) -> None:
         parameters = context.parameters
         breaker = parameters.get("breaker")
         devices = parameters.get("devices")
@@ -52,8 +67,9 @@ class FaultLocator:
         case = context.grid.case if context.grid is not None else parameters.get("case")
         if not isinstance(case, str):
             raise ValueError(f"floc on {context.device_id}: no case (grid part or parameter)")
+        current: GridModel | None = getattr(self, "model", None)  # kept when the case is the same
+        self.model = current if current is not None and current.name == case else resolve_case(case)
         self.context = context
-        self.model = resolve_case(case)
         self.breaker = breaker
         switch_ids = set(self.model.switch["id"].tolist())
         self.where: dict[str, tuple[int, int | None]] = {}
@@ -65,56 +81,94 @@ class FaultLocator:
             self.where[str(device)] = (place[0], element)
             if element is not None and element in switch_ids:
                 self.switch_of[str(device)] = element
+        self.positions = {s: c for s, c in self.positions.items() if s in switch_ids}
         fi = self.model.switch["fault_indicator"].astype(bool)
         self.fi_switches = [int(s) for s in self.model.switch["id"][fi].tolist()]
-        self.offline: set[str] = set()
-        window = parameters.get("late_window_s", 2.0)
-        self.window_ns = int(float(window) * 1e9) if isinstance(window, int | float) else 0
-        self.reset()
+        self.window_ns = _seconds_ns(parameters, "late_window_s", 2.0)
+        self.evidence_ns = _seconds_ns(parameters, "evidence_window_s", 10.0)
 
     def reset(self) -> None:
-        self.latched: set[int] = set()
-        self.records: dict[str, PhasorRecord] = {}
+        self.latched: dict[int, int] = {}
+        """Switch id -> t_ns of its fault indicator's report (until it is reset)."""
+        self.records: dict[str, tuple[int, PhasorRecord]] = {}
+        """Device id -> (t_ns, its latest fault record)."""
         self.tripped_ns: int | None = None
 
     def on_measurement(self, readings: Sequence[Reading], t_ns: int) -> None:
         del readings, t_ns
 
     def on_message(self, topic: str, payload: bytes) -> tuple[Reading, ...] | None:
-        message = decode(parse_topic(topic).message_class, payload, topic=topic)
-        if isinstance(message, Status):
-            if message.state is LinkState.OFFLINE:
-                self.offline.add(message.device_id)
-            else:
-                self.offline.discard(message.device_id)
-            return None
-        if not isinstance(message, Event):
-            return None
+        if not payload:
+            return None  # a retained message being deleted (e.g. a decommissioned device's status)
+        try:
+            message = decode(parse_topic(topic).message_class, payload, topic=topic)
+            if isinstance(message, Status):
+                self._linked(message)
+            elif isinstance(message, Event):
+                return self._event(topic, message)
+        except MessagingError:
+            self.undecodable += 1  # someone else's bad message must not disable the locator
+        return None
+
+    def _linked(self, message: Status) -> None:
+        if message.state is LinkState.OFFLINE:
+            self.offline.add(message.device_id)
+        else:
+            self.offline.discard(message.device_id)
+
+    def _event(self, topic: str, message: Event) -> tuple[Reading, ...] | None:
         device = message.device_id
         if message.kind == "fault_indicator" and device in self.switch_of:
-            self.latched.add(self.switch_of[device])
+            self.latched[self.switch_of[device]] = message.t_ns
             return self._late(message.t_ns)
         if message.kind == FAULT_RECORD_EVENT and device in self.where:
             phasors = parse_record(message.values, topic=topic)
             bus, element = self.where[device]
-            self.records[device] = PhasorRecord(
-                device_id=device,
-                bus_id=bus,
-                u_pre_v=phasors.u_pre_v,
-                u_fault_v=phasors.u_fault_v,
-                branch_id=element if phasors.i_pre_a is not None else None,
-                i_pre_a=phasors.i_pre_a,
-                i_fault_a=phasors.i_fault_a,
+            self.records[device] = (
+                message.t_ns,
+                PhasorRecord(
+                    device_id=device,
+                    bus_id=bus,
+                    u_pre_v=phasors.u_pre_v,
+                    u_fault_v=phasors.u_fault_v,
+                    branch_id=element if phasors.i_pre_a is not None else None,
+                    i_pre_a=phasors.i_pre_a,
+                    i_fault_a=phasors.i_fault_a,
+                ),
             )
             return self._late(message.t_ns)
-        if message.kind == "switch_position" and self.switch_of.get(device) == self.breaker:
-            closed = {r.channel: r.value for r in message.values}.get("closed")
-            if closed == 1.0:
-                self.reset()  # reclosed or restored: the next trip is a new fault
-            elif closed == 0.0 and (self.latched or self.records):
-                self.tripped_ns = message.t_ns
-                return self.locate()
+        if message.kind == "fault_indicator_cleared" and device in self.switch_of:
+            self.latched.pop(self.switch_of[device], None)  # reset by the operator's clear
+            return None
+        if message.kind == "switch_position" and device in self.switch_of:
+            return self._moved(self.switch_of[device], message)
         return None
+
+    def _moved(self, switch: int, message: Event) -> tuple[Reading, ...] | None:
+        """A switch reported its position: remember it; the breaker's opening is the trip."""
+        closed = {r.channel: r.value for r in message.values}.get("closed")
+        if closed not in (0.0, 1.0):
+            return None
+        self.positions[switch] = closed == 1.0
+        if switch != self.breaker:
+            return None
+        if closed == 1.0:
+            self.tripped_ns = None  # reclosed or restored: the next opening is a new trip
+            return None
+        latched, records = self._evidence(message.t_ns)
+        if not latched and not records:
+            return None
+        self.tripped_ns = message.t_ns
+        return self.locate()
+
+    def _evidence(self, trip_ns: int) -> tuple[set[int], list[PhasorRecord]]:
+        """The indicators and records of this trip's fault: reported from ``evidence_window_s``
+        before the trip to ``late_window_s`` after it (older ones belong to earlier faults, on
+        this feeder or another, whose indicators were not reset yet)."""
+        first, last = trip_ns - self.evidence_ns, trip_ns + self.window_ns
+        latched = {switch for switch, t_ns in self.latched.items() if first <= t_ns <= last}
+        records = [record for t_ns, record in self.records.values() if first <= t_ns <= last]
+        return latched, records
 
     def _late(self, t_ns: int) -> tuple[Reading, ...] | None:
         """Evidence that arrived after the trip but belongs to the fault (devices publish
@@ -125,18 +179,21 @@ class FaultLocator:
         return self.locate()
 
     def locate(self) -> tuple[Reading, ...] | None:
+        if self.tripped_ns is None:
+            return None
+        latched, records = self._evidence(self.tripped_ns)
         indicators: dict[int, bool | None] = {}
         offline_switches = {self.switch_of[d] for d in self.offline if d in self.switch_of}
         for switch in self.fi_switches:
             indicators[switch] = (
-                True if switch in self.latched else None if switch in offline_switches else False
+                True if switch in latched else None if switch in offline_switches else False
             )
         try:
             location = locate_fault(
-                self.model,
+                self.model.with_switch_states(self.positions),
                 tripped_breaker=self.breaker,
                 indicators=indicators,
-                records=list(self.records.values()),
+                records=records,
             )
         except Exception as err:  # reported, and the coordinator falls back to its own locator
             self.context.emit_event(
@@ -167,3 +224,10 @@ class FaultLocator:
 
     def stop(self) -> None:
         self.reset()
+
+
+def _seconds_ns(parameters: Mapping[str, Any], name: str, default_s: float) -> int:
+    value = parameters.get(name, default_s)
+    if not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"floc: parameter {name!r} must be a number of seconds >= 0")
+    return int(float(value) * 1e9)
