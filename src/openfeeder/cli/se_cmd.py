@@ -52,8 +52,8 @@ def read_measurement_file(path: Path) -> tuple[MeasurementSet, dict[str, Any]]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option(
     "--pseudo",
-    type=click.Choice(["needed", "all", "none"]),
-    default="needed",
+    type=click.Choice(["all", "needed", "none"]),
+    default="all",
     show_default=True,
     help="Which islands get pseudo-measurements for unmetered loads and generators.",
 )

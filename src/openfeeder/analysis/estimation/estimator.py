@@ -3,8 +3,9 @@
 Steps (each reported in the :class:`~.result.StateEstimate`):
 
 1. **Locate** the measurements on the model (errors name the measurement, element and field).
-2. **Observability** (:mod:`.observability`) of the measurements as given; pseudo-measurements
-   for the islands the policy picks; observability again. Islands still unobservable are left out
+2. **Observability** (:mod:`.observability`): pseudo-measurements for the islands the policy
+   picks (``all`` energized islands by default; ``needed`` checks the measurements as given first
+   and only fills the islands they leave unobservable); observability of the final set. Islands still unobservable are left out
    of the solve: their buses come back with ``observable`` false and NaN values
    (``on_unobservable="raise"`` raises :class:`~openfeeder.errors.NotObservableError` instead;
    so does an estimate with no observable island at all).
@@ -29,6 +30,7 @@ from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 from power_grid_model import CalculationMethod
 
 from openfeeder.analysis.estimation.bad_data import (
@@ -38,7 +40,12 @@ from openfeeder.analysis.estimation.bad_data import (
     optimal_residuals,
 )
 from openfeeder.analysis.estimation.engine_wls import EngineEstimate, solve_wls
-from openfeeder.analysis.estimation.jacobian import GainFactor, branch_admittance, state_jacobian
+from openfeeder.analysis.estimation.jacobian import (
+    GainFactor,
+    StateJacobian,
+    branch_admittance,
+    state_jacobian,
+)
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
 from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
 from openfeeder.analysis.estimation.observability import (
@@ -84,7 +91,7 @@ def estimate_state(
     model: GridModel,
     measurements: MeasurementSet,
     *,
-    pseudo: PseudoOptions | PseudoPolicy | str = PseudoPolicy.NEEDED,
+    pseudo: PseudoOptions | PseudoPolicy | str = PseudoPolicy.ALL,
     bad_data: bool = True,
     uncertainty: bool = True,
     method: Literal["newton_raphson", "iterative_linear"] = "iterative_linear",
@@ -112,10 +119,13 @@ def estimate_state(
         pseudo if isinstance(pseudo, PseudoOptions) else PseudoOptions(policy=PseudoPolicy(pseudo))
     )
     given = locate_measurements(model, measurements, file=file)
-    first = check_observability(model, given)
+    # the policy "all" does not need to know what was observable before (and skips that check)
+    first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
     added = pseudo_measurements(model, given, first, options)
-    located = locate_measurements(model, measurements.concat(added)) if len(added) else given
-    observability = check_observability(model, located) if len(added) else first
+    located = given.concat(locate_measurements(model, added)) if len(added) else given
+    observability = (
+        first if first is not None and not len(added) else check_observability(model, located)
+    )
     if not observability.fully_observable and on_unobservable == "raise":
         raise _not_observable(observability)
     estimated = observability.energized & observability.observable
@@ -139,13 +149,14 @@ def estimate_state(
     kept_critical: str | None = None
     exact = True
     while True:
-        rows = _rows(model, solved, estimated)
+        rows = _rows(model, solved, estimated, jacobian=False)
         test = chi_square_test(rows, int(columns.size), chi2_confidence)
         tests.append(test)
         gain = None
         if not bad_data or test.passed or len(removals) >= max_bad_data:
             break
-        gain = GainFactor(rows.h[:, columns], 1.0 / rows.sigma**2)
+        rows = _rows(model, solved, estimated, jacobian=True)
+        gain = GainFactor(_h(rows)[:, columns], 1.0 / rows.sigma**2)
         residual = optimal_residuals(rows, gain)
         optimal = chi_square_test(rows, int(columns.size), chi2_confidence, residual)
         if optimal.passed:
@@ -189,7 +200,8 @@ def estimate_state(
     angle_sigma_rad = np.full(model.bus.size, np.nan)
     if uncertainty and rows is not None and columns.size:
         if gain is None:
-            gain = GainFactor(rows.h[:, columns], 1.0 / rows.sigma**2)
+            rows = _rows(model, solved, estimated, jacobian=True)
+            gain = GainFactor(_h(rows)[:, columns], 1.0 / rows.sigma**2)
         variance = gain.inverse_diagonal()
         n = model.bus.size
         std = np.sqrt(np.maximum(variance, 0.0))
@@ -299,15 +311,25 @@ def _estimated_local_angles(
     return angle
 
 
-def _rows(model: GridModel, solved: _Solved, estimated: BoolArray) -> ScalarRows:
+def _rows(model: GridModel, solved: _Solved, estimated: BoolArray, *, jacobian: bool) -> ScalarRows:
+    """The WLS rows at the solved estimate; the Jacobian only with ``jacobian``."""
     estimate = solved.estimate
     branches = solved.located.branches
-    admittance = branch_admittance(model, branches)
-    v = estimate.u_pu * np.exp(1j * estimate.u_angle_rad)
-    s_from = estimate.branch["p_from_mw"] + 1j * estimate.branch["q_from_mvar"]
-    s_to = estimate.branch["p_to_mw"] + 1j * estimate.branch["q_to_mvar"]
-    jacobian = state_jacobian(branches, admittance, v, s_from, s_to)
-    return scalar_rows(model, solved.located, estimate, jacobian, estimated)
+
+    def build() -> StateJacobian:
+        admittance = branch_admittance(model, branches)
+        v = estimate.u_pu * np.exp(1j * estimate.u_angle_rad)
+        s_from = estimate.branch["p_from_mw"] + 1j * estimate.branch["q_from_mvar"]
+        s_to = estimate.branch["p_to_mw"] + 1j * estimate.branch["q_to_mvar"]
+        return state_jacobian(branches, admittance, v, s_from, s_to)
+
+    return scalar_rows(model, solved.located, estimate, build if jacobian else None, estimated)
+
+
+def _h(rows: ScalarRows) -> sp.csr_matrix:
+    if rows.h is None:
+        raise RuntimeError("rows were built without their Jacobian")
+    return rows.h
 
 
 def _state_columns(

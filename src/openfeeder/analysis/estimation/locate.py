@@ -87,6 +87,16 @@ class LocatedMeasurements:
     bus_row: IntArray
     """The bus the value is read at: the measured bus, the branch end's bus, the appliance's bus."""
 
+    def concat(self, other: LocatedMeasurements) -> LocatedMeasurements:
+        """Both sets located on the same model, in this order (no second lookup)."""
+        return LocatedMeasurements(
+            measurements=self.measurements.concat(other.measurements),
+            branches=self.branches,
+            target=np.concatenate([self.target, other.target]),
+            target_row=np.concatenate([self.target_row, other.target_row]),
+            bus_row=np.concatenate([self.bus_row, other.bus_row]),
+        )
+
     def of_quantity(self, *quantities: Quantity) -> BoolArray:
         codes = [QUANTITIES.index(q) for q in quantities]
         return np.isin(self.measurements.quantity, codes)

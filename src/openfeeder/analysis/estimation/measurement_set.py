@@ -37,6 +37,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain
 from typing import Any, Final
 
 import numpy as np
@@ -224,12 +225,14 @@ class MeasurementSet:
 
     def concat(self, *others: MeasurementSet) -> MeasurementSet:
         sets = (self, *others)
-        ids = tuple(i for s in sets for i in s.ids)
+        ids = tuple(chain.from_iterable(m.ids for m in sets))
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
-            duplicate = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise MeasurementError("id used twice", measurement_id=duplicate, field="id")
-        return MeasurementSet(ids, np.concatenate([s.table for s in sets]))
+            for mid in ids:
+                if mid in seen:
+                    raise MeasurementError("id used twice", measurement_id=mid, field="id")
+                seen.add(mid)
+        return MeasurementSet(ids, np.concatenate([m.table for m in sets]))
 
     def rows_of(self, ids: Iterable[str]) -> npt.NDArray[np.int64]:
         """Positions of measurement ``ids`` (MeasurementError naming an unknown one)."""

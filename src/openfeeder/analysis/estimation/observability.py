@@ -10,7 +10,8 @@ grouped into *components* whose voltage angles the measurements tie together:
    measured, or no appliance at all: zero injection, as power-grid-model counts it) determines the
    flow of its last unknown branch: when all of its branches but those to one other component lie
    inside its own component, that component is joined to its own. Rule 2 repeats until nothing
-   changes.
+   changes. A bus with an in-service shunt has an unknown injection unless a ``pq`` measurement
+   on the bus gives it (power-grid-model counts a shunt as an appliance).
 
 An energized island is observable when it ends as one component and has a voltage magnitude
 measurement. When all buses of an island but one have a known injection (every load metered or
@@ -66,7 +67,7 @@ class PseudoPolicy(StrEnum):
 class PseudoOptions:
     """How pseudo-measurements are made (see the module docstring)."""
 
-    policy: PseudoPolicy = PseudoPolicy.NEEDED
+    policy: PseudoPolicy = PseudoPolicy.ALL
     load_p_mw: FloatArray | None = None
     """Forecast active power per load (model order); None: the model's ``p_mw``."""
     load_q_mvar: FloatArray | None = None
@@ -131,22 +132,12 @@ class Observability:
 def check_observability(model: GridModel, located: LocatedMeasurements) -> Observability:
     """Which energized buses the located measurements determine (see the module docstring)."""
     n = model.bus.size
-    branches = located.branches
-    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
-    f, t = branches.from_row[live], branches.to_row[live]
-    n_islands, labels = connected_components(_graph(f, t, n), directed=False)
-    island: IntArray = labels.astype(np.int64)
-    source = model.source[model.source["in_service"]]
-    source_rows = lookup(model.bus["id"], source["bus"])
-    fed = np.zeros(n_islands, dtype=bool)
-    fed[island[source_rows]] = True
-    energized = fed[island]
+    islands = _islands(model, located)
+    island, energized, fed = islands.island, islands.energized, islands.fed
+    n_islands, voltage_reference = fed.size, islands.voltage_reference
+    f, t, live = islands.f, islands.t, islands.live
 
     injection_known = _injection_known(model, located)
-    voltage = located.of_quantity(Quantity.U, Quantity.U_PHASOR)
-    voltage_reference = np.zeros(n_islands, dtype=bool)
-    voltage_reference[island[located.bus_row[voltage]]] = True
-
     unknown_per_island = np.bincount(island[~injection_known], minlength=n_islands)
     quick = unknown_per_island <= 1
     components = np.ones(n_islands, dtype=np.int64)
@@ -170,20 +161,25 @@ def check_observability(model: GridModel, located: LocatedMeasurements) -> Obser
 def pseudo_measurements(
     model: GridModel,
     located: LocatedMeasurements,
-    observability: Observability,
+    observability: Observability | None,
     options: PseudoOptions,
 ) -> MeasurementSet:
-    """Pseudo-measurements for the islands ``options.policy`` selects (module docstring)."""
+    """Pseudo-measurements for the islands ``options.policy`` selects (module docstring);
+    ``observability`` of the given measurements is needed for the policy ``needed`` only."""
     if options.policy is PseudoPolicy.NONE:
         return MeasurementSet.empty()
+    islands = _islands(model, located)
     if options.policy is PseudoPolicy.ALL:
-        chosen = np.unique(observability.island[observability.energized])
+        chosen = np.unique(islands.island[islands.energized])
     else:
+        if observability is None:
+            raise ValueError("the policy 'needed' needs the observability of the measurements")
         chosen = np.unique(
             observability.island[observability.energized & ~observability.observable]
         )
-    wanted = np.zeros(observability.components.size, dtype=bool)
+    wanted = np.zeros(islands.fed.size, dtype=bool)
     wanted[chosen] = True
+    island_of_bus, energized_bus = islands.island, islands.energized
     measured = _measured_appliances(located)
     bus_id = model.bus["id"]
     parts: list[MeasurementSet] = []
@@ -205,8 +201,8 @@ def pseudo_measurements(
         if table.size == 0:
             continue
         bus_rows = lookup(bus_id, table["bus"])
-        pick = table["in_service"] & wanted[observability.island[bus_rows]]
-        pick &= observability.energized[bus_rows]
+        pick = table["in_service"] & wanted[island_of_bus[bus_rows]]
+        pick &= energized_bus[bus_rows]
         pick[measured.get(kind, np.zeros(0, dtype=np.int64))] = False
         rows = np.flatnonzero(pick)
         if rows.size == 0:
@@ -226,11 +222,11 @@ def pseudo_measurements(
             )
         )
 
-    no_reference = wanted & ~observability.voltage_reference
+    no_reference = wanted & ~islands.voltage_reference
     source = model.source[model.source["in_service"]]
     if no_reference.any() and source.size:
         source_rows = lookup(bus_id, source["bus"])
-        island_of_source = observability.island[source_rows]
+        island_of_source = island_of_bus[source_rows]
         first = np.unique(island_of_source, return_index=True)[1]
         keep = first[no_reference[island_of_source[first]]]
         rows = source_rows[keep]
@@ -251,6 +247,35 @@ def pseudo_measurements(
 
 
 # -- internals -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _IslandLabels:
+    island: IntArray
+    energized: BoolArray
+    fed: BoolArray
+    """Per island: it has an in-service source."""
+    voltage_reference: BoolArray
+    f: IntArray
+    t: IntArray
+    live: BoolArray
+
+
+def _islands(model: GridModel, located: LocatedMeasurements) -> _IslandLabels:
+    """Islands of closed branches, which are fed, and which have a voltage magnitude measurement."""
+    n = model.bus.size
+    branches = located.branches
+    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
+    f, t = branches.from_row[live], branches.to_row[live]
+    n_islands, labels = connected_components(_graph(f, t, n), directed=False)
+    island: IntArray = labels.astype(np.int64)
+    source = model.source[model.source["in_service"]]
+    fed = np.zeros(n_islands, dtype=bool)
+    fed[island[lookup(model.bus["id"], source["bus"])]] = True
+    voltage = located.of_quantity(Quantity.U, Quantity.U_PHASOR)
+    reference = np.zeros(n_islands, dtype=bool)
+    reference[island[located.bus_row[voltage]]] = True
+    return _IslandLabels(island, fed[island], fed, reference, f, t, live)
 
 
 def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
@@ -284,7 +309,10 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
         hit = np.zeros(table.size, dtype=bool)
         hit[measured[kind]] = True
         covered += np.bincount(bus_rows[on & hit], minlength=n)
-    known = covered >= appliances
+    shunt = model.shunt
+    shunt_rows = lookup(bus_id, shunt["bus"][np.asarray(shunt["in_service"], dtype=bool)])
+    has_shunt = np.bincount(shunt_rows, minlength=n) > 0  # the engine takes no shunt sensor here
+    known = (covered >= appliances) & ~has_shunt
     bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
     known[located.bus_row[bus_pq]] = True
     return known

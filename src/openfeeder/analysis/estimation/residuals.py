@@ -20,9 +20,11 @@ in the set, or for appliance and zero-injection rows the bus row.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -54,8 +56,8 @@ class RowKind(IntEnum):
 class ScalarRows:
     residual: FloatArray
     sigma: FloatArray
-    h: sp.csr_matrix
-    """Real Jacobian rows over all 2N bus states (angles, then magnitudes)."""
+    h: sp.csr_matrix | None
+    """Real Jacobian rows over all 2N bus states (angles, then magnitudes); None when not asked."""
     kind: npt.NDArray[np.int8]
     ref: IntArray
     pseudo: BoolArray
@@ -66,8 +68,9 @@ class ScalarRows:
 
 
 class _Rows:
-    def __init__(self, n_states: int) -> None:
+    def __init__(self, n_states: int, *, with_jacobian: bool) -> None:
         self.n_states = n_states
+        self.with_jacobian = with_jacobian
         self.residual: list[FloatArray] = []
         self.sigma: list[FloatArray] = []
         self.h: list[sp.csr_matrix] = []
@@ -79,7 +82,7 @@ class _Rows:
         self,
         residual: FloatArray,
         sigma: FloatArray,
-        h: sp.csr_matrix,
+        h: Callable[[], sp.csr_matrix],
         kind: RowKind,
         ref: IntArray,
         *,
@@ -89,7 +92,8 @@ class _Rows:
             return
         self.residual.append(residual)
         self.sigma.append(sigma)
-        self.h.append(h)
+        if self.with_jacobian:
+            self.h.append(h())
         self.kind.append(np.full(residual.size, kind, dtype=np.int8))
         self.ref.append(ref.astype(np.int64))
         self.pseudo.append(pseudo.astype(bool))
@@ -99,7 +103,7 @@ class _Rows:
             return ScalarRows(
                 np.zeros(0),
                 np.zeros(0),
-                sp.csr_matrix((0, self.n_states)),
+                sp.csr_matrix((0, self.n_states)) if self.with_jacobian else None,
                 np.zeros(0, np.int8),
                 np.zeros(0, np.int64),
                 np.zeros(0, bool),
@@ -107,7 +111,7 @@ class _Rows:
         return ScalarRows(
             residual=np.concatenate(self.residual),
             sigma=np.concatenate(self.sigma),
-            h=sp.vstack(self.h).tocsr(),
+            h=sp.vstack(self.h).tocsr() if self.with_jacobian else None,
             kind=np.concatenate(self.kind).astype(np.int8),
             ref=np.concatenate(self.ref),
             pseudo=np.concatenate(self.pseudo),
@@ -118,12 +122,14 @@ def scalar_rows(
     model: GridModel,
     located: LocatedMeasurements,
     estimate: EngineEstimate,
-    jacobian: StateJacobian,
+    jacobian: Callable[[], StateJacobian] | None,
     estimated_bus: BoolArray,
 ) -> ScalarRows:
-    """The rows of the module docstring for measurements at ``estimated_bus`` buses."""
+    """The rows of the module docstring for measurements at ``estimated_bus`` buses; the
+    Jacobian (``h``) only when ``jacobian`` (built on first use) is given."""
     n = model.bus.size
-    rows = _Rows(2 * n)
+    rows = _Rows(2 * n, with_jacobian=jacobian is not None)
+    jac = _Lazy(jacobian)
     table = located.measurements.table
     pseudo = table["pseudo"]
     u_rated = model.bus["u_rated_kv"]
@@ -136,7 +142,7 @@ def scalar_rows(
         rows.add(
             table["u_kv"][k] / u_rated[b] - estimate.u_pu[b],
             table["u_sigma_kv"][k] / u_rated[b],
-            _unit_rows(n + b, 2 * n),
+            partial(_unit_rows, n + b, 2 * n),
             RowKind.MEASUREMENT,
             k,
             pseudo=pseudo[k],
@@ -145,7 +151,7 @@ def scalar_rows(
             rows.add(
                 _wrap(np.deg2rad(table["u_angle_deg"][k]) - estimate.u_angle_rad[b]),
                 np.deg2rad(table["angle_sigma_deg"][k]),
-                _unit_rows(b, 2 * n),
+                partial(_unit_rows, b, 2 * n),
                 RowKind.MEASUREMENT,
                 k,
                 pseudo=pseudo[k],
@@ -158,7 +164,7 @@ def scalar_rows(
     to = table["end"][k] == END_TO
     p_est = np.where(to, estimate.branch["p_to_mw"][br], estimate.branch["p_from_mw"][br])
     q_est = np.where(to, estimate.branch["q_to_mvar"][br], estimate.branch["q_from_mvar"][br])
-    ds = _pick_rows(jacobian.ds_from, jacobian.ds_to, br, to)
+    ds = jac.later(partial(_pick_end, power=True, branch=br, to=to))
     _add_pq(
         rows,
         table["p_mw"][k] - p_est,
@@ -172,14 +178,12 @@ def scalar_rows(
     # bus injections measured as such
     k = np.flatnonzero(pq & (located.target == Target.BUS))
     b = located.bus_row[k]
-    ds = jacobian.ds_bus[b]
+    ds = jac.later(partial(_bus_rows, buses=b))
     p_res = table["p_mw"][k] - estimate.injection_p_mw[b]
     q_res = table["q_mvar"][k] - estimate.injection_q_mvar[b]
     _add_pq(rows, p_res, q_res, table=table, k=k, ds=ds, pseudo=pseudo[k])
 
-    _appliance_rows(
-        model, located, estimate, jacobian=jacobian, estimated_bus=estimated_bus, rows=rows
-    )
+    _appliance_rows(model, located, estimate, jacobian=jac, estimated_bus=estimated_bus, rows=rows)
 
     # currents
     for quantity in (Quantity.I, Quantity.I_PHASOR):
@@ -188,15 +192,14 @@ def scalar_rows(
         to = table["end"][k] == END_TO
         end_bus = located.bus_row[k]
         i_base_ka = _base_current_ka(u_rated[end_bus])
-        current = np.where(to, jacobian.i_to[br], jacobian.i_from[br])
+        current = _end_current(estimate, br, to, end_bus)
         magnitude = np.abs(current)
         safe = np.where(magnitude > 0, magnitude, 1.0)
-        di = _pick_rows(jacobian.di_from, jacobian.di_to, br, to)
-        conj_i = sp.diags(np.conj(current) / safe)
+        di = jac.later(partial(_pick_end, power=False, branch=br, to=to))
         rows.add(
             table["i_ka"][k] / i_base_ka - magnitude,
             table["i_sigma_ka"][k] / i_base_ka,
-            sp.csr_matrix((conj_i @ di).real),
+            partial(_current_rows, di, np.conj(current) / safe, imag=False),
             RowKind.MEASUREMENT,
             k,
             pseudo=pseudo[k],
@@ -205,7 +208,7 @@ def scalar_rows(
             rows.add(
                 _wrap(np.deg2rad(table["i_angle_deg"][k]) - np.angle(current)),
                 np.deg2rad(table["angle_sigma_deg"][k]),
-                sp.csr_matrix((sp.diags(np.conj(current) / safe**2) @ di).imag),
+                partial(_current_rows, di, np.conj(current) / safe**2, imag=True),
                 RowKind.MEASUREMENT,
                 k,
                 pseudo=pseudo[k],
@@ -226,13 +229,13 @@ def _add_pq(
     *,
     table: npt.NDArray[np.void],
     k: IntArray,
-    ds: sp.csr_matrix,
+    ds: Callable[[], sp.csr_matrix],
     pseudo: BoolArray,
 ) -> None:
     rows.add(
         p_residual,
         table["p_sigma_mw"][k],
-        sp.csr_matrix(ds.real),
+        lambda: sp.csr_matrix(ds().real),
         RowKind.MEASUREMENT,
         k,
         pseudo=pseudo,
@@ -240,7 +243,7 @@ def _add_pq(
     rows.add(
         q_residual,
         table["q_sigma_mvar"][k],
-        sp.csr_matrix(ds.imag),
+        lambda: sp.csr_matrix(ds().imag),
         RowKind.MEASUREMENT,
         k,
         pseudo=pseudo,
@@ -252,7 +255,7 @@ def _appliance_rows(
     located: LocatedMeasurements,
     estimate: EngineEstimate,
     *,
-    jacobian: StateJacobian,
+    jacobian: _Lazy,
     estimated_bus: BoolArray,
     rows: _Rows,
 ) -> None:
@@ -297,12 +300,15 @@ def _appliance_rows(
         p_var += np.bincount(b, 1.0 / wp[m], n)
         q_var += np.bincount(b, 1.0 / wq[m], n)
         real[b[real_appliance[m]]] = True
+    shunt = model.shunt
+    on = np.asarray(shunt["in_service"], dtype=bool)
+    appliances += np.bincount(lookup(bus_id, shunt["bus"][on]), minlength=n)  # never measured
     full = np.flatnonzero(estimated_bus & (appliances > 0) & (covered >= appliances))
-    ds = jacobian.ds_bus[full]
+    ds = jacobian.later(partial(_bus_rows, buses=full))
     rows.add(
         p_sum[full] - estimate.injection_p_mw[full],
         np.sqrt(p_var[full]),
-        sp.csr_matrix(ds.real),
+        lambda: sp.csr_matrix(ds().real),
         RowKind.APPLIANCES,
         full,
         pseudo=~real[full],
@@ -310,26 +316,80 @@ def _appliance_rows(
     rows.add(
         q_sum[full] - estimate.injection_q_mvar[full],
         np.sqrt(q_var[full]),
-        sp.csr_matrix(ds.imag),
+        lambda: sp.csr_matrix(ds().imag),
         RowKind.APPLIANCES,
         full,
         pseudo=~real[full],
     )
     empty = np.flatnonzero(estimated_bus & (appliances == 0))
-    ds = jacobian.ds_bus[empty]
+    zero = jacobian.later(partial(_bus_rows, buses=empty))
     sigma = np.full(empty.size, ZERO_INJECTION_SIGMA_PU)
     for residual, part in (
-        (-estimate.injection_p_mw[empty], ds.real),
-        (-estimate.injection_q_mvar[empty], ds.imag),
+        (-estimate.injection_p_mw[empty], lambda: sp.csr_matrix(zero().real)),
+        (-estimate.injection_q_mvar[empty], lambda: sp.csr_matrix(zero().imag)),
     ):
         rows.add(
             residual,
             sigma,
-            sp.csr_matrix(part),
+            part,
             RowKind.ZERO_INJECTION,
             empty,
             pseudo=np.ones(empty.size, dtype=bool),
         )
+
+
+class _Lazy:
+    """The state Jacobian, built on first use; :meth:`later` defers a selection from it."""
+
+    def __init__(self, build: Callable[[], StateJacobian] | None) -> None:
+        self._build = build
+        self._value: StateJacobian | None = None
+
+    def get(self) -> StateJacobian:
+        if self._value is None:
+            if self._build is None:
+                raise RuntimeError("no Jacobian was asked for")
+            self._value = self._build()
+        return self._value
+
+    def later(self, pick: Callable[[StateJacobian], sp.csr_matrix]) -> Callable[[], sp.csr_matrix]:
+        return lambda: pick(self.get())
+
+
+def _pick_end(
+    jacobian: StateJacobian, *, power: bool, branch: IntArray, to: BoolArray
+) -> sp.csr_matrix:
+    if power:
+        return _pick_rows(jacobian.ds_from, jacobian.ds_to, branch, to)
+    return _pick_rows(jacobian.di_from, jacobian.di_to, branch, to)
+
+
+def _bus_rows(jacobian: StateJacobian, *, buses: IntArray) -> sp.csr_matrix:
+    picked: sp.csr_matrix = jacobian.ds_bus[buses]
+    return picked
+
+
+def _current_rows(
+    di: Callable[[], sp.csr_matrix], factor: npt.NDArray[Any], *, imag: bool
+) -> sp.csr_matrix:
+    """Rows of ``Re`` or ``Im`` of ``factor * dI``: magnitude (conj(I)/|I|) or angle (conj(I)/|I|^2)."""
+    product = sp.diags(factor) @ di()
+    return sp.csr_matrix(product.imag if imag else product.real)
+
+
+def _end_current(
+    estimate: EngineEstimate, branch: IntArray, to: BoolArray, end_bus: IntArray
+) -> npt.NDArray[np.complex128]:
+    """Branch-end currents (pu) from the engine's end powers and bus voltages: ``conj(S / V)``."""
+    s = np.where(
+        to,
+        estimate.branch["p_to_mw"][branch] + 1j * estimate.branch["q_to_mvar"][branch],
+        estimate.branch["p_from_mw"][branch] + 1j * estimate.branch["q_from_mvar"][branch],
+    )
+    v = estimate.u_pu[end_bus] * np.exp(1j * estimate.u_angle_rad[end_bus])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        current: npt.NDArray[np.complex128] = np.where(v != 0, np.conj(s / v), 0.0)
+    return current
 
 
 def _unit_rows(columns: IntArray, width: int) -> sp.csr_matrix:

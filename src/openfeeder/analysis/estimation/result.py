@@ -113,8 +113,9 @@ class StateEstimate:
     weighted_residual: FloatArray
     pseudo: MeasurementSet
     observability: Observability
-    initial_observability: Observability
-    """Before pseudo-measurements were added."""
+    initial_observability: Observability | None
+    """Of the measurements as given, before pseudo-measurements (checked for the policy
+    ``needed``, which depends on it; None with ``all``)."""
     chi_square: tuple[ChiSquareTest, ...]
     """One test per solve of the bad-data loop; the last is the final estimate's."""
     removed: tuple[BadDataRemoval, ...]
@@ -164,7 +165,9 @@ class StateEstimate:
                 "u_max_pu": _nan_reduce(np.nanmax, bus["u_pu"][estimated]),
             },
             "observability": {
-                "before_pseudo": self.initial_observability.as_dict(),
+                "before_pseudo": None
+                if self.initial_observability is None
+                else self.initial_observability.as_dict(),
                 "after_pseudo": self.observability.as_dict(),
                 "pseudo_measurements": self.pseudo.records(),
             },
@@ -199,7 +202,7 @@ def build_result(
     rows: ScalarRows | None,
     *,
     observability: Observability,
-    first_observability: Observability,
+    first_observability: Observability | None,
     pseudo: MeasurementSet,
     estimated: BoolArray,
     tests: tuple[ChiSquareTest, ...],

@@ -29,7 +29,7 @@ def _redundant_measurements(model: GridModel, measurements: MeasurementSet) -> l
     a pair of measurements that only check each other cannot tell which one is wrong)."""
     located = locate_measurements(model, measurements)
     first = check_observability(model, located)
-    added = pseudo_measurements(model, located, first, PseudoOptions())
+    added = pseudo_measurements(model, located, first, PseudoOptions(policy="all"))
     located = locate_measurements(model, measurements.concat(added))
     estimated = first.energized
     solved = _solve(
@@ -40,7 +40,8 @@ def _redundant_measurements(model: GridModel, measurements: MeasurementSet) -> l
         error_tolerance=1e-8,
         max_iterations=100,
     )
-    rows = _rows(model, solved, estimated)
+    rows = _rows(model, solved, estimated, jacobian=True)
+    assert rows.h is not None
     columns = _state_columns(model, located, estimated)
     gain = GainFactor(rows.h[:, columns], 1.0 / rows.sigma**2)
     h = rows.h[:, columns].toarray()

@@ -39,13 +39,18 @@ def test_missing_meters_make_the_island_unobservable_and_pseudo_measurements_fix
     report = observability.as_dict()
     assert report["islands"][0]["components"] > 1
 
-    estimate = estimate_state(model, measurements)
+    estimate = estimate_state(model, measurements, pseudo="needed")
     unmetered = ~np.isin(model.load["id"], measurements.table["element"])
     unmetered_gen = ~np.isin(model.generator["id"], measurements.table["element"])
     assert len(estimate.pseudo) == int(unmetered.sum() + unmetered_gen.sum())
     assert all(mid.startswith(("pseudo-load-", "pseudo-gen-")) for mid in estimate.pseudo.ids)
     assert estimate.bus["observable"].all()
+    assert estimate.initial_observability is not None
     assert estimate.initial_observability.fully_observable is False
+    # the default policy fills every island without asking: the same pseudo-measurements here
+    default = estimate_state(model, measurements)
+    assert default.initial_observability is None
+    assert default.pseudo.ids == estimate.pseudo.ids
     assert estimate.load["pseudo"].sum() == unmetered.sum()
     # pseudo-measurements are from the model's loads here, i.e. right: the estimate is close
     assert np.abs(estimate.bus["u_pu"] - flow.bus["u_pu"]).max() < 2e-3

@@ -1,0 +1,391 @@
+"""State estimation speed (issue #6): ``python -m bench.estimation [--sizes ...] [--out FILE]``.
+
+For each size the synthetic grid of the power-flow benchmarks (``bench.jobs.bench_case``: about 50
+buses per feeder) is measured as a utility would meter it: its ``measurement`` table puts a feeder
+terminal unit on every feeder-head breaker (busbar voltage and the feeder's P/Q, class 0.5) and
+smart meters on about 30 % of the loads (voltage and P/Q, class 1). The true state is a power flow
+with every load drawn between 50 % and 120 % of its case value (seeded); readings get Gaussian
+noise of their class (the limit at two sigma). The other loads and the PV get pseudo-measurements
+from their case values, 50 % standard deviation, as ``estimate_state`` adds them.
+
+Engines, each timed in a process of its own on the same measurements:
+
+* ``openfeeder``: ``estimate_state(model, measurements, uncertainty=False)``: locating and checking
+  the measurements, observability, pseudo-measurements, the engine, the chi-square test and the
+  result tables (the clean data pass the test, so no Jacobian is built);
+* ``openfeeder-nobad``: the same without the bad-data test (``bad_data=False``);
+* ``openfeeder+sigma``: the default with the voltage standard deviations (``uncertainty=True``);
+* ``pgm``: raw power-grid-model handed the same sensors (pseudo-measurements included, measured
+  switches as the same short lines): model construction plus ``calculate_state_estimation``
+  (iterative linear, tolerance 1e-6, the same output columns);
+* ``pandapower``: ``pandapower.estimation.estimate`` (WLS, flat start, tolerance 1e-6, zero-injection
+  buses as virtual measurements) on the grid exported with ``to_pandapower`` and the same
+  measurements; a feeder-head switch's flow is put on the cable leaving its bay bus (the same flow:
+  the bay bus has nothing else), appliance measurements on the loads and generators.
+
+Times are the fastest of ``--repeat`` runs after one warm-up run (pandapower: one run after a
+warm-up up to 10,000 buses, a single run above); a run over ``--timeout`` seconds is reported as
+"timeout". Prints a table and writes ``bench/results/estimation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+ENGINES: Final = ("openfeeder", "openfeeder-nobad", "openfeeder+sigma", "pgm", "pandapower")
+SEED: Final = 2026
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, width=150)
+
+
+# -- the case and its measurements ----------------------------------------------------------------
+
+
+def _case(buses: int) -> tuple[Any, Any, Any]:
+    """Model, true power flow and the measurement set for ``buses``."""
+    from bench.jobs import bench_case
+    from openfeeder.analysis.estimation import MeasurementSet, sigmas_from_accuracy_class
+    from openfeeder.analysis.estimation.measurement_set import Quantity
+    from openfeeder.analysis.powerflow import run_power_flow
+    from openfeeder.model.components import MeasurementKind, enum_code
+
+    model = bench_case(buses)
+    rng = np.random.default_rng(SEED)
+    load = model.load.copy()
+    factor = rng.uniform(0.5, 1.2, size=load.size)
+    load["p_mw"] *= factor
+    load["q_mvar"] *= factor
+    flow = run_power_flow(model.replace(load=load))
+    table = model.measurement
+    bus_row = {int(b): k for k, b in enumerate(model.bus["id"].tolist())}
+    load_row = {int(i): k for k, i in enumerate(model.load["id"].tolist())}
+    branch_row = {int(i): k for k, i in enumerate(flow.branch["id"].tolist())}
+    records: list[dict[str, Any]] = []
+    for row in table:
+        mid, bus, element = int(row["id"]), int(row["bus"]), int(row["element"])
+        accuracy = float(row["accuracy_class"])
+        u_kv = float(flow.bus["u_kv"][bus_row[bus]])
+        sigma = sigmas_from_accuracy_class(Quantity.U, accuracy, u_kv=u_kv)["u_sigma_kv"]
+        records.append(
+            {"id": f"{mid}:u", "quantity": "u", "bus": bus,
+             "u_kv": u_kv + sigma * rng.normal(), "u_sigma_kv": sigma}
+        )  # fmt: skip
+        if not row["measures_power"]:
+            continue
+        if row["kind"] == enum_code(MeasurementKind.METER):
+            p = float(flow.load["p_mw"][load_row[element]])
+            q = float(flow.load["q_mvar"][load_row[element]])
+            where: dict[str, Any] = {"element": element}
+        else:
+            k = branch_row[element]
+            end = "to" if int(row["element_end"]) == 1 else "from"
+            p, q = float(flow.branch[f"p_{end}_mw"][k]), float(flow.branch[f"q_{end}_mvar"][k])
+            where = {"element": element, "end": end}
+        sigmas = sigmas_from_accuracy_class(Quantity.PQ, accuracy, p_mw=p, q_mvar=q)
+        records.append(
+            {"id": f"{mid}:pq", "quantity": "pq", **where,
+             "p_mw": p + sigmas["p_sigma_mw"] * rng.normal(),
+             "q_mvar": q + sigmas["q_sigma_mvar"] * rng.normal(), **sigmas}
+        )  # fmt: skip
+    return model, flow, MeasurementSet.from_records(records)
+
+
+def _full_set(model: Any, measurements: Any) -> Any:
+    """The measurements plus the pseudo-measurements ``estimate_state`` adds."""
+    from openfeeder.analysis.estimation import locate_measurements
+    from openfeeder.analysis.estimation.observability import PseudoOptions, pseudo_measurements
+
+    located = locate_measurements(model, measurements)
+    added = pseudo_measurements(model, located, None, PseudoOptions())
+    return measurements.concat(added)
+
+
+# -- one job ---------------------------------------------------------------------------------------
+
+
+def _prepare(engine: str, model: Any, measurements: Any) -> tuple[Any, Any]:
+    """A callable to time and one that turns its result into bus voltages (pu, model order)."""
+    if engine.startswith("openfeeder"):
+        from openfeeder.analysis.estimation import estimate_state
+
+        sigma = engine == "openfeeder+sigma"
+        bad_data = engine != "openfeeder-nobad"
+        return (
+            lambda: estimate_state(model, measurements, uncertainty=sigma, bad_data=bad_data),
+            lambda result: result.bus["u_pu"],
+        )
+    full = _full_set(model, measurements)
+    if engine == "pgm":
+        from power_grid_model import CalculationMethod, ComponentType, PowerGridModel
+
+        from openfeeder.analysis.engine_input import to_engine_input
+        from openfeeder.analysis.estimation import locate_measurements
+        from openfeeder.analysis.estimation.engine_wls import (
+            _measured_switches_as_lines,
+            _output_filter,
+            _sensors,
+        )
+
+        located = locate_measurements(model, full)
+        engine_input = to_engine_input(model)
+        _measured_switches_as_lines(model, located, engine_input)
+        engine_input.update(_sensors(model, located, np.zeros(len(full))))
+        columns = _output_filter(engine_input)
+
+        def raw() -> Any:
+            return PowerGridModel(engine_input).calculate_state_estimation(
+                symmetric=True,
+                error_tolerance=1e-6,
+                max_iterations=100,
+                calculation_method=CalculationMethod.iterative_linear,
+                output_component_types=columns,
+            )
+
+        return raw, lambda result: result[ComponentType.node]["u_pu"]
+    if engine == "pandapower":
+        import warnings
+
+        warnings.simplefilter("ignore")
+        from pandapower.estimation import estimate
+
+        net = _pandapower_net(model, full)
+
+        def wls() -> Any:
+            ok = estimate(
+                net,
+                algorithm="wls",
+                init="flat",
+                tolerance=1e-6,
+                maximum_iterations=50,
+                zero_injection="no_inj_bus",
+            )
+            if not ok:
+                raise RuntimeError("pandapower's estimate did not converge")
+            return net
+
+        return wls, lambda result: result.res_bus_est.loc[model.bus["id"], "vm_pu"].to_numpy()
+    raise ValueError(f"unknown engine {engine}")
+
+
+def _pandapower_net(model: Any, measurements: Any) -> Any:
+    """The grid in pandapower with the same measurements: voltages on buses; appliance powers
+    summed per bus (pandapower takes injections on buses only, consumption positive, as the
+    engine sums them too); a feeder-head switch's flow on the cable leaving its bay bus."""
+    import pandas as pd
+
+    from openfeeder.analysis.estimation import locate_measurements
+    from openfeeder.analysis.estimation.locate import Target
+    from openfeeder.model.pandapower_io import to_pandapower
+
+    net = to_pandapower(model)
+    located = locate_measurements(model, measurements)
+    table = measurements.table
+    bus_id = model.bus["id"]
+    vn = model.bus["u_rated_kv"]
+    rows: list[tuple[str, str, int, float, float, Any]] = []
+    voltage = np.flatnonzero(table["quantity"] == 0)
+    for k in voltage.tolist():
+        b = located.bus_row[k]
+        rows.append(
+            (
+                "v",
+                "bus",
+                int(bus_id[b]),
+                table["u_kv"][k] / vn[b],
+                table["u_sigma_kv"][k] / vn[b],
+                None,
+            )
+        )
+    appliance = (located.target == Target.LOAD) | (located.target == Target.GENERATOR)
+    appliance &= table["quantity"] == 2
+    sign = np.where(located.target == Target.LOAD, 1.0, -1.0)
+    n = bus_id.size
+    k = np.flatnonzero(appliance)
+    b = located.bus_row[k]
+    p = np.bincount(b, sign[k] * table["p_mw"][k], n)
+    q = np.bincount(b, sign[k] * table["q_mvar"][k], n)
+    p_var = np.bincount(b, table["p_sigma_mw"][k] ** 2, n)
+    q_var = np.bincount(b, table["q_sigma_mvar"][k] ** 2, n)
+    for row in np.flatnonzero(p_var > 0).tolist():
+        rows.append(("p", "bus", int(bus_id[row]), p[row], float(np.sqrt(p_var[row])), None))
+        rows.append(("q", "bus", int(bus_id[row]), q[row], float(np.sqrt(q_var[row])), None))
+    lines = model.line
+    for k in np.flatnonzero((located.target == Target.BRANCH) & (table["quantity"] == 2)).tolist():
+        switch = model.switch[model.switch["id"] == table["element"][k]][0]
+        bay = int(switch["to_bus"] if table["end"][k] == 0 else switch["from_bus"])
+        touching = np.flatnonzero((lines["from_bus"] == bay) | (lines["to_bus"] == bay))
+        if touching.size != 1:
+            raise RuntimeError(f"switch {switch['id']}: bay bus {bay} has {touching.size} lines")
+        line = lines[touching[0]]
+        side = "from" if int(line["from_bus"]) == bay else "to"
+        rows.append(("p", "line", int(line["id"]), table["p_mw"][k], table["p_sigma_mw"][k], side))
+        rows.append(
+            ("q", "line", int(line["id"]), table["q_mvar"][k], table["q_sigma_mvar"][k], side)
+        )
+    frame = pd.DataFrame(
+        rows, columns=["measurement_type", "element_type", "element", "value", "std_dev", "side"]
+    )
+    frame["name"] = None
+    frame["check_existing"] = False
+    net.measurement = pd.concat(
+        [net.measurement, frame[[c for c in net.measurement.columns if c in frame]]],
+        ignore_index=True,
+    )
+    return net
+
+
+def run_job(engine: str, buses: int, repeat: int) -> dict[str, Any]:
+    model, flow, measurements = _case(buses)
+    call, voltages = _prepare(engine, model, measurements)
+    warm = engine != "pandapower" or buses <= 10_000
+    if warm:
+        call()
+    times = []
+    result = None
+    for _ in range(repeat if engine != "pandapower" else 1):
+        start = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - start)
+    u = np.asarray(voltages(result), dtype=np.float64)
+    error = np.abs(u - flow.bus["u_pu"])
+    return {
+        "engine": engine,
+        "buses": int(model.bus.size),
+        "measurements": len(measurements),
+        "seconds": min(times),
+        "seconds_all": times,
+        "warm_up": warm,
+        "u_max_error_pu": float(np.nanmax(error)),
+        "u_rms_error_pu": float(np.sqrt(np.nanmean(error**2))),
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _job(engine: str, buses: int, repeat: int, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.estimation", "--job", engine, str(buses), str(repeat)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return {"engine": engine, "buses": buses, "timeout": timeout_s}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return {"engine": engine, "buses": buses, "error": tail[0]}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _fmt(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    if "timeout" in row:
+        return f"timeout (> {row['timeout']:g} s)"
+    if "error" in row:
+        return "error"
+    value = row["seconds"]
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    engines = tuple(e for e in args.engines.split(",") if e)
+    rows = []
+    for size in sizes:
+        for engine in engines:
+            err.print(f"{engine:>17} {size:>7} buses ...", end=" ")
+            row = _job(engine, size, args.repeat, args.timeout)
+            err.print(row.get("error") or _fmt(row))
+            rows.append(row)
+    from importlib.metadata import version
+
+    load = os.getloadavg()
+    return {
+        "benchmark": "state estimation",
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_1min_after": load[0],
+            "power-grid-model": version("power-grid-model"),
+            "pandapower": version("pandapower"),
+        },
+        "rows": rows,
+    }
+
+
+def _ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+    """The other engine's time over openfeeder's."""
+    if ours is None or other is None or "seconds" not in ours:
+        return "-"
+    if "timeout" in other:
+        return f"> {other['timeout'] / ours['seconds']:.0f}x"
+    if "seconds" not in other:
+        return "-"
+    return f"{other['seconds'] / ours['seconds']:.2f}x"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = report["rows"]
+    sizes = sorted({r["buses"] for r in rows})
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    table = Table("buses", "measurements", *engines, "pgm / openfeeder", "pandapower / openfeeder",
+                  "max |du| pu (of / pgm / pp)", title="state estimation, one snapshot")  # fmt: skip
+    for size in sizes:
+        at = {r["engine"]: r for r in rows if r["buses"] == size}
+        ours, pgm, pp = at.get("openfeeder"), at.get("pgm"), at.get("pandapower")
+
+        errors = " / ".join(
+            f"{r['u_max_error_pu']:.1e}" if r and "u_max_error_pu" in r else "-"
+            for r in (ours, pgm, pp)
+        )
+        measured = next((r["measurements"] for r in at.values() if "measurements" in r), "-")
+        table.add_row(str(size), str(measured), *(_fmt(at.get(e)) for e in engines),
+                      _ratio(ours, pgm), _ratio(ours, pp), errors)  # fmt: skip
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.estimation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
+    parser.add_argument("--out", type=Path, default=RESULTS / "estimation.json")
+    parser.add_argument(
+        "--job", nargs=3, metavar=("ENGINE", "BUSES", "REPEAT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.job:
+        engine, buses, repeat = args.job
+        print(json.dumps(run_job(engine, int(buses), int(repeat))))
+        return 0
+    report = run(args)
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

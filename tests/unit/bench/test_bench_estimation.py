@@ -1,0 +1,32 @@
+"""``python -m bench.estimation``: every engine solves the same problem (a small size, in-process
+for the jobs, and one run of the whole runner with its subprocesses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench.estimation import main, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_engine_estimates_the_same_grid_within_the_noise() -> None:
+    rows = {engine: run_job(engine, 300, 1) for engine in ("openfeeder", "pgm", "pandapower")}
+    for row in rows.values():
+        assert row["buses"] == 300
+        assert row["u_max_error_pu"] < 3e-3  # class 0.5 / 1 voltages: the noise allows this much
+    # openfeeder hands power-grid-model exactly the sensors of the raw run: the same estimate
+    assert rows["openfeeder"]["u_max_error_pu"] == rows["pgm"]["u_max_error_pu"]
+
+
+def test_runner_writes_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "estimation.json"
+    code = main(
+        ["--sizes", "200", "--engines", "openfeeder,pgm", "--repeat", "1", "--out", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [row["engine"] for row in report["rows"]] == ["openfeeder", "pgm"]
+    assert all("seconds" in row for row in report["rows"])
