@@ -12,6 +12,11 @@
   (:mod:`openfeeder.cli.packages_cmd`).
 
 Agents run until SIGINT/SIGTERM (or ``--duration``), stop cleanly and exit 0.
+
+Secured installations (``[security] ca_file``): each agent checks the catalog's HTTPS with the CA,
+enrols (``--enrolment-secret-file`` or ``[security] enrolment_secret_file``; without a secret it
+waits for an operator's approval), keeps its key and certificate in ``<state_dir>/<device>/`` and
+connects to ``mqtts://`` brokers with them (:mod:`openfeeder.iot.agent.identity`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from openfeeder.iot.agent.fleet import (
     MeterSpec,
     ProcessFleet,
 )
+from openfeeder.iot.agent.identity import catalog_client
 from openfeeder.iot.agent.metering import CHANNELS
 from openfeeder.iot.agent.packages import (
     MANIFEST_FILE,
@@ -45,7 +51,6 @@ from openfeeder.iot.agent.packages import (
     package_sha256,
 )
 from openfeeder.iot.agent.source import SyntheticParams
-from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.device_settings import Location
 from openfeeder.iot.topics import ID_PATTERN
 from openfeeder.model.cases import resolve_case
@@ -62,6 +67,14 @@ _config_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Settings file (default: ./openfeeder.toml if present).",
+)
+_secret_option = click.option(
+    "--enrolment-secret-file",
+    "secret_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="File with the enrolment secret (first line); overrides [security] "
+    "enrolment_secret_file. Without one, enrolment waits for an operator's approval.",
 )
 _duration_option = click.option(
     "--duration",
@@ -87,6 +100,7 @@ def _seed_for(device_id: str) -> int:
 @_config_option
 @click.option("--bus", "bus_id", type=click.IntRange(min=0), default=None, help="Bus it measures.")
 @click.option("--seed", type=int, default=None, help="Synthetic source seed (default: from --id).")
+@_secret_option
 @_duration_option
 def agent_command(
     *,
@@ -94,10 +108,11 @@ def agent_command(
     config_file: Path | None,
     bus_id: int | None,
     seed: int | None,
+    secret_file: Path | None,
     duration_s: float | None,
 ) -> None:
     """Run one meter agent (synthetic data source) until stopped."""
-    settings = load_settings(config_file)
+    settings = _with_secret(load_settings(config_file), secret_file)
     _configure_logging(settings)
     location = (
         Location(case=settings.catalog.case or None, bus_id=bus_id) if bus_id is not None else None
@@ -109,9 +124,7 @@ def agent_command(
         params=params,
         location=location,
     )
-    with CatalogClient(
-        settings.catalog.url, timeout_s=settings.catalog.request_timeout_s
-    ) as client:
+    with catalog_client(settings) as client:
         _run(Fleet(settings, [spec], catalog=client), duration_s=duration_s, progress=False)
 
 
@@ -127,6 +140,7 @@ def agent_command(
     default=None,
     help=f"Worker processes (default: one per {MAX_AGENTS_PER_PROCESS} meters; 1 = this process).",
 )
+@_secret_option
 def meters_command(
     *,
     count: int,
@@ -135,6 +149,7 @@ def meters_command(
     duration_s: float | None,
     seed: int,
     processes: int | None,
+    secret_file: Path | None,
 ) -> None:
     """Run COUNT meter agents (load buses of the configured case) until stopped."""
     width = len(str(count - 1))
@@ -142,7 +157,7 @@ def meters_command(
     bad = [device_id for device_id in ids[:1] + ids[-1:] if ID_PATTERN.fullmatch(device_id) is None]
     if bad:
         raise click.BadParameter(f"{bad[0]!r} is not a valid device id", param_hint="--prefix")
-    settings = load_settings(config_file)
+    settings = _with_secret(load_settings(config_file), secret_file)
     _configure_logging(settings)
     specs = [
         MeterSpec(device_id=device_id, seed=seed + index, params=params, location=location)
@@ -154,10 +169,15 @@ def meters_command(
     if workers > 1:
         _run(ProcessFleet(settings, specs, processes=workers), duration_s=duration_s, progress=True)
         return
-    with CatalogClient(
-        settings.catalog.url, timeout_s=settings.catalog.request_timeout_s
-    ) as client:
+    with catalog_client(settings) as client:
         _run(Fleet(settings, specs, catalog=client), duration_s=duration_s, progress=True)
+
+
+def _with_secret(settings: Settings, secret_file: Path | None) -> Settings:
+    if secret_file is None:
+        return settings
+    security = settings.security.model_copy(update={"enrolment_secret_file": secret_file})
+    return settings.model_copy(update={"security": security})
 
 
 def _configure_logging(settings: Settings) -> None:

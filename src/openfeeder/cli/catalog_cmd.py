@@ -20,6 +20,7 @@ from openfeeder.cli.render import console
 from openfeeder.config import CatalogSettings, load_settings
 from openfeeder.iot.catalog_client import CatalogClient, DeviceInfo, DeviceStatus, TopologyInfo
 from openfeeder.iot.schema import SwitchPosition
+from openfeeder.security.tls import TlsFiles
 
 __all__ = ["catalog_group"]
 
@@ -45,10 +46,17 @@ def _client_options(function: _F) -> _F:
 
 def _client(url: str | None, config_file: Path | None) -> CatalogClient:
     settings = load_settings(config_file)
+    security = settings.security
+    verify = (  # an HTTPS catalog is checked against the platform CA ([security] ca_file)
+        TlsFiles(security.ca_file, min_version=security.tls_min_version).client_context()
+        if security.ca_file is not None
+        else None
+    )
     return CatalogClient(
         url or settings.catalog.url,
         timeout_s=settings.catalog.request_timeout_s,
         token=settings.access.service_token(),  # [access] token_file: the operator's token
+        verify=verify,
     )
 
 

@@ -4,6 +4,10 @@ Loads the case, traces its topology, runs a power flow, then starts the whole pl
 digital twin and the FLISR coordinator, injects a fault and prints how the grid heals
 (:mod:`openfeeder.cli.demo_flisr`). ``--meters N`` runs the metering-platform demo of the IoT layer
 instead (:mod:`openfeeder.cli.demo_iot`).
+
+Both run secured unless ``--insecure``: a throwaway CA, certificates for every service and device
+(devices enrol with the catalog), MQTT over mutual TLS 1.3 with the topic ACL, REST over HTTPS.
+The header says which mode runs.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ __all__ = ["demo_command"]
     default=10.0,
     help="How long the meters of --meters stream.",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain MQTT and HTTP, no certificates, no topic ACL (default: secured).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the incident as JSON at the end.")
 def demo_command(  # noqa: PLR0917  (one option each)
     case: str,
@@ -96,19 +105,23 @@ def demo_command(  # noqa: PLR0917  (one option each)
     keep_running: bool,
     meters: int,
     seconds: float,
+    insecure: bool,
     as_json: bool,
 ) -> None:
     """A self-healing grid: the platform and the twin start, a fault is injected, FLISR heals it."""
     line, distance_m = parse_fault(fault)
     out = console()
     model = resolve_case(case)
-    out.rule(f"OpenFeeder demo: {model.name}")
+    mode = (
+        "INSECURE: plain text (--insecure)" if insecure else "secured: mutual TLS 1.3, ACL, HTTPS"
+    )
+    out.rule(f"OpenFeeder demo: {model.name} ({mode})")
     out.print(model.description)
     topo = analyze_topology(model)
     print_topology(model.name, model_size_line(model), topology_summary(model, topo))
     if meters:
         out.rule(f"metering platform: {meters} meters streaming for {seconds:g} s")
-        run_metering_demo(out, case=case, meters=meters, seconds=seconds)
+        run_metering_demo(out, case=case, meters=meters, seconds=seconds, secure=not insecure)
         return
     out.rule("power flow")
     result = run_power_flow(model)
@@ -126,6 +139,7 @@ def demo_command(  # noqa: PLR0917  (one option each)
             normal_s=normal_s,
             variant=variant,
             keep_running=keep_running,
+            secure=not insecure,
         ),
     )
     if as_json:

@@ -8,11 +8,17 @@ fault is injected on a line, the feeder breaker trips, and the coordinator locat
 restores. The timeline is printed as it happens; then a summary: customers interrupted, restored and
 left isolated, the time of each step, and the end-to-end time next to the IEC 61850-5 transfer-time
 class it meets and seed 003's figures. Everything started is stopped before it returns.
+
+Secured by default: a throwaway CA in the temporary folder, service certificates, devices that
+enrol with the catalog, mutual TLS 1.3 on the broker with the ACL the catalog keeps, HTTPS
+(:mod:`openfeeder.cli.demo_security`). ``--insecure`` runs it all in plain text; the header says
+which.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 import threading
 import time
@@ -27,14 +33,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from openfeeder.cli.demo_iot import _settings
+from openfeeder.cli.demo_iot import DemoSettings, demo_settings
+from openfeeder.cli.demo_security import DEMO_HISTORIAN_INSTANCE
 from openfeeder.config import FlisrSettings, Settings
 from openfeeder.errors import ConfigError, OpenFeederError
-from openfeeder.iot.broker import BrokerThread
-from openfeeder.iot.catalog_client import CatalogClient
+from openfeeder.iot.agent.identity import catalog_client
 from openfeeder.model.grid import GridModel
 from openfeeder.model.topology import analyze_topology
-from openfeeder.services.catalog.service import CatalogThread
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident, Step
 from openfeeder.services.flisr.service import FlisrThread
@@ -90,6 +95,8 @@ class DemoOptions:
     normal_s: float = 5.0
     variant: str = "central"
     keep_running: bool = False
+    secure: bool = True
+    """Mutual TLS, topic ACL, HTTPS and enrolled devices (False: ``--insecure``, plain text)."""
     timeout_s: float = 60.0
     """Wall seconds to wait for the coordinator to finish the incident."""
 
@@ -125,14 +132,34 @@ def _fault_event(options: DemoOptions) -> FaultEvent:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Platform:
+    """The running broker and catalog, and each party's settings."""
+
+    broker_url: str
+    historian: Settings
+    flisr: Settings
+    devices: Settings
+
+
 @contextmanager
-def _platform(workdir: Path, case: str) -> Iterator[tuple[Settings, str]]:
-    with BrokerThread(port=0) as broker:
-        broker_url = f"mqtt://127.0.0.1:{broker.port}"
-        catalog = CatalogThread(_settings(workdir, broker_url, case, "http://127.0.0.1:1", 0))
-        catalog_url = catalog.start()
+def _platform(demo: DemoSettings, case: str, flisr: FlisrSettings) -> Iterator[_Platform]:
+    with demo.broker_thread() as broker:
+        catalog = demo.catalog_thread(broker, case)
+        catalog.start()
         try:
-            yield _settings(workdir, broker_url, case, catalog_url, catalog.port), broker_url
+
+            def settings(party: str) -> Settings:
+                return demo.settings(broker, case, catalog, party).model_copy(
+                    update={"flisr": flisr}
+                )
+
+            yield _Platform(
+                broker_url=demo.broker_url(broker),
+                historian=settings(f"historian-{DEMO_HISTORIAN_INSTANCE}"),
+                flisr=settings("flisr"),
+                devices=settings("devices"),
+            )
         finally:
             catalog.stop()
 
@@ -154,35 +181,38 @@ def run_flisr_demo(out: Console, options: DemoOptions) -> dict[str, Any]:
 def _run(out: Console, options: DemoOptions, workdir: Path) -> dict[str, Any]:
     scenario = _scenario(options)
     model = scenario.build_model()
-    with _platform(workdir, model.name) as (base, broker_url):
-        settings = base.model_copy(
-            update={
-                "flisr": FlisrSettings.model_validate(
-                    {
-                        "listen_port": 0,
-                        "incident_log": workdir / "flisr.jsonl",
-                        "variant": options.variant,
-                    }
-                )
-            }
-        )
-        historian = HistorianThread(settings, instance="demo")
+    demo = demo_settings(workdir, secure=options.secure)
+    out.print(f"security: {demo.describe()}")
+    flisr = FlisrSettings.model_validate(
+        {"listen_port": 0, "incident_log": workdir / "flisr.jsonl", "variant": options.variant}
+    )
+    with _platform(demo, model.name, flisr) as platform:
+        historian = HistorianThread(platform.historian, instance=DEMO_HISTORIAN_INSTANCE)
         historian.start()
         try:
             clock = clock_for_speed(options.speed, scenario.scenario.start_ns)
             twin = Twin(scenario, clock=clock)
             printer = _Printer(out)
-            with CatalogClient(settings.catalog.url) as catalog:
+            devices = platform.devices
+            with catalog_client(devices) as catalog:
                 live = LiveTwin(
-                    twin, settings, catalog=catalog, case_name=model.name, on_timeline=printer.twin
+                    twin, devices, catalog=catalog, case_name=model.name, on_timeline=printer.twin
                 )
                 out.print(
-                    f"platform: embedded broker {broker_url}, catalog {settings.catalog.url}, "
-                    f"historian {historian.url} (SQLite in {workdir})"
+                    f"platform: embedded broker {platform.broker_url}, catalog "
+                    f"{devices.catalog.url}, historian {historian.url} (SQLite in {workdir})"
                 )
                 live.start()
                 try:
-                    return _drive(out, options, settings, live, twin, printer, historian.url)
+                    return _drive(
+                        out,
+                        options,
+                        platform.flisr,
+                        live,
+                        twin,
+                        printer,
+                        (historian.url, demo.http_verify()),
+                    )
                 finally:
                     live.stop()
         finally:
@@ -196,7 +226,7 @@ def _drive(  # noqa: PLR0917  (one call site; the parts of the running platform)
     live: LiveTwin,
     twin: Twin,
     printer: _Printer,
-    historian_url: str,
+    historian: tuple[str, ssl.SSLContext | bool],
 ) -> dict[str, Any]:
     started = time.monotonic()
     if not live.wait_running(60):
@@ -216,7 +246,7 @@ def _drive(  # noqa: PLR0917  (one call site; the parts of the running platform)
         out.rule(f"normal operation; fault in {options.normal_s:g} s (domain time)")
         printer.fault_ns = live.inject(_fault_event(options), after_s=options.normal_s)
         incident = _wait_incident(out, coordinator, twin, options, printer.fault_ns)
-        stored = _stored(historian_url)
+        stored = _stored(*historian)
         out.rule("summary")
         summary = _summary(out, twin.model, incident, stored)
         if options.keep_running:
@@ -247,9 +277,9 @@ def _wait_incident(
     )
 
 
-def _stored(historian_url: str) -> tuple[int, int]:
+def _stored(historian_url: str, verify: ssl.SSLContext | bool) -> tuple[int, int]:
     try:
-        devices = httpx.get(f"{historian_url}/v1/devices", timeout=5).json()
+        devices = httpx.get(f"{historian_url}/v1/devices", timeout=5, verify=verify).json()
     except httpx.HTTPError:
         return 0, 0
     return len(devices), sum(int(d["message_count"]) for d in devices)

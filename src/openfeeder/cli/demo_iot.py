@@ -4,12 +4,17 @@ An embedded MQTT broker, the device catalog (SQLite), the historian (SQLite) and
 agents placed on the case's load buses, all in a temporary folder. The meters self-configure from
 the catalog and stream; midway an algorithm package is uploaded and assigned to some meters, which
 start it without a restart; at the end the historian is queried over REST.
+
+Secured by default (:mod:`openfeeder.cli.demo_security`): mutual TLS 1.3 on the broker with the
+ACL the catalog keeps, HTTPS for REST, and each meter enrols for its certificate; ``secure=False``
+(``openfeeder demo --insecure``) runs everything in plain text.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from openfeeder.cli.agent_cmd import meter_placements
+from openfeeder.cli.demo_security import DEMO_HISTORIAN_INSTANCE, DemoPki, demo_pki
 from openfeeder.config import (
     AgentSettings,
     BrokerSettings,
@@ -27,24 +33,37 @@ from openfeeder.config import (
     CatalogSettings,
     HistorianSettings,
     LoggingSettings,
+    SecuritySettings,
     Settings,
     StorageSettings,
 )
 from openfeeder.iot.agent.fleet import Fleet, MeterSpec
+from openfeeder.iot.agent.identity import catalog_client
 from openfeeder.iot.agent.packages import MANIFEST_FILE, build_package, builtin_algorithms
 from openfeeder.iot.broker import BrokerThread
 from openfeeder.iot.catalog_client import AlgorithmAssignment, CatalogClient, DeviceSpec
+from openfeeder.security.tls import TlsFiles
 from openfeeder.services.catalog.service import CatalogThread
 from openfeeder.services.historian.service import HistorianThread
 
-__all__ = ["run_metering_demo"]
+__all__ = ["DemoSettings", "demo_settings", "run_metering_demo"]
 
 _ALGORITHM = "energy"
 
 
-def _settings(workdir: Path, broker_url: str, case: str, catalog_url: str, port: int) -> Settings:
+def _settings(
+    workdir: Path,
+    broker_url: str,
+    case: str,
+    catalog_url: str,
+    port: int,
+    *,
+    security: SecuritySettings | None = None,
+) -> Settings:
+    """The demo's settings (plain unless ``security`` is given: the benchmarks use them plain)."""
     broker = BrokerSettings(url=broker_url)
     return Settings(
+        security=security or SecuritySettings(),
         brokers=BrokersSettings(grid_ops=broker, monitoring=broker),
         storage=StorageSettings(url=f"sqlite:///{workdir}/catalog.db"),
         logging=LoggingSettings(level="WARNING", json_lines=False),
@@ -65,49 +84,137 @@ def _settings(workdir: Path, broker_url: str, case: str, catalog_url: str, port:
     )
 
 
-def run_metering_demo(out: Console, *, case: str, meters: int, seconds: float) -> None:
+def run_metering_demo(
+    out: Console, *, case: str, meters: int, seconds: float, secure: bool = True
+) -> None:
     """Run the platform for ``seconds`` with ``meters`` meters and print what happened."""
     quiet = ("openfeeder", "httpx", "uvicorn")  # the demo prints; the services' logs stay quiet
     levels = {name: logging.getLogger(name).level for name in quiet}
     for name in quiet:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        _run(out, case=case, meters=meters, seconds=seconds)
+        _run(out, case=case, meters=meters, seconds=seconds, secure=secure)
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
 
-def _run(out: Console, *, case: str, meters: int, seconds: float) -> None:
+class DemoSettings:
+    """Each party's settings in the demo: the same platform, its own ``[security]``."""
+
+    def __init__(self, workdir: Path, pki: DemoPki | None) -> None:
+        self.workdir = workdir
+        self.pki = pki
+
+    @property
+    def secure(self) -> bool:
+        return self.pki is not None
+
+    def broker_thread(self) -> BrokerThread:
+        """The embedded broker: mutual TLS 1.3 with the services' ACL, or plain."""
+        if self.pki is None:
+            return BrokerThread(port=0)
+        return BrokerThread(
+            port=0, ssl_context=self.pki.broker_context(), access=self.pki.initial_table()
+        )
+
+    def broker_url(self, broker: BrokerThread) -> str:
+        return f"{'mqtts' if self.secure else 'mqtt'}://127.0.0.1:{broker.port}"
+
+    def catalog_thread(self, broker: BrokerThread, case: str) -> CatalogThread:
+        """The catalog (port 0, HTTPS when secured), keeping ``broker``'s ACL when secured."""
+        placeholder = "https://127.0.0.1:1" if self.secure else "http://127.0.0.1:1"
+        security = self.pki.catalog() if self.pki is not None else None
+        settings = _settings(
+            self.workdir, self.broker_url(broker), case, placeholder, 0, security=security
+        )
+        return CatalogThread(
+            settings, on_access_table=broker.set_access if self.pki is not None else None
+        )
+
+    def settings(
+        self, broker: BrokerThread, case: str, catalog: CatalogThread, party: str
+    ) -> Settings:
+        """Settings of ``party``: a service identity (``historian-demo``, ``flisr``) or
+        ``devices`` (they enrol)."""
+        security = None
+        if self.pki is not None:
+            security = self.pki.devices() if party == "devices" else self.pki.service(party)
+        return _settings(
+            self.workdir,
+            self.broker_url(broker),
+            case,
+            catalog.url,
+            catalog.port,
+            security=security,
+        )
+
+    def http_verify(self) -> ssl.SSLContext | bool:
+        """How the demo's own HTTP requests check the services: the demo CA (or nothing)."""
+        if self.pki is None:
+            return True
+        return TlsFiles(self.pki.ca_file).client_context()
+
+    def describe(self) -> str:
+        if self.pki is None:
+            return "INSECURE (--insecure): plain MQTT and HTTP, no identities, no topic ACL"
+        return (
+            "secured: mutual TLS 1.3 (mqtts) with certificates of a throwaway CA, topic ACL kept "
+            "by the catalog, HTTPS; devices enrol with the catalog for their certificates"
+        )
+
+
+def demo_settings(workdir: Path, *, secure: bool) -> DemoSettings:
+    """The demo's parties' settings in ``workdir`` (a CA is made there when ``secure``)."""
+    return DemoSettings(workdir, demo_pki(workdir) if secure else None)
+
+
+def _run(out: Console, *, case: str, meters: int, seconds: float, secure: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="openfeeder-demo-") as tmp:
         workdir = Path(tmp)
-        with BrokerThread(port=0) as broker:
-            broker_url = f"mqtt://127.0.0.1:{broker.port}"
-            catalog = CatalogThread(_settings(workdir, broker_url, case, "http://127.0.0.1:1", 0))
+        demo = demo_settings(workdir, secure=secure)
+        out.print(f"security: {demo.describe()}")
+        with demo.broker_thread() as broker:
+            catalog = demo.catalog_thread(broker, case)
             catalog_url = catalog.start()
-            settings = _settings(workdir, broker_url, case, catalog_url, catalog.port)
-            historian = HistorianThread(settings, instance="demo")
+            historian = HistorianThread(
+                demo.settings(broker, case, catalog, f"historian-{DEMO_HISTORIAN_INSTANCE}"),
+                instance=DEMO_HISTORIAN_INSTANCE,
+            )
             try:
                 historian.start()
                 out.print(
-                    f"embedded broker {broker_url}, catalog {catalog_url}, historian "
-                    f"{historian.url} (SQLite in {workdir})"
+                    f"embedded broker {demo.broker_url(broker)}, catalog {catalog_url}, "
+                    f"historian {historian.url} (SQLite in {workdir})"
                 )
-                _stream(out, settings, historian.url, meters=meters, seconds=seconds)
+                _stream(
+                    out,
+                    demo.settings(broker, case, catalog, "devices"),
+                    historian.url,
+                    meters=meters,
+                    seconds=seconds,
+                    verify=demo.http_verify(),
+                )
             finally:
                 historian.stop()
                 catalog.stop()
 
 
 def _stream(
-    out: Console, settings: Settings, historian_url: str, *, meters: int, seconds: float
+    out: Console,
+    settings: Settings,
+    historian_url: str,
+    *,
+    meters: int,
+    seconds: float,
+    verify: ssl.SSLContext | bool,
 ) -> None:
     placements = meter_placements(settings, meters)
     specs = [
         MeterSpec(device_id=f"meter-{index:02d}", seed=index, params=params, location=location)
         for index, (location, params) in enumerate(placements)
     ]
-    with CatalogClient(settings.catalog.url) as catalog:
+    with catalog_client(settings) as catalog:
         fleet = Fleet(settings, specs, catalog=catalog)
         fleet.start()
         swapped = False
@@ -135,7 +242,7 @@ def _stream(
                         swapped = True
                     time.sleep(0.2)
             _wait_committed(fleet, timeout_s=10)
-            _report(out, fleet, specs, historian_url)
+            _report(out, fleet, specs, historian_url, verify=verify)
         finally:
             fleet.stop()
 
@@ -174,8 +281,15 @@ def _wait_committed(fleet: Fleet, *, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def _report(out: Console, fleet: Fleet, specs: list[MeterSpec], historian_url: str) -> None:
-    with httpx.Client(base_url=historian_url, timeout=10) as client:
+def _report(
+    out: Console,
+    fleet: Fleet,
+    specs: list[MeterSpec],
+    historian_url: str,
+    *,
+    verify: ssl.SSLContext | bool,
+) -> None:
+    with httpx.Client(base_url=historian_url, timeout=10, verify=verify) as client:
         stored = {item["device_id"]: item for item in client.get("/v1/devices").json()}
         first = specs[0].device_id
         series = client.get(

@@ -633,6 +633,12 @@ class NetworkLoop:
             return
         if mask & selectors.EVENT_READ:
             self._io(link, client.loop_read)
+            # TLS: one record may hold several packets; what paho left decrypted in the SSL
+            # buffer never makes the socket readable again, so read it now
+            sock = client.socket()
+            while isinstance(sock, ssl.SSLSocket) and sock.pending() and not link._connecting:
+                self._io(link, client.loop_read)
+                sock = client.socket()
         if mask & selectors.EVENT_WRITE and client.socket() is not None:
             self._io(link, client.loop_write)
 

@@ -176,10 +176,14 @@ def test_export_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
 
 
 def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    """The self-healing demo: platform, twin and coordinator; the fault is located and healed."""
+    """The self-healing demo, secured (the default): every party on mutual TLS 1.3 with the ACL,
+    devices enrolled for their certificates; the fault is located and healed."""
     code, out, _ = run(capsys, "demo", "--normal", "2", "--speed", "2", "--json")
     assert code == 0
-    assert "OpenFeeder demo: turin" in out
+    assert "OpenFeeder demo: turin (secured" in out
+    assert "embedded broker mqtts://127.0.0.1:" in out
+    assert "catalog https://127.0.0.1:" in out
+    assert "FLISR coordinator (central) at https://127.0.0.1:" in out
     assert "fault located: section [14, 16], line 103" in out
     summary = json.loads(out.strip().splitlines()[-1])
     incident = summary["incident"]
@@ -202,9 +206,12 @@ def test_demo_rejects_a_malformed_fault(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_demo_metering_platform(capsys: pytest.CaptureFixture[str]) -> None:
-    """The whole platform in one process: meters boot, stream, get an algorithm, are stored."""
-    code, out, _ = run(capsys, "demo", "--meters", "3", "--seconds", "4")
+    """The whole platform in one process: meters boot, stream, get an algorithm, are stored;
+    ``--insecure`` runs it in plain text and the header says so."""
+    code, out, _ = run(capsys, "demo", "--meters", "3", "--seconds", "4", "--insecure")
     assert code == 0
+    assert "OpenFeeder demo: turin (INSECURE" in out
+    assert "embedded broker mqtt://127.0.0.1:" in out
     assert "metering platform: 3 meters" in out
     assert "assigned it to 1 meters" in out
     rows = [line for line in out.splitlines() if line.startswith("│ meter-")]

@@ -242,15 +242,13 @@ def _worker(
 ) -> None:
     """One worker process: a :class:`Fleet` until ``stop`` is set (the parent handles signals)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
-    from openfeeder.iot.catalog_client import CatalogClient
+    from openfeeder.iot.agent.identity import catalog_client
     from openfeeder.services.runtime import configure_logging
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.logging, service="agent")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    with CatalogClient(
-        settings.catalog.url, timeout_s=settings.catalog.request_timeout_s
-    ) as client:
+    with catalog_client(settings) as client:
         fleet = Fleet(settings, specs, catalog=client)
         fleet.start()
         try:

@@ -3,7 +3,8 @@
 :class:`AgentLinks` holds the agent's :class:`~openfeeder.iot.mqtt.Messenger` (one connection per
 broker context, client ids ``<device>.grid_ops`` and ``<device>.monitoring``, each with the last
 will ``Status(OFFLINE, reason="connection lost")``), built from the broker endpoints the catalog
-hands out, with this machine's credentials, CA file and timeouts for each context. It
+hands out, with this machine's credentials, CA file and timeouts for each context, and on
+``mqtts://`` the device's own certificate (mutual TLS). It
 
 - subscribes to the device's filters (config, cmd, committed, topology) and to the input topics of
   its algorithms, each on the broker its message class travels on, and routes every incoming
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,11 +90,15 @@ class AgentLinks:
         on_monitoring_ack: Callable[[], None],
         on_command: Callable[[Command], None] | None = None,
         network: NetworkLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``clock_ns`` gives domain time (payload stamps, command deadlines); ``on_command``
         receives the commands this device must act on (None: it has nothing to operate);
-        ``network``: the shared loop the connections run on (None: paho's threads)."""
+        ``network``: the shared loop the connections run on (None: paho's threads); ``tls``: the
+        context of ``mqtts://`` connections (the device's certificate; settable until
+        :meth:`connect`)."""
         self._network = network
+        self.tls = tls
         self.device_id = device_id
         self._local = local
         self._firmware = firmware
@@ -196,6 +202,7 @@ class AgentLinks:
             will=will,
             on_published={BrokerContext.MONITORING: lambda _mid: self._on_monitoring_ack()},
             network=self._network,
+            tls=self.tls,
         )
 
     def _brokers(self, settings: DeviceSettings) -> BrokersSettings:

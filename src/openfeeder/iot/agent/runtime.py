@@ -19,6 +19,13 @@ below):
   re-publishes the birth after each reconnect, and runs the algorithms' deadline watchdog. It never
   waits for the control thread, so a swap or a slow catalog never delays a measurement.
 
+Identity (a secured installation, ``[security] ca_file``): before it boots, the control thread
+makes sure the device has its X.509 certificate: the one in ``<state_dir>/<device>/device.crt`` if
+still valid, otherwise it enrols with the catalog (CSR + the enrolment secret, or waiting for an
+operator's approval; state ``enrolling``; :mod:`openfeeder.iot.agent.identity`). Its broker
+connections then use mutual TLS with that certificate. A device given ``cert_file`` / ``key_file``
+uses those instead.
+
 Domain time: the agent reads and paces time through a :class:`~openfeeder.sim.clock.Clock`
 (:class:`~openfeeder.sim.clock.RealClock` by default, as in the field). Stamps, tick times and
 command deadlines are domain time; the loop waits the remaining domain time divided by
@@ -73,7 +80,14 @@ from pydantic import ValidationError
 
 from openfeeder import __version__
 from openfeeder.config import Settings
+from openfeeder.errors import ConfigError, SecurityError
 from openfeeder.iot.agent.algorithm_host import AlgorithmHost
+from openfeeder.iot.agent.identity import (
+    Enroller,
+    enrol_device,
+    enrolment_secret,
+    needs_enrolment,
+)
 from openfeeder.iot.agent.links import AgentLinks
 from openfeeder.iot.agent.metering import (
     MeteringLimits,
@@ -111,6 +125,7 @@ from openfeeder.iot.topics import (
     config_filter,
     topology_filter,
 )
+from openfeeder.security.tls import TlsFiles, tls_files_from
 from openfeeder.sim.clock import NS_PER_S, Clock, RealClock
 
 if TYPE_CHECKING:
@@ -154,6 +169,7 @@ class SettingsSource(Protocol):
 
 class AgentState(StrEnum):
     NEW = "new"
+    ENROLLING = "enrolling"  # waiting for its certificate (an operator's approval)
     BOOTING = "booting"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -356,6 +372,8 @@ class MeterAgent:
             trust=package_trust(settings.access),
             on_attention=lambda: self._control_queue.put(None),
         )
+        self.tls_files: TlsFiles | None = None
+        """The certificate, key and CA of the broker connections (None: not secured)."""
         self.produced = 0
         self.skipped_ticks = 0
         self.source_errors = 0
@@ -458,15 +476,63 @@ class MeterAgent:
 
     def _control_main(self) -> None:
         try:
+            if not self._establish_identity():
+                return
             settings = self._boot()
             if settings is None or self._stopping.is_set():
                 return
             self._activate(settings)
             self._control_loop()
+        except SecurityError as err:  # no identity (rejected, unusable files): it cannot run
+            _LOG.error(
+                "agent %s cannot start: %s",
+                self.device_id,
+                err,
+                extra={"device_id": self.device_id},
+            )
+            self._state = AgentState.FAILED
         except Exception:  # the agent must report, not vanish silently
             _LOG.exception("agent %s failed", self.device_id, extra={"device_id": self.device_id})
             if not self._running.is_set():
                 self._state = AgentState.FAILED
+
+    def _establish_identity(self) -> bool:
+        """Secured: the certificate of the broker connections, stored or enrolled now (see the
+        module docstring); False when stopped while waiting for it."""
+        security = self._settings.security
+        if security.ca_file is None:
+            return True
+        if not needs_enrolment(security):
+            files = tls_files_from(security)
+        else:
+            if not isinstance(self._catalog, Enroller):
+                raise ConfigError(
+                    f"{self.device_id}: [security] ca_file is set without cert_file, so the "
+                    "device enrols, but its catalog client has no enrolment calls"
+                )
+
+            def pending() -> None:
+                self._state = AgentState.ENROLLING
+
+            identity = enrol_device(
+                self._catalog,
+                self.device_id,
+                self._dir,
+                ca_file=security.ca_file,
+                secret=enrolment_secret(security.enrolment_secret_file),
+                min_version=security.tls_min_version,
+                stop=self._stopping,
+                on_pending=pending,
+            )
+            if identity is None:
+                return False
+            files = identity.files
+            if self._state is AgentState.ENROLLING:
+                self._state = AgentState.BOOTING
+        if files is not None:
+            self._links.tls = files.client_context()
+        self.tls_files = files
+        return True
 
     def _boot(self) -> DeviceSettings | None:
         """Settings from the catalog, retried with back-off; cached ones meanwhile if any."""

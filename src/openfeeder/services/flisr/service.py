@@ -3,6 +3,10 @@
 The coordinator learns the grid from the device catalog (the case it serves, unless
 ``[flisr]``'s caller passes a model) and runs on the real-time clock when it is a process of its
 own; the demo and the tests hand it the twin's clock so every timestamp is on the shared clock.
+
+With a service certificate in ``[security]`` (``cert_file`` / ``key_file``, CN the coordinator's
+identity, role ``flisr``) it connects to ``mqtts://`` brokers with mutual TLS, checks the catalog's
+HTTPS against ``ca_file`` and serves its own REST API over HTTPS.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Self
@@ -17,8 +22,10 @@ from typing import Self
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import CatalogClient
+from openfeeder.iot.mqtt import Messenger
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
+from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
 from openfeeder.services.access import AccessControl
 from openfeeder.services.flisr.api import create_app
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
@@ -46,16 +53,37 @@ async def serve_flisr(
     ready: Callable[[FlisrCoordinator, str], None] | None = None,
 ) -> None:
     """Run the coordinator and its REST API until ``stop`` is set."""
+    security = settings.security
+    tls = tls_files_from(security)
+    mine = tls if tls is not None and tls.cert_file is not None else None
+    verify = (
+        TlsFiles(security.ca_file, min_version=security.tls_min_version)
+        if security.ca_file is not None
+        else None
+    )
     catalog = CatalogClient(
         settings.catalog.url,
         timeout_s=settings.catalog.request_timeout_s,
         token=settings.access.service_token(),
+        verify=verify.client_context() if verify is not None else None,
     )
     try:
         grid = model if model is not None else await asyncio.to_thread(_model_from_catalog, catalog)
+        client_id = f"{own_identity(mine, default='flisr')}-{uuid.uuid4().hex[:8]}"
         coordinator = FlisrCoordinator(
-            settings, model=grid, clock=clock or RealClock(), catalog=catalog, on_step=on_step
+            settings,
+            model=grid,
+            clock=clock or RealClock(),
+            catalog=catalog,
+            on_step=on_step,
+            client_id=client_id,
         )
+        if mine is not None:
+            # the coordinator builds a plain Messenger; with a certificate its connections are
+            # mutual TLS (same client id, same subscriptions: none are made before start())
+            coordinator._messenger = Messenger(
+                settings.brokers, client_id=client_id, tls=mine.client_context()
+            )
         await asyncio.to_thread(coordinator.start)
         try:
             server = HttpServer(
@@ -65,6 +93,7 @@ async def serve_flisr(
                 ),
                 host=settings.flisr.listen_host,
                 port=settings.flisr.listen_port,
+                tls=mine,
             )
 
             async def announce() -> None:

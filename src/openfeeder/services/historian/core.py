@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from openfeeder.iot.topics import (
     shared,
     status_topic,
 )
+from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
 from openfeeder.services.historian.committed import CommittedPublisher
 from openfeeder.services.historian.directory import (
     CatalogDirectory,
@@ -104,11 +106,20 @@ class Historian:
         self.instance = instance
         self._clock_ns = clock_ns
         config = settings.historian
+        self.tls = _service_tls(settings, self.service_id)
         if directory is None:
             self._owned_directory: CatalogDirectory | None = None
             if config.require_registered_devices:
+                security = settings.security
+                verify = (
+                    TlsFiles(security.ca_file, min_version=security.tls_min_version)
+                    if security.ca_file is not None
+                    else None
+                )
                 self._owned_directory = CatalogDirectory(
-                    settings.catalog.url, timeout_s=settings.catalog.request_timeout_s
+                    settings.catalog.url,
+                    timeout_s=settings.catalog.request_timeout_s,
+                    verify=verify.client_context() if verify is not None else None,
                 )
             directory = self._owned_directory or OpenDirectory()
         else:
@@ -153,6 +164,7 @@ class Historian:
             receive_maximum=RECEIVE_MAXIMUM,
             will=self._death(),
             on_connect=lambda: self._on_connected(BrokerContext.MONITORING),
+            tls=self._tls_context(),
         )
         grid_ops = LeanLink(
             self.settings.brokers.grid_ops,
@@ -163,6 +175,7 @@ class Historian:
             receive_maximum=GRID_OPS_RECEIVE_MAXIMUM,
             will=self._death(),
             on_connect=lambda: self._on_connected(BrokerContext.GRID_OPS),
+            tls=self._tls_context(),
         )
         self._intake_link, self._grid_ops = monitoring, grid_ops
         publisher = CommittedPublisher(
@@ -195,6 +208,10 @@ class Historian:
             len(book),
             extra={"event": "started", "backend": store.backend, "devices": len(book)},
         )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """Mutual TLS with the service certificate of ``[security]`` (None: not configured)."""
+        return self.tls.client_context() if self.tls is not None else None
 
     def _death(self) -> tuple[Topic, bytes]:
         death = Status(device_id=self.service_id, seq=1, t_ns=0, state=LinkState.OFFLINE)
@@ -365,3 +382,20 @@ class Historian:
             counters=self.counters(),
             last_batch=None if writer is None else writer.last_batch,
         )
+
+
+def _service_tls(settings: Settings, service_id: str) -> TlsFiles | None:
+    """The historian's certificate from ``[security]`` (None: none configured). It must be issued
+    to the name the instance uses on MQTT (client ids, status topic), or the broker's ACL refuses
+    the connection: say so at once rather than retrying forever."""
+    tls = tls_files_from(settings.security)
+    if tls is None or tls.cert_file is None:
+        return None
+    name = own_identity(tls, default=service_id)
+    if name != service_id:
+        raise ConfigError(
+            f"security.cert_file {tls.cert_file}: issued to {name!r}, but this historian is "
+            f"{service_id!r} on MQTT (client ids, status topic); issue its certificate as "
+            f"{service_id} (openfeeder pki issue {service_id} --role historian)"
+        )
+    return tls

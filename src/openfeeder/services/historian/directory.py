@@ -10,6 +10,7 @@ known stay known and the failure is logged. :class:`OpenDirectory` accepts every
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Iterable
 from typing import Any, Final, Protocol
@@ -58,9 +59,14 @@ class StaticDirectory:
 class CatalogDirectory:
     """The device catalog's registry, cached; :meth:`refresh` re-reads it over HTTP."""
 
-    def __init__(self, catalog_url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, catalog_url: str, *, timeout_s: float = 5.0, verify: ssl.SSLContext | None = None
+    ) -> None:
+        """``verify``: the TLS context that checks an ``https://`` catalog (the platform CA)."""
         self._url = catalog_url.rstrip("/") + "/v1/devices"
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = httpx.Client(
+            timeout=timeout_s, verify=verify if verify is not None else True
+        )
         self._ids: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         self.refreshes = 0

@@ -13,7 +13,8 @@ What it does: one connection, MQTT 5, ``clean_start`` false with a session expir
 the subscription and queues while the historian is away), a Receive Maximum (how many unacknowledged
 messages the broker may have in flight to us), a Maximum Packet Size (larger messages are not sent to
 us; smaller ones above the payload limit still arrive and are rejected as oversize), keep-alive pings,
-a last will, reconnection with back-off (1 s doubling to 8 s) and re-subscription on every connect.
+a last will, TLS (``mqtts://``; with ``tls`` the service's own certificate: mutual TLS),
+reconnection with back-off (1 s doubling to 8 s) and re-subscription on every connect.
 It subscribes at QoS 1, so the broker never sends it QoS 2. A PUBACK goes out after the handler
 returned, so a handler that blocks (the historian's full queue) stops the intake without
 acknowledging anything it did not take. Publishing is QoS 1 within the broker's Receive Maximum
@@ -127,8 +128,13 @@ class LeanLink:
         max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES,
         will: tuple[Topic, bytes] | None = None,
         on_connect: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: the context of an ``mqtts://`` broker (platform CA, the service's certificate:
+        :meth:`openfeeder.security.tls.TlsFiles.client_context`); None: the system's CAs with the
+        broker settings' ``ca_file``."""
         self._settings = settings
+        self._tls = tls
         self.client_id = client_id
         self._filter = topic_filter
         self._handler = handler
@@ -259,10 +265,14 @@ class LeanLink:
         settings = self._settings
         sock = _open_socket(settings.host, settings.port, timeout_s=settings.connect_timeout_s)
         if settings.tls:
-            context = ssl.create_default_context(
+            context = self._tls or ssl.create_default_context(
                 cafile=str(settings.ca_file) if settings.ca_file else None
             )
-            sock = context.wrap_socket(sock, server_hostname=settings.host)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=settings.host)
+            except (ssl.SSLError, OSError):
+                sock.close()
+                raise
         will = None
         if self._will is not None:
             topic, payload = self._will

@@ -60,7 +60,13 @@ async def serve_historian(
     await asyncio.to_thread(historian.start)
     try:
         config = settings.historian
-        server = HttpServer(create_app(historian), host=config.listen_host, port=config.listen_port)
+        # HTTPS with the service certificate when [security] names one
+        server = HttpServer(
+            create_app(historian),
+            host=config.listen_host,
+            port=config.listen_port,
+            tls=historian.tls,
+        )
         _LOG.info(
             "historian API on %s",
             server.url,
