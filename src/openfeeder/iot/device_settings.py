@@ -116,3 +116,7 @@ class DeviceSettings(_Model):
     package_keys: Annotated[tuple[str, ...], Field(max_length=64)] = ()
     """Public keys (``ed25519:...``) of the publishers whose algorithm packages the device may
     run, unless the device pins its own (``[access] pinned_publisher_keys``)."""
+    catalog_id: Annotated[str, Field(max_length=64)] = ""
+    """The catalog installation that issued these settings (random, made with its database).
+    Versions count per installation: a device ignores a pushed configuration of another one (a
+    retained message an earlier installation left on the broker) and asks its catalog instead."""

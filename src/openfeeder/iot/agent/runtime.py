@@ -662,6 +662,17 @@ class MeterAgent:
         if current is not None:
             if new.config_version == current.config_version:
                 return
+            if pending.origin == "push" and new.catalog_id != current.catalog_id:
+                # another catalog installation's (a retained message an earlier one left on the
+                # broker): its version numbers mean nothing here; the next poll asks ours
+                _LOG.warning(
+                    "%s ignores a pushed configuration of another catalog (%s, not %s)",
+                    self.device_id,
+                    new.catalog_id or "unnamed",
+                    current.catalog_id or "unnamed",
+                    extra={"device_id": self.device_id},
+                )
+                return
             if pending.origin == "push" and new.config_version < current.config_version:
                 return  # a stale retained configuration
         _LOG.info(

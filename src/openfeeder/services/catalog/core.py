@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -86,6 +87,7 @@ __all__ = ["Catalog"]
 
 _LOG = logging.getLogger(__name__)
 _COUNTER_KEY: Final = "config_counter"
+_IDENTITY_KEY: Final = "catalog_id"
 _TOPOLOGY_KEY: Final = "topology"
 
 _Prepared = tuple[DeviceRecord, DeviceSettings, bool]
@@ -162,7 +164,13 @@ class Catalog:
             signing=signing,
         )
         self.algorithms.catalog_url = self._context.catalog_url
-        self._context = dataclasses.replace(self._context, package_keys=signing.trusted.texts())
+        identity = stored.meta.get(_IDENTITY_KEY)
+        if not isinstance(identity, str) or not identity:
+            identity = uuid.uuid4().hex  # a new installation (database)
+            await self._writer.write([PutMeta(_IDENTITY_KEY, identity)])
+        self._context = dataclasses.replace(
+            self._context, package_keys=signing.trusted.texts(), catalog_id=identity
+        )
         await self.algorithms.sign_stored()
         await self.algorithms.publish_builtins()
         self.services = ServiceRegistry(

@@ -59,6 +59,8 @@ class RenderContext:
     disconnect_timeout_s: float
     package_keys: tuple[str, ...] = ()
     """Publisher keys devices trust for algorithm packages (``ed25519:...``)."""
+    catalog_id: str = ""
+    """This installation's identity (:attr:`DeviceSettings.catalog_id`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, catalog_url: str) -> RenderContext:
@@ -124,6 +126,7 @@ def render_settings(
         algorithms=tuple(refs),
         grid=record.grid,
         package_keys=context.package_keys,
+        catalog_id=context.catalog_id,
     )
 
 

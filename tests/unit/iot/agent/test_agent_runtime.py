@@ -6,6 +6,7 @@ messages it leaves behind.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -270,7 +271,11 @@ def test_readings_are_buffered_while_the_broker_is_away_and_delivered_in_order(
 
 
 def test_algorithms_swap_without_a_gap_and_removal_stops_outputs(
-    catalog: LoopbackCatalog, agents: AgentFactory, mqtt_url: str, tmp_path: Path
+    catalog: LoopbackCatalog,
+    agents: AgentFactory,
+    mqtt_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     device = new_device_id()
     v1 = catalog.add_package(
@@ -333,6 +338,31 @@ def test_algorithms_swap_without_a_gap_and_removal_stops_outputs(
         # the measurement stream never paused: no gap, no duplicate, through both changes
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert agent.stats().config_version == removed.config_version
+
+        # another catalog installation's configuration, left retained on the broker with a higher
+        # version, is ignored: our catalog's next push (a lower version) is the one applied
+        foreign = removed.model_copy(
+            update={"catalog_id": "earlier-installation", "config_version": 10_000}
+        )
+        restored = catalog.update(device, algorithms=(v1,))
+        caplog.set_level(logging.INFO, logger="openfeeder.iot.agent.runtime")
+        for settings in (foreign, restored):
+            publish_retained(
+                mqtt_url,
+                config_topic(device),
+                ConfigChange(
+                    device_id=device,
+                    seq=0,
+                    t_ns=1,
+                    config_version=settings.config_version,
+                    settings=settings.model_dump(mode="json"),
+                ),
+            )
+        until(lambda: agent.stats().config_version == restored.config_version)
+        until(lambda: any(p.version == "1.0" for p in agent.stats().plugins))
+        messages = [r.getMessage() for r in caplog.records if r.name.endswith("agent.runtime")]
+        assert any("ignores a pushed configuration of another catalog" in m for m in messages)
+        assert not any("applies config version 10000" in m for m in messages)
 
 
 def test_failing_and_hanging_algorithms_are_isolated_and_reported(
