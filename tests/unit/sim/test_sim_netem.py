@@ -383,7 +383,9 @@ def test_loss_as_retransmission_adds_the_rto_to_the_expected_fraction(
     assert stats.dropped == 0
     # expected 0.2 (plus a little head-of-line blocking behind a twice-lost message)
     assert 0.12 <= fraction <= 0.34, fraction
-    assert stats.retransmitted / stats.packets == pytest.approx(fraction, abs=0.07)
+    # every retransmitted message waited an RTO; a loaded machine may make a few others slow too
+    assert stats.retransmitted <= len(slow) <= stats.retransmitted + 0.05 * stats.packets
+    assert 0.10 <= stats.retransmitted / stats.packets <= 0.32  # 0.2 +- 3.4 sigma of 128 draws
     assert 0.14 <= stats.retransmissions / stats.packets <= 0.38  # p/(1-p) = 0.25
     assert 190 <= statistics.median(slow) <= 260  # one RTO of 200 ms
     assert min(slow) >= 195

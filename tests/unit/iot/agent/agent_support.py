@@ -379,6 +379,28 @@ class Collector:
     def __exit__(self, *_exc: object) -> None:
         self.link.stop()
 
+    def confirm_subscribed(self, *topics: Topic, timeout_s: float = 10.0) -> None:
+        """Publish a probe on each topic and wait until every one came back: the broker holds
+        the subscriptions (the link reports connected before their SUBACKs arrive)."""
+        for topic in topics:
+            assert self.link.publish(topic, b"probe").wait(timeout_s)
+        pending = {str(topic) for topic in topics}
+        others: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"probes on {sorted(pending)} never came back"
+            try:
+                topic, payload = self.messages.get(timeout=min(remaining, 0.1))
+            except queue.Empty:
+                continue
+            if payload == b"probe":
+                pending.discard(topic)
+            else:
+                others.append((topic, payload))
+        for message in others:
+            self.messages.put(message)
+
     def wait_for(
         self, predicate: Callable[[str, bytes], bool], *, timeout_s: float = 10.0
     ) -> tuple[str, bytes]:

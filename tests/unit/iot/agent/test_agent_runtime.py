@@ -46,7 +46,9 @@ from openfeeder.iot.topics import (
     committed_topic,
     config_topic,
     event_filter,
+    event_topic,
     measurement_filter,
+    measurement_topic,
     status_filter,
 )
 
@@ -217,6 +219,9 @@ def test_readings_are_buffered_while_the_broker_is_away_and_delivered_in_order(
     server = LoopbackCatalog(broker.url).start()
     # the watcher's session survives the outage (Mosquitto persists it), so it misses nothing
     with Collector(broker.url, *map(str, filters), persistent=True) as seen:
+        seen.confirm_subscribed(
+            measurement_topic(roomy), measurement_topic(tight), event_topic(tight)
+        )
         broker.stop()  # nothing listens on its port until the test starts it again
         agent = agents(server, roomy, settings=agent_settings(tmp_path / "a", broker.url))
         small = agents(
