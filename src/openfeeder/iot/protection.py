@@ -55,14 +55,21 @@ _PREFIX_LEVELS = TOPIC_PREFIX.split("/")
 _RETAINED = frozenset(str(c) for c, spec in MESSAGE_SPECS.items() if spec.retain)
 
 Handler = Callable[[str, bytes], None]
+_UNSEEN: tuple[str, str, bool] = ("", "", False)  # compared by identity: a topic not seen yet
 
 
-def _split(topic: str) -> tuple[str, str] | None:
-    """(message class, device id or "") of a scheme topic; None for other topics."""
+#: Topics a protection remembers the parts of; emptied when full (topics are per device, so a
+#: service that hears many devices refills it as it goes).
+_TOPIC_CACHE_SIZE = 4096
+
+
+def _split(topic: str) -> tuple[str, str, bool] | None:
+    """(message class, device id or "", retained?) of a scheme topic; None for other topics."""
     levels = topic.split("/")
     if len(levels) < 3 or levels[:2] != _PREFIX_LEVELS:
         return None
-    return levels[2], levels[3] if len(levels) > 3 else ""
+    message_class = levels[2]
+    return message_class, levels[3] if len(levels) > 3 else "", message_class in _RETAINED
 
 
 class MessageProtection:
@@ -87,36 +94,43 @@ class MessageProtection:
         self._last_event: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
         self._event_seq = itertools.count()
+        self._topics: dict[str, tuple[str, str, bool] | None] = {}
         self.events_published = 0
 
     def attach(self, publish: Callable[[Payload], object]) -> None:
         """Where security events go (the owning Messenger's ``publish``)."""
         self._publish = publish
 
+    def _parts(self, topic: str) -> tuple[str, str, bool] | None:
+        parts = self._topics.get(topic, _UNSEEN)
+        if parts is _UNSEEN:
+            parts = _split(topic)
+            if len(self._topics) >= _TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            self._topics[topic] = parts
+        return parts
+
     def seal(self, topic: Topic | str, data: bytes) -> bytes:
         """``data`` sealed for ``topic`` when its class is protected, else ``data`` itself."""
-        name = str(topic)
-        parts = _split(name)
+        name = topic.value if isinstance(topic, Topic) else topic
+        parts = self._parts(name)
         if parts is None:
             return data
         return self.protector.seal(data, topic=name, message_class=parts[0], device_id=parts[1])
 
     def guard(self, handler: Handler) -> Handler:
         """``handler`` behind the checks: it is called with opened payloads only."""
+        open_ = self.protector.open
+        parts_of = self._parts
 
         def guarded(topic: str, data: bytes) -> None:
-            parts = _split(topic)
+            parts = parts_of(topic)
             if parts is None:
                 handler(topic, data)
                 return
-            message_class, device_id = parts
             try:
-                opened = self.protector.open(
-                    data,
-                    topic=topic,
-                    message_class=message_class,
-                    device_id=device_id,
-                    retained=message_class in _RETAINED,
+                opened = open_(
+                    data, topic=topic, message_class=parts[0], device_id=parts[1], retained=parts[2]
                 )
             except PayloadRejectedError as err:
                 self._rejected(err, size_bytes=len(data))

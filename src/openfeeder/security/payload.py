@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -201,7 +201,11 @@ class KeyResolver(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ProtectionPolicy:
-    """Which algorithm protects each traffic class, and which class each message class is."""
+    """Which algorithm protects each traffic class, and which class each message class is.
+
+    The mappings are copied when the policy is made, so changing the dictionaries passed in
+    afterwards changes nothing.
+    """
 
     algorithms: Mapping[TrafficClass, Algorithm] = field(default_factory=lambda: DEFAULT_ALGORITHMS)
     traffic: Mapping[str, TrafficClass] = field(default_factory=lambda: DEFAULT_TRAFFIC)
@@ -213,6 +217,8 @@ class ProtectionPolicy:
                     f"message class {message_class!r} cannot be protected (its last will is "
                     "fixed at connection time)"
                 )
+        object.__setattr__(self, "algorithms", MappingProxyType(dict(self.algorithms)))
+        object.__setattr__(self, "traffic", MappingProxyType(dict(self.traffic)))
 
     def traffic_of(self, message_class: str) -> TrafficClass | None:
         return self.traffic.get(message_class)
@@ -238,11 +244,43 @@ class SealedHeader:
     body_offset: int
 
 
-def parse_header(data: bytes) -> SealedHeader:
-    """Parse the envelope header; SecurityError naming the first bad field."""
+_SEQ: Final = struct.Struct(">Q")
+#: What follows the ids in a header: seq, then the nonce (salt and seq again).
+_SEQ_NONCE: Final = struct.Struct(">Q4sQ")
+_SALT_BYTES: Final = 4
+_MIN_AFTER_PREFIX: Final = _SEQ_NONCE.size + TAG_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    """The part of a header before the sequence number: the same for every message of one sender,
+    key and class, so receivers parse it once (keyed by its bytes) and reuse the result."""
+
+    algorithm: Algorithm
+    traffic: TrafficClass
+    key_id: str
+    sender_id: str
+    window_key: tuple[int, str]  # (traffic code, sender id): one replay window each
+
+
+def _prefix_end(data: bytes) -> int:
+    """Where the sequence number starts; SecurityError if the envelope ends before it."""
     if len(data) < 8 or data[:2] != MAGIC:
         raise SecurityError("not a sealed envelope (no 'OF' marker)")
-    version, algorithm_code, traffic_code, key_length = data[2], data[3], data[4], data[5]
+    sender_at = 6 + data[5]
+    if sender_at >= len(data):
+        raise SecurityError("envelope ends inside the key id")
+    end = sender_at + 1 + data[sender_at]
+    if end > len(data) or data[sender_at] == 0:
+        raise SecurityError("envelope ends inside the sender id")
+    if len(data) < end + _MIN_AFTER_PREFIX:
+        raise SecurityError("envelope too short for sequence number, nonce and tag")
+    return end
+
+
+def _parse_prefix(prefix: bytes) -> _Prefix:
+    """Check and decode the bytes before the sequence number (whose length is known to fit)."""
+    version, algorithm_code, traffic_code, key_length = prefix[2], prefix[3], prefix[4], prefix[5]
     if version != ENVELOPE_VERSION:
         raise SecurityError(f"envelope version {version} is not supported")
     algorithm = _ALGORITHM_BY_CODE.get(algorithm_code)
@@ -251,37 +289,29 @@ def parse_header(data: bytes) -> SealedHeader:
     traffic = _TRAFFIC_BY_CODE.get(traffic_code)
     if traffic is None:
         raise SecurityError(f"unknown traffic class code {traffic_code}")
-    offset = 6
-    key_id_bytes = data[offset : offset + key_length]
-    offset += key_length
-    if len(key_id_bytes) != key_length or offset >= len(data):
-        raise SecurityError("envelope ends inside the key id")
-    sender_length = data[offset]
-    offset += 1
-    sender_bytes = data[offset : offset + sender_length]
-    offset += sender_length
-    if len(sender_bytes) != sender_length or sender_length == 0:
-        raise SecurityError("envelope ends inside the sender id")
-    if len(data) < offset + 8 + NONCE_BYTES + TAG_BYTES:
-        raise SecurityError("envelope too short for sequence number, nonce and tag")
-    (seq,) = struct.unpack_from(">Q", data, offset)
-    offset += 8
-    nonce = data[offset : offset + NONCE_BYTES]
-    offset += NONCE_BYTES
     try:
-        key_id = key_id_bytes.decode("utf-8")
-        sender_id = sender_bytes.decode("utf-8")
+        key_id = prefix[6 : 6 + key_length].decode("utf-8")
+        sender_id = prefix[7 + key_length :].decode("utf-8")
     except UnicodeDecodeError as err:
         raise SecurityError("key id or sender id is not UTF-8") from err
+    return _Prefix(algorithm, traffic, key_id, sender_id, (traffic_code, sender_id))
+
+
+def parse_header(data: bytes) -> SealedHeader:
+    """Parse the envelope header; SecurityError naming the first bad field."""
+    end = _prefix_end(data)
+    prefix = _parse_prefix(data[:end])
+    seq, _, _ = _SEQ_NONCE.unpack_from(data, end)
+    body_offset = end + _SEQ_NONCE.size
     return SealedHeader(
-        algorithm=algorithm,
-        traffic=traffic,
-        key_id=key_id,
-        sender_id=sender_id,
+        algorithm=prefix.algorithm,
+        traffic=prefix.traffic,
+        key_id=prefix.key_id,
+        sender_id=prefix.sender_id,
         seq=seq,
-        nonce=nonce,
-        header_bytes=data[:offset],
-        body_offset=offset,
+        nonce=data[end + 8 : body_offset],
+        header_bytes=data[:body_offset],
+        body_offset=body_offset,
     )
 
 
@@ -289,48 +319,78 @@ def _aad(header: bytes, topic: str, device_id: str) -> bytes:
     return b"".join((header, topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
 
 
+Aead = Callable[[bytes, bytes, bytes], bytes]
+
+
+def _sm4_gcm(material: bytes) -> tuple[Aead, Aead]:
+    """Encrypt and decrypt for one SM4 key.
+
+    ``cryptography`` has no SM4 AEAD object, so each message needs its own GCM context (the
+    nonce is fixed when the context is made, and GCM contexts cannot be re-keyed or re-used);
+    the key object is made once, so only the mode and the context are per message.
+    """
+    sm4 = algorithms.SM4(material)
+
+    def encrypt(nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        encryptor = Cipher(sm4, modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(aad)
+        body = encryptor.update(plaintext)
+        encryptor.finalize()  # GCM is a stream mode: nothing is held back
+        return body + encryptor.tag
+
+    def decrypt(nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+        if len(sealed) < TAG_BYTES:
+            raise InvalidTag
+        decryptor = Cipher(sm4, modes.GCM(nonce, sealed[-TAG_BYTES:])).decryptor()
+        decryptor.authenticate_additional_data(aad)
+        plaintext = decryptor.update(sealed[:-TAG_BYTES])
+        decryptor.finalize()  # raises InvalidTag
+        return plaintext
+
+    return encrypt, decrypt
+
+
 class AeadCipher:
-    """One key's AEAD, with the AES object built once (SM4 has no AEAD class in cryptography)."""
+    """One key's AEAD: ``encrypt(nonce, plaintext, aad)`` and ``decrypt(nonce, sealed, aad)``
+    (the latter raises ``InvalidTag``). The cipher objects are made once per key; for AES the two
+    are the bound methods of one ``AESGCM``, so a call goes straight to OpenSSL."""
+
+    __slots__ = ("decrypt", "encrypt", "key")
 
     def __init__(self, key: SymmetricKey) -> None:
         self.key = key
-        self._aes = AESGCM(key.material) if key.algorithm is Algorithm.AES_256_GCM else None
-
-    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        if self._aes is not None:
-            return self._aes.encrypt(nonce, plaintext, aad)
-        encryptor = Cipher(algorithms.SM4(self.key.material), modes.GCM(nonce)).encryptor()
-        encryptor.authenticate_additional_data(aad)
-        body = encryptor.update(plaintext) + encryptor.finalize()
-        return body + encryptor.tag
-
-    def decrypt(self, nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
-        """Plaintext, or ``InvalidTag``."""
-        if self._aes is not None:
-            return self._aes.decrypt(nonce, sealed, aad)
-        body, tag = sealed[:-TAG_BYTES], sealed[-TAG_BYTES:]
-        decryptor = Cipher(algorithms.SM4(self.key.material), modes.GCM(nonce, tag)).decryptor()
-        decryptor.authenticate_additional_data(aad)
-        return decryptor.update(body) + decryptor.finalize()
+        self.encrypt: Aead
+        self.decrypt: Aead
+        if key.algorithm is Algorithm.AES_256_GCM:
+            aes = AESGCM(key.material)
+            self.encrypt, self.decrypt = aes.encrypt, aes.decrypt
+        else:
+            self.encrypt, self.decrypt = _sm4_gcm(key.material)
 
 
 class ReplayWindow:
-    """Highest accepted sequence number plus a bitmap of the ``size`` numbers below it."""
+    """Highest accepted sequence number plus a bitmap of the ``size`` numbers below it.
 
-    __slots__ = ("_bitmap", "_highest", "size")
+    Both operations are O(1) in the distance between numbers: a jump of more than ``size`` (a
+    sender's new session starts millions of numbers higher) starts a fresh bitmap instead of
+    shifting the old one that far.
+    """
+
+    __slots__ = ("_bitmap", "_highest", "_mask", "size")
 
     def __init__(self, size: int = DEFAULT_REPLAY_WINDOW) -> None:
         if size < 1:
             raise ValueError(f"replay window must hold at least 1 number, not {size}")
         self.size = size
+        self._mask = (1 << size) - 1
         self._highest = -1
         self._bitmap = 0  # bit i set: highest - i was accepted
 
     def check(self, seq: int) -> RejectKind | None:
         """None if ``seq`` may be accepted, else DUPLICATE or STALE (the window is not changed)."""
-        if seq > self._highest:
-            return None
         offset = self._highest - seq
+        if offset < 0:
+            return None
         if offset >= self.size:
             return RejectKind.STALE
         if self._bitmap >> offset & 1:
@@ -339,20 +399,19 @@ class ReplayWindow:
 
     def accept(self, seq: int) -> None:
         """Record ``seq`` (after :meth:`check` passed and the message authenticated)."""
-        if seq > self._highest:
-            shift = seq - self._highest
-            self._bitmap = ((self._bitmap << shift) | 1) & ((1 << self.size) - 1)
+        shift = seq - self._highest
+        if shift > 0:
+            self._bitmap = (self._bitmap << shift | 1) & self._mask if shift < self.size else 1
             self._highest = seq
         else:
-            self._bitmap |= 1 << (self._highest - seq)
+            self._bitmap |= 1 << -shift
 
     @property
     def highest(self) -> int:
         return self._highest
 
 
-@dataclass(frozen=True, slots=True)
-class OpenedMessage:
+class OpenedMessage(NamedTuple):
     """A message that passed: its plaintext and who sealed it (None when it was not sealed)."""
 
     plaintext: bytes
@@ -360,11 +419,59 @@ class OpenedMessage:
     seq: int | None
 
 
+class _Sealer:
+    """What sealing under one key for one traffic class needs, built once: the AEAD, the header
+    up to the sequence number, and the nonce salt."""
+
+    __slots__ = ("encrypt", "key", "prefix", "salt")
+
+    def __init__(self, key: SymmetricKey, traffic: TrafficClass, sender: bytes) -> None:
+        key_id = key.key_id.encode("utf-8")
+        self.key = key
+        self.encrypt = AeadCipher(key).encrypt
+        self.prefix = b"".join(
+            (
+                MAGIC,
+                bytes(
+                    (
+                        ENVELOPE_VERSION,
+                        _ALGORITHM_CODES[key.algorithm],
+                        _TRAFFIC_CODES[traffic],
+                        len(key_id),
+                    )
+                ),
+                key_id,
+                bytes((len(sender),)),
+                sender,
+            )
+        )
+        self.salt = os.urandom(_SALT_BYTES)
+
+
+class _Stream:
+    """One sealed traffic class of this sender: its algorithm, sequence numbers and sealers."""
+
+    __slots__ = ("algorithm", "counter", "epoch", "sealers", "traffic")
+
+    def __init__(self, traffic: TrafficClass, algorithm: Algorithm) -> None:
+        self.traffic = traffic
+        self.algorithm = algorithm
+        self.epoch = -1  # session start in ms; -1: no message sealed yet
+        self.counter = _COUNTER_LIMIT  # forces a new session on the first message
+        self.sealers: dict[str, _Sealer] = {}
+
+
+#: Distinct header prefixes a receiver remembers (one per sender, key and class in use); the
+#: cache is emptied when full, so envelopes with made-up ids cannot grow it.
+_PREFIX_CACHE_SIZE: Final = 1024
+
+
 class PayloadProtector:
     """Seals outgoing payloads and opens incoming ones for one sender (device or service).
 
     ``sender_id`` names this end in every envelope it seals (receivers keep one replay window per
     sender and traffic class). Thread-safe: links call :meth:`open` from their network threads.
+    The policy is read once, when the protector is made.
     """
 
     def __init__(
@@ -382,86 +489,80 @@ class PayloadProtector:
         if replay_window < 1:
             raise SecurityError(f"replay window must be at least 1, not {replay_window}")
         self.sender_id = sender_id
-        self.policy = policy if policy is not None else ProtectionPolicy()
+        self._policy = policy if policy is not None else ProtectionPolicy()
         self._keys = keys
         self._sender_bytes = sender
         self._window_size = replay_window
         self._clock_ms = clock_ms
         self._lock = threading.Lock()
-        self._epochs: dict[TrafficClass, int] = {}
-        self._counters: dict[TrafficClass, int] = {}
-        self._salts: dict[str, bytes] = {}
-        self._ciphers: dict[str, AeadCipher] = {}
-        self._windows: dict[tuple[str, TrafficClass], ReplayWindow] = {}
+        streams = {
+            traffic: _Stream(traffic, algorithm)
+            for traffic, algorithm in self._policy.algorithms.items()
+            if algorithm is not Algorithm.NONE
+        }
+        # message class -> its traffic class's stream, for the sealed classes only
+        self._streams: dict[str, _Stream] = {
+            message_class: streams[traffic]
+            for message_class, traffic in self._policy.traffic.items()
+            if traffic in streams
+        }
+        self._prefixes: dict[bytes, _Prefix] = {}
+        self._openers: dict[str, AeadCipher] = {}
+        self._windows: dict[tuple[int, str], ReplayWindow] = {}
         self._retained: dict[str, tuple[bytes, bytes]] = {}
         self.rejected: Counter[RejectKind] = Counter()
         self.sealed = 0
         self.opened = 0
         self.retained_redelivered = 0
 
+    @property
+    def policy(self) -> ProtectionPolicy:
+        return self._policy
+
     def protects(self, message_class: str) -> bool:
         """Whether messages of this class are sealed under the policy."""
-        return self.policy.algorithm_for(message_class) is not Algorithm.NONE
+        return message_class in self._streams
 
     # -- sealing -------------------------------------------------------------------------------
 
     def seal(self, data: bytes, *, topic: str, message_class: str, device_id: str) -> bytes:
         """The sealed envelope for ``data`` (or ``data`` itself when the class is not protected)."""
-        algorithm = self.policy.algorithm_for(message_class)
-        if algorithm is Algorithm.NONE:
+        stream = self._streams.get(message_class)
+        if stream is None:
             return data
-        traffic = self.policy.traffic[message_class]
-        key = self._keys.sealing_key(traffic, device_id)
-        if key.algorithm is not algorithm:
+        key = self._keys.sealing_key(stream.traffic, device_id)
+        with self._lock:
+            sealer = stream.sealers.get(key.key_id)
+            if sealer is None or sealer.key is not key:
+                sealer = self._sealer(stream, key, topic=topic, previous=sealer)
+            counter = stream.counter
+            if counter >= _COUNTER_LIMIT:
+                now_ms = self._clock_ms()
+                stream.epoch = now_ms if stream.epoch < 0 else max(now_ms, stream.epoch + 1)
+                counter = 0
+            stream.counter = counter + 1
+            seq = stream.epoch << _COUNTER_BITS | counter
+            self.sealed += 1
+        tail = _SEQ_NONCE.pack(seq, sealer.salt, seq)
+        header = sealer.prefix + tail
+        aad = b"".join((header, topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
+        return header + sealer.encrypt(tail[8:], data, aad)
+
+    def _sealer(
+        self, stream: _Stream, key: SymmetricKey, *, topic: str, previous: _Sealer | None
+    ) -> _Sealer:
+        """The sealer for ``key`` (called under the lock when the resolver hands out a key object
+        not seen before: first use, a rotation, or a cache refresh of the same key)."""
+        if key.algorithm is not stream.algorithm:
             raise SecurityError(
                 f"{topic}: key {key.key_id!r} is {key.algorithm}, the policy for "
-                f"{traffic} traffic says {algorithm}"
+                f"{stream.traffic} traffic says {stream.algorithm}"
             )
-        with self._lock:
-            seq = self._next_seq(traffic)
-            cipher = self._cipher(key)
-            salt = self._salts.get(key.key_id)
-            if salt is None:
-                salt = self._salts[key.key_id] = os.urandom(4)
-            self.sealed += 1
-        nonce = salt + struct.pack(">Q", seq)
-        key_id = key.key_id.encode("utf-8")
-        header = b"".join(
-            (
-                MAGIC,
-                bytes(
-                    (
-                        ENVELOPE_VERSION,
-                        _ALGORITHM_CODES[algorithm],
-                        _TRAFFIC_CODES[traffic],
-                        len(key_id),
-                    )
-                ),
-                key_id,
-                bytes((len(self._sender_bytes),)),
-                self._sender_bytes,
-                struct.pack(">Q", seq),
-                nonce,
-            )
-        )
-        return header + cipher.encrypt(nonce, data, _aad(header, topic, device_id))
-
-    def _next_seq(self, traffic: TrafficClass) -> int:
-        epoch = self._epochs.get(traffic)
-        counter = self._counters.get(traffic, 0)
-        if epoch is None or counter >= _COUNTER_LIMIT:
-            now_ms = self._clock_ms()
-            epoch = now_ms if epoch is None else max(now_ms, epoch + 1)
-            self._epochs[traffic] = epoch
-            counter = 0
-        self._counters[traffic] = counter + 1
-        return epoch << _COUNTER_BITS | counter
-
-    def _cipher(self, key: SymmetricKey) -> AeadCipher:
-        cipher = self._ciphers.get(key.key_id)
-        if cipher is None or cipher.key.material != key.material:
-            cipher = self._ciphers[key.key_id] = AeadCipher(key)
-        return cipher
+        if previous is not None and previous.key == key:
+            previous.key = key  # the same key, refreshed: keep the cipher and the salt
+            return previous
+        sealer = stream.sealers[key.key_id] = _Sealer(key, stream.traffic, self._sender_bytes)
+        return sealer
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -480,68 +581,57 @@ class PayloadProtector:
         marks a class whose messages the broker retains (a byte-identical redelivery passes).
         """
         try:
-            return self._open(
-                data,
-                topic=topic,
-                message_class=message_class,
-                device_id=device_id,
-                retained=retained,
-            )
+            return self._open(data, topic, message_class, device_id, retained)
         except PayloadRejectedError as err:
             with self._lock:
                 self.rejected[err.reason] += 1
             raise
 
     def _open(
-        self, data: bytes, *, topic: str, message_class: str, device_id: str, retained: bool
+        self, data: bytes, topic: str, message_class: str, device_id: str, retained: bool
     ) -> OpenedMessage:
-        expected = self.policy.algorithm_for(message_class)
+        stream = self._streams.get(message_class)
         if not data.startswith(MAGIC):
-            if expected is Algorithm.NONE:
+            if stream is None:
                 return OpenedMessage(data, None, None)
             raise PayloadRejectedError(
-                f"{topic}: {message_class} messages must be sealed with {expected}, this one is not",
+                f"{topic}: {message_class} messages must be sealed with {stream.algorithm}, this "
+                "one is not",
                 topic=topic,
                 reason=RejectKind.PLAINTEXT,
             )
-        try:
-            header = parse_header(data)
-        except SecurityError as err:
-            raise PayloadRejectedError(
-                f"{topic}: malformed envelope: {err}", topic=topic, reason=RejectKind.MALFORMED
-            ) from err
-        sender = header.sender_id
-        traffic = self.policy.traffic_of(message_class)
-        if expected is not Algorithm.NONE and (
-            header.algorithm is not expected or header.traffic is not traffic
+        prefix, end = self._prefix(data, topic)
+        sender = prefix.sender_id
+        if stream is not None and (
+            prefix.algorithm is not stream.algorithm or prefix.traffic is not stream.traffic
         ):
             raise PayloadRejectedError(
-                f"{topic}: sealed as {header.traffic}/{header.algorithm}, {message_class} "
-                f"messages must be {traffic}/{expected}",
+                f"{topic}: sealed as {prefix.traffic}/{prefix.algorithm}, {message_class} "
+                f"messages must be {stream.traffic}/{stream.algorithm}",
                 topic=topic,
                 reason=RejectKind.POLICY,
                 sender_id=sender,
             )
+        (seq,) = _SEQ.unpack_from(data, end)
         if retained:
-            with self._lock:
-                previous = self._retained.get(topic)
+            previous = self._retained.get(topic)
             if previous is not None and previous[0] == data:
                 with self._lock:
                     self.retained_redelivered += 1
-                return OpenedMessage(previous[1], sender, header.seq)
+                return OpenedMessage(previous[1], sender, seq)
         try:
-            key = self._keys.opening_key(header.key_id)
+            key = self._keys.opening_key(prefix.key_id)
         except SecurityError as err:
             raise PayloadRejectedError(
-                f"{topic}: key {header.key_id!r} cannot open messages: {err}",
+                f"{topic}: key {prefix.key_id!r} cannot open messages: {err}",
                 topic=topic,
                 reason=RejectKind.UNKNOWN_KEY,
                 sender_id=sender,
             ) from err
-        if key.algorithm is not header.algorithm:
+        if key.algorithm is not prefix.algorithm:
             raise PayloadRejectedError(
                 f"{topic}: key {key.key_id!r} is {key.algorithm}, the envelope says "
-                f"{header.algorithm}",
+                f"{prefix.algorithm}",
                 topic=topic,
                 reason=RejectKind.POLICY,
                 sender_id=sender,
@@ -553,51 +643,65 @@ class PayloadProtector:
                 reason=RejectKind.KEY_SCOPE,
                 sender_id=sender,
             )
-        window_key = (sender, header.traffic)
+        body_at = end + _SEQ_NONCE.size
+        aad = b"".join((data[:body_at], topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
+        # check, decrypt and accept under one lock: two threads cannot both accept one number
         with self._lock:
-            window = self._windows.get(window_key)
-            verdict = window.check(header.seq) if window is not None else None
-            cipher = self._cipher(key)
-        if verdict is not None:
-            raise PayloadRejectedError(
-                f"{topic}: sequence number {header.seq} from {sender!r} is a {verdict} "
-                f"(highest accepted {window.highest if window else -1}, window {self._window_size})",
-                topic=topic,
-                reason=verdict,
-                sender_id=sender,
-            )
-        try:
-            plaintext = cipher.decrypt(
-                header.nonce,
-                data[header.body_offset :],
-                _aad(header.header_bytes, topic, device_id),
-            )
-        except InvalidTag as err:
-            raise PayloadRejectedError(
-                f"{topic}: message from {sender!r} (seq {header.seq}) does not authenticate: "
-                "altered, moved to another topic, or sealed under another key",
-                topic=topic,
-                reason=RejectKind.AUTHENTICATION,
-                sender_id=sender,
-            ) from err
-        with self._lock:
-            window = self._windows.get(window_key)
-            if window is None:
-                window = self._windows[window_key] = ReplayWindow(self._window_size)
-            verdict = window.check(header.seq)  # again: another thread may have accepted it
+            window = self._windows.get(prefix.window_key)
+            verdict = window.check(seq) if window is not None else None
             if verdict is None:
-                window.accept(header.seq)
+                opener = self._openers.get(key.key_id)
+                if opener is None or opener.key is not key:
+                    opener = self._openers[key.key_id] = AeadCipher(key)
+                try:
+                    plaintext = opener.decrypt(data[end + 8 : body_at], data[body_at:], aad)
+                except InvalidTag as err:
+                    raise PayloadRejectedError(
+                        f"{topic}: message from {sender!r} (seq {seq}) does not authenticate: "
+                        "altered, moved to another topic, or sealed under another key",
+                        topic=topic,
+                        reason=RejectKind.AUTHENTICATION,
+                        sender_id=sender,
+                    ) from err
+                if window is None:  # only authenticated senders get a window
+                    window = self._windows[prefix.window_key] = ReplayWindow(self._window_size)
+                window.accept(seq)
                 self.opened += 1
                 if retained:
                     self._retained[topic] = (data, plaintext)
-        if verdict is not None:
+                return OpenedMessage(plaintext, sender, seq)
+            highest = window.highest if window is not None else -1
+        raise PayloadRejectedError(
+            f"{topic}: sequence number {seq} from {sender!r} is a {verdict} "
+            f"(highest accepted {highest}, window {self._window_size})",
+            topic=topic,
+            reason=verdict,
+            sender_id=sender,
+        )
+
+    def _prefix(self, data: bytes, topic: str) -> tuple[_Prefix, int]:
+        """The parsed header prefix of ``data`` (cached by its bytes) and where it ends."""
+        if len(data) > 7:  # a prefix seen before: only the length behind it is left to check
+            sender_at = 6 + data[5]
+            if sender_at < len(data):
+                end = sender_at + 1 + data[sender_at]
+                prefix = self._prefixes.get(data[:end])
+                if prefix is not None and len(data) >= end + _MIN_AFTER_PREFIX:
+                    return prefix, end
+        try:
+            end = _prefix_end(data)
+            raw = data[:end]
+            prefix = self._prefixes.get(raw)
+            if prefix is None:
+                prefix = _parse_prefix(raw)
+                if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
+                    self._prefixes.clear()
+                self._prefixes[raw] = prefix
+        except SecurityError as err:
             raise PayloadRejectedError(
-                f"{topic}: sequence number {header.seq} from {sender!r} is a {verdict}",
-                topic=topic,
-                reason=verdict,
-                sender_id=sender,
-            )
-        return OpenedMessage(plaintext, sender, header.seq)
+                f"{topic}: malformed envelope: {err}", topic=topic, reason=RejectKind.MALFORMED
+            ) from err
+        return prefix, end
 
     @property
     def rejected_total(self) -> int:
