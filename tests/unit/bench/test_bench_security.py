@@ -1,16 +1,70 @@
-"""Smoke test of ``bench.security``: every column measures every traffic class."""
+"""Smoke test of ``bench.security``: every column measures every traffic class, and the payload
+column really seals what the policy says."""
 
 from __future__ import annotations
 
-from bench.security import CLASSES, COLUMNS, _table, run
+import json
+from pathlib import Path
+
+from bench.security import (
+    CLASSES,
+    COLUMNS,
+    DEVICE,
+    SERVICE,
+    TLS,
+    TLS_PAYLOAD,
+    _tls_payload,
+    added_cost,
+    main,
+    run,
+)
+
+from openfeeder.security.payload import Algorithm, parse_header
+from openfeeder.security.pki import CertificateAuthority
 
 
-def test_every_column_measures_every_class() -> None:
-    results = run(messages=5, burst=20)
-    assert set(results) == set(COLUMNS)
-    for column in results.values():
-        assert set(column) == set(CLASSES)
-        for metrics in column.values():
-            assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
-            assert metrics["throughput_msg_s"] > 0
-    assert "tls1.3+acl" in _table(results)
+def test_every_column_measures_every_class_in_every_round() -> None:
+    rounds = run(messages=5, burst=20, rounds=2)
+    assert len(rounds) == 2
+    for results in rounds:
+        assert list(results) == list(COLUMNS)
+        for column in results.values():
+            assert set(column) == set(CLASSES)
+            for metrics in column.values():
+                assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
+                assert metrics["throughput_msg_s"] > 0
+    cost = added_cost(rounds, over=TLS, column=TLS_PAYLOAD)
+    assert set(cost) == set(CLASSES)
+    for row in cost.values():
+        assert row["meets_p50_target"] == (row["p50_added"] < 0.10)
+        assert row["meets_throughput_target"] == (row["throughput_lost"] < 0.15)
+
+
+def test_payload_column_seals_control_and_protection_only(tmp_path: Path) -> None:
+    ca = CertificateAuthority.init(tmp_path / "pki")
+    ca.issue("broker", role="broker", hosts=["127.0.0.1"])
+    for name, role in ((DEVICE, "device"), (SERVICE, "operator")):
+        ca.issue(name, role=role)
+    setup = _tls_payload(ca)
+    service, device = setup.protections[SERVICE], setup.protections[DEVICE]
+    command = service.seal("openfeeder/v1/cmd/bench-meter", b"x" * 200)
+    event = device.seal("openfeeder/v1/event/bench-meter", b"x" * 200)
+    reading = device.seal("openfeeder/v1/meas/bench-meter", b"x" * 200)
+    assert parse_header(command).algorithm is Algorithm.AES_256_GCM
+    assert parse_header(event).algorithm is Algorithm.SM4_GCM
+    assert reading == b"x" * 200  # monitoring: TLS only
+
+
+def test_main_writes_the_verdict(tmp_path: Path) -> None:
+    out = tmp_path / "security.json"
+    args = ["--messages", "3", "--burst", "10", "--rounds", "1", "--json", str(out)]
+    assert main(args) == 0
+    document = json.loads(out.read_text())
+    assert set(document["medians"]) == set(COLUMNS)
+    assert document["algorithms"] == {
+        "control": "aes-256-gcm",
+        "protection": "sm4-gcm",
+        "monitoring": "none",
+    }
+    assert set(document["payload_over_tls"]) == set(CLASSES)
+    assert len(document["per_round"]) == 1
