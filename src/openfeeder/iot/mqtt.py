@@ -1,7 +1,9 @@
 """MQTT connections: one paho-mqtt (v5) client per broker context, with the scheme's QoS and retain.
 
 :class:`MqttLink` is one connection to one broker: it connects in the background, reconnects with
-back-off, re-subscribes after every reconnect, sets the last will, and dispatches each incoming
+back-off, re-subscribes after every reconnect, asks again (0.5 s doubling to 8 s) for a subscription
+the broker refused (an ACL that follows the registry may grant it a moment later: a plug-in's
+inputs are subscribed as soon as it starts), sets the last will, and dispatches each incoming
 message to the handler of the first subscription whose filter matches. Handlers run on paho's network
 thread and must be quick (hand the message to a queue and return); one that raises is logged and the
 link keeps going.
@@ -25,6 +27,7 @@ runs thousands of meter agents on it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -60,6 +63,8 @@ _IDS = itertools.count()
 _MISC_EVERY_S: Final = 1.0
 """How often a :class:`NetworkLoop` runs paho's keep-alive checks on its links."""
 _RECONNECT_MIN_S: Final = 1.0
+_SUBSCRIBE_RETRY_MIN_S: Final = 0.5
+_SUBSCRIBE_RETRY_MAX_S: Final = 8.0
 _RECONNECT_MAX_S: Final = 8.0
 _CLOSE_WAIT_S: Final = 2.0
 
@@ -132,6 +137,12 @@ class MqttLink:
         self._stopped = False
         self._on_published = on_published
         self._on_connection_change = on_connection_change
+        # SUBACKs by message id (a small lock of its own: never held while calling paho)
+        self._suback_lock = threading.Lock()
+        self._sent_subscribes: dict[int, list[str]] = {}
+        self._early_subacks: dict[int, list[ReasonCode]] = {}
+        self._subscribe_retry_s: dict[str, float] = {}
+        self.refused_subscriptions = 0
         self.handler_errors = 0
         self.connects = 0
         self.disconnects = 0
@@ -157,7 +168,7 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
-        client.on_subscribe = None
+        client.on_subscribe = self._handle_subscribe
         self._client = client
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -222,7 +233,8 @@ class MqttLink:
         with self._lock:
             self._subscriptions.append(_Subscription(flt, qos, handler))
         if self.connected:
-            self._client.subscribe(str(flt), qos=int(qos))
+            _, mid = self._client.subscribe(str(flt), qos=int(qos))
+            self._track_subscribe(mid, [str(flt)])
 
     def unsubscribe(self, topic_filter: TopicFilter | str) -> None:
         value = str(topic_filter)
@@ -276,7 +288,8 @@ class MqttLink:
         with self._lock:
             subscriptions = list(self._subscriptions)
         if subscriptions:
-            client.subscribe([(str(s.topic_filter), int(s.qos)) for s in subscriptions])
+            _, mid = client.subscribe([(str(s.topic_filter), int(s.qos)) for s in subscriptions])
+            self._track_subscribe(mid, [str(s.topic_filter) for s in subscriptions])
         self.connects += 1
         self._reconnect_delay_s = _RECONNECT_MIN_S
         self._connected.set()
@@ -329,6 +342,66 @@ class MqttLink:
                         "mqtt message handler failed topic=%s", topic, extra={"topic": topic}
                     )
                 return
+
+    def _track_subscribe(self, mid: int | None, filters: list[str]) -> None:
+        """Remember what SUBSCRIBE ``mid`` asked for (its SUBACK may already be in); None: not
+        sent (not connected: the next connect subscribes everything)."""
+        if mid is None:
+            return
+        with self._suback_lock:
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
+                self._sent_subscribes[mid] = filters
+                return
+        self._check_suback(filters, early)
+
+    def _handle_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        with self._suback_lock:
+            filters = self._sent_subscribes.pop(mid, None)
+            if filters is None:  # before _track_subscribe ran
+                self._early_subacks[mid] = list(reason_codes)
+                return
+        self._check_suback(filters, reason_codes)
+
+    def _check_suback(self, filters: list[str], codes: list[ReasonCode]) -> None:
+        """A refused filter is asked for again later, while it is still wanted."""
+        for flt, code in zip(filters, codes, strict=False):
+            if not code.is_failure:
+                self._subscribe_retry_s.pop(flt, None)
+                continue
+            self.refused_subscriptions += 1
+            delay = self._subscribe_retry_s.get(flt)
+            (_LOG.warning if delay is None else _LOG.debug)(
+                "mqtt subscription refused url=%s client_id=%s filter=%s reason=%s; asking again",
+                self._settings.url,
+                self.client_id,
+                flt,
+                code,
+                extra={"url": self._settings.url, "client_id": self.client_id, "topic": flt},
+            )
+            delay = _SUBSCRIBE_RETRY_MIN_S if delay is None else delay
+            self._subscribe_retry_s[flt] = min(delay * 2, _SUBSCRIBE_RETRY_MAX_S)
+            if self._network is not None:
+                self._network.call_later(delay, functools.partial(self._subscribe_again, flt))
+            else:
+                timer = threading.Timer(delay, self._subscribe_again, args=(flt,))
+                timer.daemon = True
+                timer.start()
+
+    def _subscribe_again(self, flt: str) -> None:
+        with self._lock:
+            wanted = next((s for s in self._subscriptions if s.topic_filter.value == flt), None)
+        if wanted is None or self._stopped or not self.connected:
+            return  # unsubscribed, stopped, or the next connect subscribes it anyway
+        _, mid = self._client.subscribe(flt, qos=int(wanted.qos))
+        self._track_subscribe(mid, [flt])
 
     def _handle_publish(
         self,
