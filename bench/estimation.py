@@ -121,7 +121,9 @@ def _prepare(engine: str, model: Any, measurements: Any) -> tuple[Any, Any]:
     if engine.startswith("openfeeder"):
         from openfeeder.analysis.estimation import estimate_state
 
-        sigma = engine == "openfeeder+sigma"
+        sigma = (
+            engine == "openfeeder+sigma"
+        )  # explicit: the default computes them up to 5,000 buses
         bad_data = engine != "openfeeder-nobad"
         return (
             lambda: estimate_state(model, measurements, uncertainty=sigma, bad_data=bad_data),

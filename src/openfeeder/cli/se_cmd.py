@@ -59,7 +59,9 @@ def read_measurement_file(path: Path) -> tuple[MeasurementSet, dict[str, Any]]:
 )
 @click.option("--no-bad-data", is_flag=True, help="Skip the chi-square test and bad-data removal.")
 @click.option(
-    "--no-uncertainty", is_flag=True, help="Skip the voltage standard deviations (faster)."
+    "--uncertainty/--no-uncertainty",
+    default=None,
+    help="Voltage standard deviations (default: up to 5,000 buses; they cost seconds above).",
 )
 @click.option(
     "--method",
@@ -76,7 +78,7 @@ def se_command(  # noqa: PLR0917  (one option each)
     as_json: bool,
     pseudo: str,
     no_bad_data: bool,
-    no_uncertainty: bool,
+    uncertainty: bool | None,
     method: str,
     strict: bool,
 ) -> None:
@@ -88,7 +90,7 @@ def se_command(  # noqa: PLR0917  (one option each)
         measurements,
         pseudo=pseudo,
         bad_data=not no_bad_data,
-        uncertainty=not no_uncertainty,
+        uncertainty=uncertainty,
         method="newton_raphson" if method == "newton_raphson" else "iterative_linear",
         on_unobservable="raise" if strict else "mark",
         file=str(measurements_file),

@@ -161,6 +161,7 @@ class StateEstimate:
                 "bad_data_kept_critical": self.kept_critical,
                 "identification": "exact" if self.exact_identification else "largest weighted",
                 "solves": self.solves,
+                "uncertainty": bool(np.isfinite(bus["u_sigma_pu"][estimated]).any()),
                 "u_min_pu": _nan_reduce(np.nanmin, bus["u_pu"][estimated]),
                 "u_max_pu": _nan_reduce(np.nanmax, bus["u_pu"][estimated]),
             },
