@@ -6,11 +6,20 @@
 Measurement files are read by :func:`parse_measurement_document` (the caller reads the file).
 """
 
+from openfeeder.analysis.estimation.areas import Area, AreaPartition, Level, partition_areas
 from openfeeder.analysis.estimation.bad_data import ChiSquareTest
 from openfeeder.analysis.estimation.estimator import (
     DEFAULT_CHI2_CONFIDENCE,
     DEFAULT_LNR_THRESHOLD,
     estimate_state,
+)
+from openfeeder.analysis.estimation.hierarchical import (
+    AreaEstimate,
+    BoundaryState,
+    Equivalent,
+    HierarchicalEstimate,
+    estimate_area,
+    estimate_hierarchical,
 )
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
 from openfeeder.analysis.estimation.measurement_file import (
@@ -39,8 +48,15 @@ __all__ = [
     "MEASUREMENT_DTYPE",
     "MEASUREMENT_FORMAT",
     "MEASUREMENT_FORMAT_VERSION",
+    "Area",
+    "AreaEstimate",
+    "AreaPartition",
     "BadDataRemoval",
+    "BoundaryState",
     "ChiSquareTest",
+    "Equivalent",
+    "HierarchicalEstimate",
+    "Level",
     "LocatedMeasurements",
     "MeasurementSet",
     "Observability",
@@ -49,9 +65,12 @@ __all__ = [
     "Quantity",
     "StateEstimate",
     "check_observability",
+    "estimate_area",
+    "estimate_hierarchical",
     "estimate_state",
     "locate_measurements",
     "measurement_document",
     "parse_measurement_document",
+    "partition_areas",
     "sigmas_from_accuracy_class",
 ]
