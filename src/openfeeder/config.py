@@ -47,6 +47,7 @@ __all__ = [
     "BrokerSettings",
     "BrokersSettings",
     "CatalogSettings",
+    "EstimationSettings",
     "FlisrSettings",
     "HistorianSettings",
     "LoggingSettings",
@@ -239,6 +240,29 @@ class FlisrSettings(_Section):
     max_replans: int = Field(default=6, ge=0, le=100)
 
 
+class EstimationSettings(_Section):
+    """The estimation service (``docs/estimation-service.md``): how often, which estimator, where
+    the results go."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8703, ge=0, le=65535)
+    interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    """A cycle every this many seconds (domain time), and at once after a topology change or a
+    bad-data alarm."""
+    mode: Literal["central", "distributed"] = "distributed"
+    """``central``: the service estimates the whole grid itself from the latest measurements on
+    the bus; ``distributed``: the hierarchical estimator's levels run on the devices' agents."""
+    storage: Path = Path("estimates.jsonl")
+    """Every estimate (summary and bus voltages), one JSON document per line (appended)."""
+    cycle_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Distributed mode: how long a cycle may take before it is stored with the areas it has."""
+    child_timeout_s: float = Field(default=3.0, gt=0, le=600)
+    """Distributed mode: how long a level waits for its children before estimating without the
+    missing ones (their loads then count as pseudo-measurements)."""
+    keep: int = Field(default=100, ge=1, le=100_000)
+    """Estimates kept in memory for the REST API."""
+
+
 class SecuritySettings(_Section):
     """Identities and TLS (``docs/security.md``): the CA every party trusts, this party's own
     certificate and key, and what the catalog needs to certify devices and keep the broker ACL.
@@ -351,6 +375,7 @@ class Settings(_Section):
     historian: HistorianSettings = HistorianSettings()
     agent: AgentSettings = AgentSettings()
     flisr: FlisrSettings = FlisrSettings()
+    estimation: EstimationSettings = EstimationSettings()
     security: SecuritySettings = SecuritySettings()
     payload_protection: PayloadProtectionSettings = PayloadProtectionSettings()
     access: AccessSettings = AccessSettings()

@@ -18,6 +18,7 @@ from openfeeder.cli.case_cmd import case_group, cases_command
 from openfeeder.cli.catalog_cmd import catalog_group
 from openfeeder.cli.config_cmd import config_group
 from openfeeder.cli.demo_cmd import demo_command
+from openfeeder.cli.estimation_cmd import estimation_group
 from openfeeder.cli.flisr_cmd import flisr_group
 from openfeeder.cli.historian_cmd import historian_group
 from openfeeder.cli.keys_cmd import keys_group
@@ -51,6 +52,7 @@ cli.add_command(algorithm_group)
 cli.add_command(twin_group)
 cli.add_command(flisr_group)
 cli.add_command(se_command)
+cli.add_command(estimation_group)
 cli.add_command(keys_group)
 cli.add_command(audit_group)
 cli.add_command(token_group)

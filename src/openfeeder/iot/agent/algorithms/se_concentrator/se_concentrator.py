@@ -1,0 +1,14 @@
+"""Concentrator level of the hierarchical state estimator (seed 003) as an agent plug-in.
+
+:class:`~openfeeder.services.estimation.levels.LevelAlgorithm` for ``concentrator`` areas: the protocol,
+the parameters the estimation service sets and what is published are described there.
+"""
+
+from __future__ import annotations
+
+from openfeeder.analysis.estimation import Level
+from openfeeder.services.estimation.levels import LevelAlgorithm
+
+
+class ConcentratorEstimator(LevelAlgorithm):
+    LEVEL = Level.CONCENTRATOR
