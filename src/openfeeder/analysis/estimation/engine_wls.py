@@ -14,6 +14,18 @@ The model's engine input (:mod:`openfeeder.analysis.engine_input`) gets one sens
 Islands the caller excludes (unobservable ones) lose their sources, so the engine treats them as
 de-energized instead of failing on them. Sensor ids are allocated above the model's largest id.
 
+The engine converts a power measurement to a current with the *measured* voltage of its bus
+where the bus has a voltage sensor (the magnitude with the estimate's angle; the phasor of a PMU),
+not with the estimated one. Its estimate is then the WLS optimum for powers scaled by
+``u_estimated / u_measured`` at those buses: :attr:`EngineEstimate.power_factor` gives that factor
+per bus, so the objective of the problem the engine solved can be evaluated (see :mod:`.estimator`).
+
+A model converted once is kept with its sensors (:class:`_EngineCache`, a few models): a later
+solve of the same model with measurements in the same places (the same quantities at the same
+buses, elements and ends, in the same order, the same unobservable buses) only writes the new
+sensor values into it and runs the engine again; only model identity is checked, so a model's
+tables must not be written in place (as :mod:`openfeeder.model.grid` asks anyway).
+
 The engine takes no power or current sensor on a ``link`` (its switch), yet feeder terminal units
 measure exactly there. A measured switch is therefore handed over as a line of
 :data:`SWITCH_LINE_Z_PU` (x; r a tenth of it) per unit of its bus's rated voltage on 1 MVA: 4 mOhm at
@@ -22,6 +34,9 @@ measure exactly there. A measured switch is therefore handed over as a line of
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -52,9 +67,11 @@ from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
 from openfeeder.errors import AnalysisError, NotConvergedError, NotObservableError
 from openfeeder.model.grid import GridModel, lookup
 
-__all__ = ["SWITCH_LINE_Z_PU", "EngineEstimate", "solve_wls"]
+__all__ = ["ENGINE_CACHE_SIZE", "SWITCH_LINE_Z_PU", "EngineEstimate", "solve_wls"]
 
 SWITCH_LINE_Z_PU: Final = 1e-5
+ENGINE_CACHE_SIZE: Final = 8
+"""Converted engine models kept (model and measurement placement pairs, least recently used out)."""
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -98,6 +115,62 @@ class EngineEstimate:
     ``i_to_ka``, ``p_from_mw``, ``q_from_mvar``, ``p_to_mw``, ``q_to_mvar``."""
     appliance_p_mw: dict[Target, FloatArray]
     appliance_q_mvar: dict[Target, FloatArray]
+    power_factor: npt.NDArray[np.complex128]
+    """Per bus: ``u_estimated / u_linearized``, where the engine converted the bus's power
+    measurements with its measured voltage (1 at buses without a voltage sensor); a measured power
+    ``S`` entered the engine's problem as ``S * power_factor``."""
+
+
+@dataclass(slots=True, eq=False)
+class _Prepared:
+    """One converted model with its sensors (what a repeated solve reuses)."""
+
+    model: GridModel
+    engine: PowerGridModel
+    output_filter: dict[
+        ComponentType, set[str] | list[str] | ComponentAttributeFilterOptions | None
+    ]
+    next_id: int
+    lock: threading.Lock
+    branch_order: npt.NDArray[np.int64] | None = None
+    voltage_bus_row: npt.NDArray[np.int64] | None = None
+
+
+class _EngineCache:
+    """The last :data:`ENGINE_CACHE_SIZE` converted models, keyed by model identity and the
+    measurements' placement (thread-safe; a model is used by one solve at a time)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, bytes], _Prepared] = OrderedDict()
+
+    def get(self, model: GridModel, layout: bytes) -> _Prepared | None:
+        with self._lock:
+            entry = self._entries.get((id(model), layout))
+            if entry is None or entry.model is not model:
+                return None
+            self._entries.move_to_end((id(model), layout))
+            return entry
+
+    def put(self, layout: bytes, entry: _Prepared) -> None:
+        with self._lock:
+            self._entries[(id(entry.model), layout)] = entry
+            self._entries.move_to_end((id(entry.model), layout))
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_ENGINES: Final = _EngineCache(ENGINE_CACHE_SIZE)
+
+
+def clear_engine_cache() -> None:
+    """Forget every converted model (the next solve of each converts it again)."""
+    _ENGINES.clear()
 
 
 def solve_wls(
@@ -112,23 +185,36 @@ def solve_wls(
 ) -> EngineEstimate:
     """The engine's WLS estimate; ``local_angle_rad`` (per measurement) pins magnitude-only
     currents' angles; sources on ``excluded_bus`` rows are switched off."""
-    engine_input = to_engine_input(model)
-    if excluded_bus.any() and ComponentType.source in engine_input:
-        sources = engine_input[ComponentType.source].copy()
-        rows = lookup(model.bus["id"], sources["node"])
-        sources["status"] = np.where(excluded_bus[rows], 0, sources["status"])
-        engine_input[ComponentType.source] = sources
-    _measured_switches_as_lines(model, located, engine_input)
-    engine_input.update(_sensors(model, located, local_angle_rad))
+    layout = _layout(located, excluded_bus)
+    prepared = _ENGINES.get(model, layout)
     try:
-        engine = PowerGridModel(engine_input, system_frequency=model.frequency_hz)
-        output = engine.calculate_state_estimation(
-            symmetric=True,
-            error_tolerance=error_tolerance,
-            max_iterations=max_iterations,
-            calculation_method=method,
-            output_component_types=_output_filter(engine_input),
-        )
+        if prepared is None:
+            next_id = int(model.all_ids().max(initial=0)) + 1
+            sensors = _sensors(model, located, local_angle_rad, next_id)
+            engine_input = _engine_input(model, located, excluded_bus)
+            engine_input.update(sensors)
+            prepared = _Prepared(
+                model=model,
+                engine=PowerGridModel(engine_input, system_frequency=model.frequency_hz),
+                output_filter=_output_filter(engine_input),
+                next_id=next_id,
+                lock=threading.Lock(),
+            )
+            _ENGINES.put(layout, prepared)
+            update = None
+        else:
+            sensors = _sensors(model, located, local_angle_rad, prepared.next_id)
+            update = {kind: _as_update(kind, values) for kind, values in sensors.items()}
+        with prepared.lock:
+            if update:
+                prepared.engine.update(update_data=update)
+            output = prepared.engine.calculate_state_estimation(
+                symmetric=True,
+                error_tolerance=error_tolerance,
+                max_iterations=max_iterations,
+                calculation_method=method,
+                output_component_types=prepared.output_filter,
+            )
     except EngineNotObservable as err:
         raise NotObservableError(
             f"the engine found the measurements insufficient: {err}".split("\n")[0], buses=()
@@ -142,7 +228,86 @@ def solve_wls(
         ) from err
     except PowerGridError as err:
         raise AnalysisError(f"state estimation failed: {str(err).splitlines()[0]}") from err
-    return _estimate(model, located, cast(dict[Any, dict[str, Any]], output))
+    estimate = _estimate(model, located, cast(dict[Any, dict[str, Any]], output), prepared)
+    return _with_power_factor(
+        model, estimate, sensors.get(ComponentType.sym_voltage_sensor), prepared
+    )
+
+
+def _layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> bytes:
+    """What the converted model depends on besides the model: where each measurement is."""
+    table = located.measurements.table
+    return b"".join(
+        (
+            located.target.tobytes(),
+            located.target_row.tobytes(),
+            located.bus_row.tobytes(),
+            table["quantity"].tobytes(),
+            table["end"].tobytes(),
+            np.packbits(excluded_bus).tobytes(),
+        )
+    )
+
+
+def _engine_input(
+    model: GridModel, located: LocatedMeasurements, excluded_bus: BoolArray
+) -> dict[ComponentType, Any]:
+    engine_input = to_engine_input(model)
+    if excluded_bus.any() and ComponentType.source in engine_input:
+        sources = engine_input[ComponentType.source].copy()
+        rows = lookup(model.bus["id"], sources["node"])
+        sources["status"] = np.where(excluded_bus[rows], 0, sources["status"])
+        engine_input[ComponentType.source] = sources
+    _measured_switches_as_lines(model, located, engine_input)
+    return engine_input
+
+
+def _as_update(kind: ComponentType, values: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
+    update = initialize_array(DatasetType.update, kind, values.size)
+    for name in update.dtype.names or ():
+        if name in (values.dtype.names or ()):
+            update[name] = values[name]
+    return update
+
+
+def _with_power_factor(
+    model: GridModel,
+    estimate: EngineEstimate,
+    voltage: npt.NDArray[np.void] | None,
+    prepared: _Prepared,
+) -> EngineEstimate:
+    """``estimate`` with :attr:`EngineEstimate.power_factor` from the voltage sensors handed over.
+
+    The engine combines a bus's sensors by inverse variance: magnitudes when one has no angle
+    (then the estimate's angle is used), phasors otherwise (the module docstring)."""
+    n = model.bus.size
+    factor = np.ones(n, dtype=np.complex128)
+    if voltage is not None and voltage.size:
+        rows = prepared.voltage_bus_row
+        if rows is None:
+            rows = prepared.voltage_bus_row = lookup(model.bus["id"], voltage["measured_object"])
+        u_rated_v = model.bus["u_rated_kv"][rows] * 1e3
+        weight = 1.0 / (voltage["u_sigma"] / u_rated_v) ** 2
+        magnitude = voltage["u_measured"] / u_rated_v
+        angle = voltage["u_angle_measured"]
+        no_angle = np.bincount(rows, np.isnan(angle), n) > 0
+        total = np.bincount(rows, weight, n)
+        mean_magnitude = np.bincount(rows, weight * magnitude, n)
+        phasor = magnitude * np.exp(1j * np.nan_to_num(angle))
+        mean_re = np.bincount(rows, weight * phasor.real, n)
+        mean_im = np.bincount(rows, weight * phasor.imag, n)
+        measured = total > 0
+        estimated = estimate.u_pu * np.exp(1j * estimate.u_angle_rad)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            linearized = np.where(
+                no_angle,
+                mean_magnitude / total * np.exp(1j * estimate.u_angle_rad),
+                (mean_re + 1j * mean_im) / total,
+            )
+            ratio = estimated / linearized
+        usable = measured & np.isfinite(ratio)
+        factor[usable] = ratio[usable]
+    return dataclasses.replace(estimate, power_factor=factor)
 
 
 def _measured_switches_as_lines(
@@ -191,12 +356,17 @@ def _output_filter(
 
 
 def _estimate(
-    model: GridModel, located: LocatedMeasurements, output: dict[Any, dict[str, Any]]
+    model: GridModel,
+    located: LocatedMeasurements,
+    output: dict[Any, dict[str, Any]],
+    prepared: _Prepared,
 ) -> EngineEstimate:
     node = output[ComponentType.node]
     parts = [output[t] for t in _BRANCH_TYPES if t in output]
-    engine_ids = np.concatenate([p["id"] for p in parts]) if parts else np.zeros(0, np.int64)
-    order = lookup(engine_ids, located.branches.id)
+    order = prepared.branch_order
+    if order is None:
+        engine_ids = np.concatenate([p["id"] for p in parts]) if parts else np.zeros(0, np.int64)
+        order = prepared.branch_order = lookup(engine_ids, located.branches.id)
     branch: dict[str, FloatArray] = {}
     for column, name, scale in (
         ("energized", "energized", 1.0),
@@ -228,6 +398,7 @@ def _estimate(
         branch=branch,
         appliance_p_mw=appliance_p,
         appliance_q_mvar=appliance_q,
+        power_factor=np.ones(energized.size, dtype=np.complex128),
     )
 
 
@@ -235,10 +406,9 @@ _TABLE_OF: Final = {Target.LOAD: "load", Target.GENERATOR: "generator", Target.S
 
 
 def _sensors(
-    model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray
+    model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray, next_id: int
 ) -> dict[ComponentType, npt.NDArray[np.void]]:
     table = located.measurements.table
-    next_id = int(model.all_ids().max(initial=0)) + 1
     element_or_bus = np.where(
         located.target == Target.BUS,
         model.bus["id"][np.maximum(located.bus_row, 0)] if model.bus.size else -1,

@@ -9,11 +9,19 @@ Steps (each reported in the :class:`~.result.StateEstimate`):
    of the solve: their buses come back with ``observable`` false and NaN values
    (``on_unobservable="raise"`` raises :class:`~openfeeder.errors.NotObservableError` instead;
    so does an estimate with no observable island at all).
-3. **Solve** with power-grid-model (:mod:`.engine_wls`; Newton-Raphson by default). Magnitude-only
+   Steps 1 and 2 depend only on where the measurements are: an estimate of the same model object
+   with measurements at the same places takes them from the last such estimate
+   (:mod:`.prepared`), and the engine reuses its converted model, only given the new readings.
+3. **Solve** with power-grid-model (:mod:`.engine_wls`; iterative linear by default). Magnitude-only
    current measurements take part as currents whose angle against the local voltage is pinned to
    the last estimate's; the solve repeats until those angles move less than 1e-4 rad (starting
    from a power flow of the model's own loads).
-4. **Bad data** (:mod:`.bad_data`): the chi-square test on the objective; when it fails, the
+4. **Bad data** (:mod:`.bad_data`): the chi-square test on the objective of the problem the engine
+   solved (power measurements at a bus with a voltage sensor as the engine converted them: with
+   the measured voltage, :attr:`.engine_wls.EngineEstimate.power_factor`); at the engine's point
+   the plain WLS objective would be up to 30 % higher than its optimum, which alone would fail
+   the test on clean data (docs/estimation.md). When the test fails, the objective of the plain
+   WLS problem after one Gauss-Newton step from the engine's estimate is tested; if that fails, the
    measurement with the largest normalized residual above ``lnr_threshold`` is removed and the
    state re-estimated, until the test passes, nothing stands out, ``max_bad_data`` measurements are
    gone, or removing the next one would leave its island unobservable (then it stays, reported).
@@ -40,7 +48,11 @@ from openfeeder.analysis.estimation.bad_data import (
     normalized_residuals,
     optimal_residuals,
 )
-from openfeeder.analysis.estimation.engine_wls import EngineEstimate, solve_wls
+from openfeeder.analysis.estimation.engine_wls import (
+    EngineEstimate,
+    clear_engine_cache,
+    solve_wls,
+)
 from openfeeder.analysis.estimation.jacobian import (
     GainFactor,
     StateJacobian,
@@ -56,6 +68,7 @@ from openfeeder.analysis.estimation.observability import (
     check_observability,
     pseudo_measurements,
 )
+from openfeeder.analysis.estimation.prepared import Placement, PlacementCache, placement_key
 from openfeeder.analysis.estimation.residuals import RowKind, ScalarRows, scalar_rows
 from openfeeder.analysis.estimation.result import BadDataRemoval, StateEstimate, build_result
 from openfeeder.errors import AnalysisError, NotObservableError
@@ -65,6 +78,7 @@ __all__ = [
     "DEFAULT_CHI2_CONFIDENCE",
     "DEFAULT_LNR_THRESHOLD",
     "UNCERTAINTY_MAX_BUSES",
+    "clear_caches",
     "estimate_state",
 ]
 
@@ -127,17 +141,19 @@ def estimate_state(
     options = (
         pseudo if isinstance(pseudo, PseudoOptions) else PseudoOptions(policy=PseudoPolicy(pseudo))
     )
-    given = locate_measurements(model, measurements, file=file)
-    # the policy "all" does not need to know what was observable before (and skips that check)
-    first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
-    added = pseudo_measurements(model, given, first, options)
-    located = given.concat(locate_measurements(model, added)) if len(added) else given
-    observability = (
-        first if first is not None and not len(added) else check_observability(model, located)
-    )
+    key = placement_key(measurements, options)
+    placement = _PLACEMENTS.get(model, key)
+    if placement is None:
+        placement = _place(model, measurements, options, file)
+        _PLACEMENTS.put(key, placement)
+        located = placement.located
+    else:
+        located = placement.with_readings(measurements)
+    observability, first = placement.observability, placement.first_observability
+    added = placement.pseudo
     if not observability.fully_observable and on_unobservable == "raise":
         raise _not_observable(observability)
-    estimated = observability.energized & observability.observable
+    estimated = placement.estimated
     if not estimated.any():
         raise _not_observable(observability)
 
@@ -154,11 +170,11 @@ def estimate_state(
     tests: list[ChiSquareTest] = []
     rows: ScalarRows | None = None
     gain: GainFactor | None = None
-    columns = _state_columns(model, located, estimated)
+    columns = placement.columns
     kept_critical: str | None = None
     exact = True
     while True:
-        rows = _rows(model, solved, estimated, jacobian=False)
+        rows = _rows(model, solved, estimated, jacobian=False, engine_powers=True)
         test = chi_square_test(rows, int(columns.size), chi2_confidence)
         tests.append(test)
         gain = None
@@ -237,6 +253,40 @@ def estimate_state(
         angle_sigma_rad=angle_sigma_rad,
         solves=solved.solves,
         method=method,
+    )
+
+
+_PLACEMENTS: Final = PlacementCache()
+
+
+def clear_caches() -> None:
+    """Forget the placements and converted engine models kept for repeated estimates."""
+    _PLACEMENTS.clear()
+    clear_engine_cache()
+
+
+def _place(
+    model: GridModel, measurements: MeasurementSet, options: PseudoOptions, file: str | None
+) -> Placement:
+    """Locate, add pseudo-measurements, check observability (what depends on placement only)."""
+    given = locate_measurements(model, measurements, file=file)
+    # the policy "all" does not need to know what was observable before (and skips that check)
+    first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
+    added = pseudo_measurements(model, given, first, options)
+    located = given.concat(locate_measurements(model, added)) if len(added) else given
+    observability = (
+        first if first is not None and not len(added) else check_observability(model, located)
+    )
+    estimated = observability.energized & observability.observable
+    return Placement(
+        model=model,
+        given_ids=measurements.ids,
+        located=located,
+        pseudo=added,
+        first_observability=first,
+        observability=observability,
+        estimated=estimated,
+        columns=_state_columns(model, located, estimated),
     )
 
 
@@ -322,8 +372,16 @@ def _estimated_local_angles(
     return angle
 
 
-def _rows(model: GridModel, solved: _Solved, estimated: BoolArray, *, jacobian: bool) -> ScalarRows:
-    """The WLS rows at the solved estimate; the Jacobian only with ``jacobian``."""
+def _rows(
+    model: GridModel,
+    solved: _Solved,
+    estimated: BoolArray,
+    *,
+    jacobian: bool,
+    engine_powers: bool = False,
+) -> ScalarRows:
+    """The WLS rows at the solved estimate; the Jacobian only with ``jacobian``; measured powers
+    as the engine took them with ``engine_powers`` (:func:`.residuals.scalar_rows`)."""
     estimate = solved.estimate
     branches = solved.located.branches
 
@@ -334,7 +392,14 @@ def _rows(model: GridModel, solved: _Solved, estimated: BoolArray, *, jacobian: 
         s_to = estimate.branch["p_to_mw"] + 1j * estimate.branch["q_to_mvar"]
         return state_jacobian(branches, admittance, v, s_from, s_to)
 
-    return scalar_rows(model, solved.located, estimate, build if jacobian else None, estimated)
+    return scalar_rows(
+        model,
+        solved.located,
+        estimate,
+        build if jacobian else None,
+        estimated,
+        engine_powers=engine_powers,
+    )
 
 
 def _h(rows: ScalarRows) -> sp.csr_matrix:

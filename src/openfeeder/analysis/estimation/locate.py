@@ -9,9 +9,9 @@ not a branch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -86,6 +86,13 @@ class LocatedMeasurements:
     """Row in the bus table, the branch table (:class:`BranchTable` order) or the appliance table."""
     bus_row: IntArray
     """The bus the value is read at: the measured bus, the branch end's bus, the appliance's bus."""
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+    """Masks that depend on the placement only (:meth:`with_placement_of` shares them)."""
+
+    def with_placement_of(self, other: LocatedMeasurements) -> LocatedMeasurements:
+        """This set sharing ``other``'s masks (the caller vouches for the same placement)."""
+        object.__setattr__(self, "memo", other.memo)
+        return self
 
     def concat(self, other: LocatedMeasurements) -> LocatedMeasurements:
         """Both sets located on the same model, in this order (no second lookup)."""
@@ -98,8 +105,15 @@ class LocatedMeasurements:
         )
 
     def of_quantity(self, *quantities: Quantity) -> BoolArray:
-        codes = [QUANTITIES.index(q) for q in quantities]
-        return np.isin(self.measurements.quantity, codes)
+        """Which measurements are of one of ``quantities`` (kept in :attr:`memo`; do not write)."""
+        out: BoolArray | None = self.memo.get(quantities)
+        if out is None:
+            quantity = self.measurements.quantity
+            out = quantity == QUANTITIES.index(quantities[0])
+            for other in quantities[1:]:
+                out |= quantity == QUANTITIES.index(other)
+            self.memo[quantities] = out
+        return out
 
 
 _APPLIANCES: Final = (

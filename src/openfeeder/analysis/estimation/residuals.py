@@ -13,6 +13,11 @@ estimate:
   information (no rows);
 - a bus without any appliance has a zero-injection row (a tight virtual measurement).
 
+With ``engine_powers`` the measured powers (branch ends, bus injections, appliance sums) are taken
+as the engine used them: times :attr:`~.engine_wls.EngineEstimate.power_factor` of their bus (the
+engine converts them to currents with a measured bus voltage). The objective is then the one of
+the problem the engine solved, at its optimum.
+
 ``kind`` says what a row belongs to (:class:`RowKind`); ``ref`` is then the measurement's position
 in the set, or for appliance and zero-injection rows the bus row.
 """
@@ -34,7 +39,8 @@ from openfeeder.analysis.estimation.engine_wls import EngineEstimate
 from openfeeder.analysis.estimation.jacobian import StateJacobian
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
-from openfeeder.model.grid import GridModel, lookup
+from openfeeder.analysis.estimation.prepared import model_index
+from openfeeder.model.grid import GridModel
 
 __all__ = ["ZERO_INJECTION_SIGMA_PU", "RowKind", "ScalarRows", "scalar_rows"]
 
@@ -124,9 +130,12 @@ def scalar_rows(
     estimate: EngineEstimate,
     jacobian: Callable[[], StateJacobian] | None,
     estimated_bus: BoolArray,
+    *,
+    engine_powers: bool = False,
 ) -> ScalarRows:
     """The rows of the module docstring for measurements at ``estimated_bus`` buses; the
-    Jacobian (``h``) only when ``jacobian`` (built on first use) is given."""
+    Jacobian (``h``) only when ``jacobian`` (built on first use) is given; ``engine_powers``:
+    measured powers as the engine took them (module docstring)."""
     n = model.bus.size
     rows = _Rows(2 * n, with_jacobian=jacobian is not None)
     jac = _Lazy(jacobian)
@@ -134,6 +143,7 @@ def scalar_rows(
     pseudo = table["pseudo"]
     u_rated = model.bus["u_rated_kv"]
     here = estimated_bus[np.maximum(located.bus_row, 0)] & (located.bus_row >= 0)
+    factor = estimate.power_factor if engine_powers else np.ones(n, dtype=np.complex128)
 
     # voltage magnitudes and angles
     for quantity in (Quantity.U, Quantity.U_PHASOR):
@@ -165,10 +175,11 @@ def scalar_rows(
     p_est = np.where(to, estimate.branch["p_to_mw"][br], estimate.branch["p_from_mw"][br])
     q_est = np.where(to, estimate.branch["q_to_mvar"][br], estimate.branch["q_from_mvar"][br])
     ds = jac.later(partial(_pick_end, power=True, branch=br, to=to))
+    p_meas, q_meas = _measured_pq(table, k, factor[located.bus_row[k]])
     _add_pq(
         rows,
-        table["p_mw"][k] - p_est,
-        table["q_mvar"][k] - q_est,
+        p_meas - p_est,
+        q_meas - q_est,
         table=table,
         k=k,
         ds=ds,
@@ -179,11 +190,20 @@ def scalar_rows(
     k = np.flatnonzero(pq & (located.target == Target.BUS))
     b = located.bus_row[k]
     ds = jac.later(partial(_bus_rows, buses=b))
-    p_res = table["p_mw"][k] - estimate.injection_p_mw[b]
-    q_res = table["q_mvar"][k] - estimate.injection_q_mvar[b]
+    p_meas, q_meas = _measured_pq(table, k, factor[b])
+    p_res = p_meas - estimate.injection_p_mw[b]
+    q_res = q_meas - estimate.injection_q_mvar[b]
     _add_pq(rows, p_res, q_res, table=table, k=k, ds=ds, pseudo=pseudo[k])
 
-    _appliance_rows(model, located, estimate, jacobian=jac, estimated_bus=estimated_bus, rows=rows)
+    _appliance_rows(
+        model,
+        located,
+        estimate,
+        jacobian=jac,
+        estimated_bus=estimated_bus,
+        rows=rows,
+        factor=factor,
+    )
 
     # currents
     for quantity in (Quantity.I, Quantity.I_PHASOR):
@@ -214,6 +234,13 @@ def scalar_rows(
                 pseudo=pseudo[k],
             )
     return rows.build()
+
+
+def _measured_pq(
+    table: npt.NDArray[np.void], k: IntArray, factor: npt.NDArray[np.complex128]
+) -> tuple[FloatArray, FloatArray]:
+    s = (table["p_mw"][k] + 1j * table["q_mvar"][k]) * factor
+    return s.real, s.imag
 
 
 def _base_current_ka(u_rated_kv: FloatArray) -> FloatArray:
@@ -258,11 +285,12 @@ def _appliance_rows(
     jacobian: _Lazy,
     estimated_bus: BoolArray,
     rows: _Rows,
+    factor: npt.NDArray[np.complex128],
 ) -> None:
     """Summed appliance injections at fully measured buses, and zero-injection rows."""
     n = model.bus.size
+    index = model_index(model)
     table = located.measurements.table
-    bus_id = model.bus["id"]
     appliances = np.zeros(n, dtype=np.int64)
     covered = np.zeros(n, dtype=np.int64)
     p_sum = np.zeros(n)
@@ -278,7 +306,7 @@ def _appliance_rows(
     ):
         element = model.table(name)
         on = np.asarray(element["in_service"], dtype=bool)
-        bus_rows = lookup(bus_id, element["bus"])
+        bus_rows = index.bus_row[name]
         appliances += np.bincount(bus_rows[on], minlength=n)
         k = np.flatnonzero(pq & (located.target == target))
         if k.size == 0:
@@ -302,11 +330,12 @@ def _appliance_rows(
         real[b[real_appliance[m]]] = True
     shunt = model.shunt
     on = np.asarray(shunt["in_service"], dtype=bool)
-    appliances += np.bincount(lookup(bus_id, shunt["bus"][on]), minlength=n)  # never measured
+    appliances += np.bincount(index.bus_row["shunt"][on], minlength=n)  # never measured
     full = np.flatnonzero(estimated_bus & (appliances > 0) & (covered >= appliances))
     ds = jacobian.later(partial(_bus_rows, buses=full))
+    s_sum = (p_sum[full] + 1j * q_sum[full]) * factor[full]
     rows.add(
-        p_sum[full] - estimate.injection_p_mw[full],
+        s_sum.real - estimate.injection_p_mw[full],
         np.sqrt(p_var[full]),
         lambda: sp.csr_matrix(ds().real),
         RowKind.APPLIANCES,
@@ -314,7 +343,7 @@ def _appliance_rows(
         pseudo=~real[full],
     )
     rows.add(
-        q_sum[full] - estimate.injection_q_mvar[full],
+        s_sum.imag - estimate.injection_q_mvar[full],
         np.sqrt(q_var[full]),
         lambda: sp.csr_matrix(ds().imag),
         RowKind.APPLIANCES,

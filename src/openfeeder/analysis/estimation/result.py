@@ -35,6 +35,7 @@ from openfeeder.analysis.estimation.measurement_set import (
     Quantity,
 )
 from openfeeder.analysis.estimation.observability import Observability
+from openfeeder.analysis.estimation.prepared import model_index
 from openfeeder.analysis.estimation.residuals import ScalarRows
 from openfeeder.model.grid import GridModel
 
@@ -289,9 +290,7 @@ def build_result(
 
 
 def _rows_of(model: GridModel, name: str) -> npt.NDArray[np.int64]:
-    from openfeeder.model.grid import lookup
-
-    return lookup(model.bus["id"], model.table(name)["bus"])
+    return model_index(model).bus_row[name]
 
 
 def _per_measurement(
@@ -307,10 +306,7 @@ def _per_measurement(
     bus_row = np.maximum(located.bus_row, 0)
     branch_row = np.maximum(located.target_row, 0)
     to = table["end"] == END_TO
-    quantity = table["quantity"]
-
-    def mask(*quantities: Quantity) -> BoolArray:
-        return np.isin(quantity, [QUANTITIES.index(q) for q in quantities])
+    mask = located.of_quantity
 
     volt = mask(Quantity.U, Quantity.U_PHASOR)
     value[volt, 0] = estimate.u_kv[bus_row[volt]]
