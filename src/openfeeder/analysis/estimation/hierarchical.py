@@ -195,12 +195,16 @@ def estimate_area(
     children: Mapping[str, Equivalent] | None = None,
     boundary: BoundaryState | None = None,
     bad_data: bool = True,
+    uncertainty: bool = True,
     error_tolerance: float = DEFAULT_ERROR_TOLERANCE_PU,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
 ) -> AreaEstimate:
     """One level's step for area ``name``: its own ``measurements`` (only the area's), the
     equivalents its children sent (a child missing gets the model's loads as pseudo values) and,
-    on the way down, its parent's ``boundary`` state. See the module docstring."""
+    on the way down, its parent's ``boundary`` state. See the module docstring.
+
+    ``uncertainty=False`` leaves the buses' standard deviations out (NaN) where nothing needs
+    them: a child area's first estimate still computes them when it passes a voltage up."""
     if partition.crossing_branch_ids.size:
         raise AnalysisError(
             "the grid's areas are joined by closed branches outside the supply tree "
@@ -265,11 +269,15 @@ def estimate_area(
             }
         )
     own = measurements.concat(MeasurementSet.from_records(extra)) if extra else measurements
+    measured_u = _measures_voltage(measurements) or any(
+        math.isfinite(e.u_pu) for e in given.values()
+    )
+    passes_u = boundary is None and area.boundary_bus_id != NO_ID and measured_u
     estimate = estimate_state(
         sub,
         own,
         bad_data=bad_data,
-        uncertainty=True,
+        uncertainty=uncertainty or passes_u,
         error_tolerance=error_tolerance,
         max_iterations=max_iterations,
     )
@@ -277,9 +285,6 @@ def estimate_area(
     bus = estimate.bus[rows]
     equivalent = None
     if area.boundary_bus_id != NO_ID:
-        measured_u = _measures_voltage(measurements) or any(
-            math.isfinite(e.u_pu) for e in given.values()
-        )
         equivalent = _equivalent(sub, area, estimate, measured_u=measured_u)
     states = {}
     load_rows = lookup(

@@ -400,6 +400,7 @@ class LevelAlgorithm:
             self._measurements(),
             children=self.equivalents,
             boundary=boundary,
+            uncertainty=False,  # nothing published needs the buses' sigmas
         )
 
     def _run_up(self) -> tuple[Reading, ...] | None:

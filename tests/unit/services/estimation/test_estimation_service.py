@@ -121,6 +121,7 @@ def _result(run: Run, reason: str, timeout_s: float = 40.0) -> dict[str, Any]:
     pytest.fail(f"no cycle for {reason!r}: {[r['reason'] for r in run.coordinator.results]}")
 
 
+@pytest.mark.slow
 def test_distributed_cycle_on_the_live_twin(tmp_path: Path) -> None:
     with _running(tmp_path, "distributed") as run:
         coordinator = run.coordinator
@@ -172,6 +173,7 @@ def test_distributed_cycle_on_the_live_twin(tmp_path: Path) -> None:
         assert health["mode"] == "distributed"
 
 
+@pytest.mark.slow
 def test_areas_follow_a_reconfiguration(tmp_path: Path) -> None:
     """FLISR's reconfiguration published to the catalog: the service re-partitions, the moved
     LV areas' plug-ins report to the other MV area's device, and the cycle covers every
