@@ -393,29 +393,31 @@ def _summary(
 
 
 def _mechanism_ms(incident: Incident) -> float:
-    """Domain time the switch mechanisms took on the critical path: per batch of commands sent
-    together, the longest ACCEPTED -> DONE interval by the devices' own clocks."""
+    """Domain time the switch mechanisms took on the critical path: how long at least one of
+    them was operating, i.e. the union of the ACCEPTED -> DONE intervals by the devices' own
+    clocks (commands sent together overlap and count once; an acknowledgement that arrives
+    between two commands of one batch changes nothing)."""
     accepted: dict[str, int] = {}
-    batches: dict[int, float] = {}
-    batch_of: dict[str, int] = {}
-    batch = -1
-    previous_kind = ""
+    intervals: list[tuple[int, int]] = []
     for step in incident.steps:
-        if step.kind == "command":
-            if previous_kind != "command":
-                batch += 1
-            batch_of[str(step.detail["command_id"])] = batch
-        elif step.kind == "ack":
-            command = str(step.detail.get("command_id"))
-            device_t_ns = int(step.detail.get("device_t_ns", step.t_ns))
-            if step.detail.get("status") == "accepted":
-                accepted[command] = device_t_ns
-            elif step.detail.get("status") == "done" and command in accepted:
-                ms = (device_t_ns - accepted[command]) / 1e6
-                key = batch_of.get(command, -1)
-                batches[key] = max(batches.get(key, 0.0), ms)
-        previous_kind = step.kind
-    return sum(batches.values())
+        if step.kind != "ack":
+            continue
+        command = str(step.detail.get("command_id"))
+        device_t_ns = int(step.detail.get("device_t_ns", step.t_ns))
+        if step.detail.get("status") == "accepted":
+            accepted[command] = device_t_ns
+        elif step.detail.get("status") == "done" and command in accepted:
+            intervals.append((accepted[command], device_t_ns))
+    total_ns = 0
+    end_ns: int | None = None
+    for start_ns, stop_ns in sorted(intervals):
+        if end_ns is None or start_ns > end_ns:
+            total_ns += stop_ns - start_ns
+            end_ns = stop_ns
+        elif stop_ns > end_ns:
+            total_ns += stop_ns - end_ns
+            end_ns = stop_ns
+    return total_ns / 1e6
 
 
 def _wait_forever() -> None:

@@ -63,6 +63,8 @@ _IDS = itertools.count()
 _MISC_EVERY_S: Final = 1.0
 """How often a :class:`NetworkLoop` runs paho's keep-alive checks on its links."""
 _RECONNECT_MIN_S: Final = 1.0
+_FIRST_REFUSAL_RETRY_S: Final = 0.25
+_NOT_AUTHORIZED: Final = 0x87
 _SUBSCRIBE_RETRY_MIN_S: Final = 0.5
 _SUBSCRIBE_RETRY_MAX_S: Final = 8.0
 _RECONNECT_MAX_S: Final = 8.0
@@ -283,6 +285,10 @@ class MqttLink:
                 reason_code,
                 extra={"url": self._settings.url, "client_id": self.client_id},
             )
+            if self.connects == 0 and reason_code.value == _NOT_AUTHORIZED:
+                # a device that just registered: the broker's ACL follows the registry a moment
+                # later, so the first retry comes sooner (on a shared loop; then the usual back-off)
+                self._reconnect_delay_s = _FIRST_REFUSAL_RETRY_S
             return
         _no_delay(client)
         with self._lock:
