@@ -8,24 +8,29 @@ with every load drawn between 50 % and 120 % of its case value (seeded); reading
 noise of their class (the limit at two sigma). The other loads and the PV get pseudo-measurements
 from their case values, 50 % standard deviation, as ``estimate_state`` adds them.
 
-Engines, each timed in a process of its own on the same measurements:
+Engines, each timed in a process of its own on the same measurements, cold (everything from the
+model and the readings) and warm (the same model and meters as the call before, fresh readings: a
+tenth of a sigma of new noise on every value, as a periodic estimator gets them):
 
 * ``openfeeder``: ``estimate_state(model, measurements, uncertainty=False)``: locating and checking
   the measurements, observability, pseudo-measurements, the engine, the chi-square test and the
-  result tables (the clean data pass the test, so no Jacobian is built);
+  result tables (the clean data pass the test, so no Jacobian is built); cold with its caches
+  cleared, warm reusing the placement and the converted engine model it kept;
 * ``openfeeder-nobad``: the same without the bad-data test (``bad_data=False``);
-* ``openfeeder+sigma``: the default with the voltage standard deviations (``uncertainty=True``);
+* ``openfeeder+sigma``: with the voltage standard deviations (``uncertainty=True``);
 * ``pgm``: raw power-grid-model handed the same sensors (pseudo-measurements included, measured
-  switches as the same short lines): model construction plus ``calculate_state_estimation``
-  (iterative linear, tolerance 1e-6, the same output columns);
+  switches as the same short lines), iterative linear, tolerance 1e-6, the same output columns;
+  cold: ``PowerGridModel(input)`` plus ``calculate_state_estimation``; warm: ``update()`` of the
+  kept instance's sensors (update arrays prepared outside the timing) plus the calculation;
 * ``pandapower``: ``pandapower.estimation.estimate`` (WLS, flat start, tolerance 1e-6, zero-injection
   buses as virtual measurements) on the grid exported with ``to_pandapower`` and the same
   measurements; a feeder-head switch's flow is put on the cable leaving its bay bus (the same flow:
-  the bay bus has nothing else), appliance measurements on the loads and generators.
+  the bay bus has nothing else), appliance measurements on the loads and generators. It keeps
+  nothing between calls: cold and warm are the same full estimate.
 
-Times are the fastest of ``--repeat`` runs after one warm-up run (pandapower: one run after a
-warm-up up to 10,000 buses, a single run above); a run over ``--timeout`` seconds is reported as
-"timeout". Prints a table and writes ``bench/results/estimation.json``.
+Times are medians of ``--repeat`` cold and ``--repeat`` warm calls after one untimed call
+(pandapower: a single call of each above 10,000 buses); a job over ``--timeout`` seconds is
+reported as "timeout". Prints a table and writes ``bench/results/estimation.json``.
 """
 
 from __future__ import annotations
@@ -116,22 +121,54 @@ def _full_set(model: Any, measurements: Any) -> Any:
 # -- one job ---------------------------------------------------------------------------------------
 
 
-def _prepare(engine: str, model: Any, measurements: Any) -> tuple[Any, Any]:
-    """A callable to time and one that turns its result into bus voltages (pu, model order)."""
+def _readings(measurements: Any, cycles: int) -> list[Any]:
+    """``cycles`` sets of the same meters with fresh readings (a tenth of a sigma of new noise on
+    every value), as a periodic estimator gets them."""
+    from openfeeder.analysis.estimation import MeasurementSet
+
+    rng = np.random.default_rng(SEED + 1)
+    out = []
+    for _ in range(cycles):
+        table = measurements.table.copy()
+        for value, sigma in (
+            ("u_kv", "u_sigma_kv"),
+            ("p_mw", "p_sigma_mw"),
+            ("q_mvar", "q_sigma_mvar"),
+        ):
+            noise = 0.1 * table[sigma] * rng.normal(size=table.size)
+            table[value] = np.where(np.isfinite(table[value]), table[value] + noise, np.nan)
+        out.append(MeasurementSet(measurements.ids, table))
+    return out
+
+
+def _prepare(engine: str, model: Any, measurements: Any, cycles: int) -> tuple[Any, Any, Any]:
+    """Cold and warm calls (each given a cycle number) and a function from a result to the bus
+    voltages (pu, model order). Cold: everything from the model and the readings; warm: the same
+    model and meters as the call before, new readings (what a periodic estimator does)."""
+    sets = _readings(measurements, cycles)
     if engine.startswith("openfeeder"):
         from openfeeder.analysis.estimation import estimate_state
+        from openfeeder.analysis.estimation.estimator import clear_caches
 
-        sigma = (
-            engine == "openfeeder+sigma"
-        )  # explicit: the default computes them up to 5,000 buses
+        sigma = engine == "openfeeder+sigma"  # explicit: the default computes them up to 5,000
         bad_data = engine != "openfeeder-nobad"
-        return (
-            lambda: estimate_state(model, measurements, uncertainty=sigma, bad_data=bad_data),
-            lambda result: result.bus["u_pu"],
-        )
-    full = _full_set(model, measurements)
+
+        def warm_estimate(k: int) -> Any:
+            return estimate_state(model, sets[k], uncertainty=sigma, bad_data=bad_data)
+
+        def cold_estimate(k: int) -> Any:
+            clear_caches()
+            return warm_estimate(k)
+
+        return cold_estimate, warm_estimate, lambda result: result.bus["u_pu"]
     if engine == "pgm":
-        from power_grid_model import CalculationMethod, ComponentType, PowerGridModel
+        from power_grid_model import (
+            CalculationMethod,
+            ComponentType,
+            DatasetType,
+            PowerGridModel,
+            initialize_array,
+        )
 
         from openfeeder.analysis.engine_input import to_engine_input
         from openfeeder.analysis.estimation import locate_measurements
@@ -141,31 +178,58 @@ def _prepare(engine: str, model: Any, measurements: Any) -> tuple[Any, Any]:
             _sensors,
         )
 
-        located = locate_measurements(model, full)
+        full_sets = [_full_set(model, m) for m in sets]
+        located = [locate_measurements(model, m) for m in full_sets]
         engine_input = to_engine_input(model)
-        _measured_switches_as_lines(model, located, engine_input)
-        engine_input.update(_sensors(model, located, np.zeros(len(full))))
+        _measured_switches_as_lines(model, located[0], engine_input)
+        next_id = int(model.all_ids().max(initial=0)) + 1
+        sensors = [
+            _sensors(model, loc, np.zeros(len(loc.measurements)), next_id) for loc in located
+        ]
+        engine_input.update(sensors[0])
         columns = _output_filter(engine_input)
 
-        def raw() -> Any:
-            return PowerGridModel(engine_input).calculate_state_estimation(
-                symmetric=True,
-                error_tolerance=1e-6,
-                max_iterations=100,
-                calculation_method=CalculationMethod.iterative_linear,
-                output_component_types=columns,
-            )
+        def update_of(values: dict[Any, Any]) -> dict[Any, Any]:
+            out = {}
+            for kind, array in values.items():
+                update = initialize_array(DatasetType.update, kind, array.size)
+                for name in update.dtype.names or ():
+                    if name in (array.dtype.names or ()):
+                        update[name] = array[name]
+                out[kind] = update
+            return out
 
-        return raw, lambda result: result[ComponentType.node]["u_pu"]
+        updates = [update_of(v) for v in sensors]  # prepared outside the timing
+        options = {
+            "symmetric": True,
+            "error_tolerance": 1e-6,
+            "max_iterations": 100,
+            "calculation_method": CalculationMethod.iterative_linear,
+            "output_component_types": columns,
+        }
+        kept: dict[str, Any] = {}
+
+        def cold(k: int) -> Any:
+            data = dict(engine_input)
+            data.update(sensors[k])
+            kept["model"] = PowerGridModel(data)
+            return kept["model"].calculate_state_estimation(**options)
+
+        def warm(k: int) -> Any:
+            kept["model"].update(update_data=updates[k])
+            return kept["model"].calculate_state_estimation(**options)
+
+        return cold, warm, lambda result: result[ComponentType.node]["u_pu"]
     if engine == "pandapower":
         import warnings
 
         warnings.simplefilter("ignore")
         from pandapower.estimation import estimate
 
-        net = _pandapower_net(model, full)
+        net = _pandapower_net(model, _full_set(model, sets[0]))
 
-        def wls() -> Any:
+        def wls(k: int) -> Any:
+            del k  # pandapower keeps nothing between estimates: every call starts over
             ok = estimate(
                 net,
                 algorithm="wls",
@@ -178,7 +242,11 @@ def _prepare(engine: str, model: Any, measurements: Any) -> tuple[Any, Any]:
                 raise RuntimeError("pandapower's estimate did not converge")
             return net
 
-        return wls, lambda result: result.res_bus_est.loc[model.bus["id"], "vm_pu"].to_numpy()
+        return (
+            wls,
+            wls,
+            lambda result: result.res_bus_est.loc[model.bus["id"], "vm_pu"].to_numpy(),
+        )
     raise ValueError(f"unknown engine {engine}")
 
 
@@ -250,26 +318,31 @@ def _pandapower_net(model: Any, measurements: Any) -> Any:
 
 
 def run_job(engine: str, buses: int, repeat: int) -> dict[str, Any]:
+    """Medians of ``repeat`` cold and ``repeat`` warm calls (pandapower: one of each above
+    10,000 buses)."""
     model, flow, measurements = _case(buses)
-    call, voltages = _prepare(engine, model, measurements)
-    warm = engine != "pandapower" or buses <= 10_000
-    if warm:
-        call()
-    times = []
-    result = None
-    for _ in range(repeat if engine != "pandapower" else 1):
+    runs = repeat if engine != "pandapower" or buses <= 10_000 else 1
+    cold, warm, voltages = _prepare(engine, model, measurements, 2 * runs + 1)
+    cold_times, warm_times = [], []
+    result = cold(0)  # imports and first-touch costs out of the timing
+    for k in range(runs):
         start = time.perf_counter()
-        result = call()
-        times.append(time.perf_counter() - start)
+        result = cold(1 + k)
+        cold_times.append(time.perf_counter() - start)
+    for k in range(runs):
+        start = time.perf_counter()
+        result = warm(1 + runs + k)
+        warm_times.append(time.perf_counter() - start)
     u = np.asarray(voltages(result), dtype=np.float64)
     error = np.abs(u - flow.bus["u_pu"])
     return {
         "engine": engine,
         "buses": int(model.bus.size),
         "measurements": len(measurements),
-        "seconds": min(times),
-        "seconds_all": times,
-        "warm_up": warm,
+        "cold_seconds": float(np.median(cold_times)),
+        "warm_seconds": float(np.median(warm_times)),
+        "cold_seconds_all": cold_times,
+        "warm_seconds_all": warm_times,
         "u_max_error_pu": float(np.nanmax(error)),
         "u_rms_error_pu": float(np.sqrt(np.nanmean(error**2))),
     }
@@ -296,14 +369,14 @@ def _job(engine: str, buses: int, repeat: int, timeout_s: float) -> dict[str, An
     return result
 
 
-def _fmt(row: dict[str, Any] | None) -> str:
+def _fmt(row: dict[str, Any] | None, mode: str = "warm") -> str:
     if row is None:
         return "-"
     if "timeout" in row:
         return f"timeout (> {row['timeout']:g} s)"
     if "error" in row:
         return "error"
-    value = row["seconds"]
+    value = row[f"{mode}_seconds"]
     return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
@@ -315,7 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for engine in engines:
             err.print(f"{engine:>17} {size:>7} buses ...", end=" ")
             row = _job(engine, size, args.repeat, args.timeout)
-            err.print(row.get("error") or _fmt(row))
+            err.print(row.get("error") or f"cold {_fmt(row, 'cold')}, warm {_fmt(row)}")
             rows.append(row)
     from importlib.metadata import version
 
@@ -334,34 +407,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _ratio(ours: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
-    """The other engine's time over openfeeder's."""
-    if ours is None or other is None or "seconds" not in ours:
+def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, mode: str) -> str:
+    """``num``'s time over ``den``'s, both cold or both warm."""
+    key = f"{mode}_seconds"
+    if num is None or den is None or key not in den:
         return "-"
-    if "timeout" in other:
-        return f"> {other['timeout'] / ours['seconds']:.0f}x"
-    if "seconds" not in other:
+    if "timeout" in num:
+        return f"> {num['timeout'] / den[key]:.0f}x"
+    if key not in num:
         return "-"
-    return f"{other['seconds'] / ours['seconds']:.2f}x"
+    return f"{num[key] / den[key]:.2f}x"
 
 
 def print_table(report: dict[str, Any]) -> None:
     rows = report["rows"]
     sizes = sorted({r["buses"] for r in rows})
     engines = list(dict.fromkeys(r["engine"] for r in rows))
-    table = Table("buses", "measurements", *engines, "pgm / openfeeder", "pandapower / openfeeder",
-                  "max |du| pu (of / pgm / pp)", title="state estimation, one snapshot")  # fmt: skip
+    heads = [f"{e} {m}" for e in engines for m in ("cold", "warm") if e != "pandapower"]
+    heads += ["pandapower"] if "pandapower" in engines else []
+    table = Table("buses", "measurements", *heads, "openfeeder / pgm (cold, warm)",
+                  "pandapower / openfeeder (cold, warm)", "max |du| pu (of / pgm / pp)",
+                  title="state estimation, one snapshot (medians)")  # fmt: skip
     for size in sizes:
         at = {r["engine"]: r for r in rows if r["buses"] == size}
         ours, pgm, pp = at.get("openfeeder"), at.get("pgm"), at.get("pandapower")
-
+        cells = [_fmt(at.get(e), m) for e in engines for m in ("cold", "warm") if e != "pandapower"]
+        cells += [_fmt(pp)] if "pandapower" in engines else []
         errors = " / ".join(
             f"{r['u_max_error_pu']:.1e}" if r and "u_max_error_pu" in r else "-"
             for r in (ours, pgm, pp)
         )
         measured = next((r["measurements"] for r in at.values() if "measurements" in r), "-")
-        table.add_row(str(size), str(measured), *(_fmt(at.get(e)) for e in engines),
-                      _ratio(ours, pgm), _ratio(ours, pp), errors)  # fmt: skip
+        versus_pgm = f"{_ratio(ours, pgm, 'cold')}, {_ratio(ours, pgm, 'warm')}"
+        versus_pp = f"{_ratio(pp, ours, 'cold')}, {_ratio(pp, ours, 'warm')}"
+        table.add_row(str(size), str(measured), *cells, versus_pgm, versus_pp, errors)
     out.print(table)
 
 
@@ -370,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="cold and warm calls per job")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--out", type=Path, default=RESULTS / "estimation.json")
     parser.add_argument(

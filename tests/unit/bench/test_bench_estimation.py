@@ -29,4 +29,4 @@ def test_runner_writes_a_report(tmp_path: Path) -> None:
     assert code == 0
     report = json.loads(out.read_text())
     assert [row["engine"] for row in report["rows"]] == ["openfeeder", "pgm"]
-    assert all("seconds" in row for row in report["rows"])
+    assert all("cold_seconds" in row and "warm_seconds" in row for row in report["rows"])
