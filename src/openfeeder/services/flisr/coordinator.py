@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -66,6 +67,7 @@ from openfeeder.iot.catalog_client import (
 )
 from openfeeder.iot.fault_record import FAULT_RECORD_EVENT, parse_record
 from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.protection import MessageProtection
 from openfeeder.iot.schema import (
     AckStatus,
     AlgorithmOutput,
@@ -145,7 +147,11 @@ class FlisrCoordinator:
         catalog: CatalogClient,
         on_step: Callable[[Incident, Step], None] | None = None,
         client_id: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        protection: MessageProtection | None = None,
     ) -> None:
+        """``tls``: mutual TLS on both broker connections (the service's certificate);
+        ``protection``: payload sealing of its commands and opening of what it receives."""
         self._settings = settings
         self.config: FlisrSettings = settings.flisr
         self.model = model
@@ -154,7 +160,10 @@ class FlisrCoordinator:
         self._on_step = on_step
         self.log = IncidentLog(settings.flisr.incident_log)
         self._messenger = Messenger(
-            settings.brokers, client_id=client_id or f"flisr-{uuid.uuid4().hex[:8]}"
+            settings.brokers,
+            client_id=client_id or f"flisr-{uuid.uuid4().hex[:8]}",
+            tls=tls,
+            protection=protection,
         )
         self._lock = threading.RLock()
         self._seq = itertools.count(1)

@@ -22,7 +22,6 @@ from typing import Self
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import CatalogClient
-from openfeeder.iot.mqtt import Messenger
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
 from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
@@ -77,13 +76,8 @@ async def serve_flisr(
             catalog=catalog,
             on_step=on_step,
             client_id=client_id,
+            tls=mine.client_context() if mine is not None else None,
         )
-        if mine is not None:
-            # the coordinator builds a plain Messenger; with a certificate its connections are
-            # mutual TLS (same client id, same subscriptions: none are made before start())
-            coordinator._messenger = Messenger(
-                settings.brokers, client_id=client_id, tls=mine.client_context()
-            )
         await asyncio.to_thread(coordinator.start)
         try:
             server = HttpServer(
