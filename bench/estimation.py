@@ -13,9 +13,14 @@ model and the readings) and warm (the same model and meters as the call before, 
 tenth of a sigma of new noise on every value, as a periodic estimator gets them):
 
 * ``openfeeder``: ``estimate_state(model, measurements, uncertainty=False)``: locating and checking
-  the measurements, observability, pseudo-measurements, the engine, the chi-square test and the
-  result tables (the clean data pass the test, so no Jacobian is built); cold with its caches
-  cleared, warm reusing the placement and the converted engine model it kept;
+  the measurements, observability, pseudo-measurements, the engine and the chi-square test (the
+  clean data pass it, so no Jacobian is built); the result tables, the per-measurement values and
+  residuals are built when first read (docs/estimation.md), so a second warm time includes
+  ``as_dict()`` (every table and per-measurement value materialized). Cold: a first estimate with
+  this placement of meters (placement and engine caches cleared; what depends on the model alone,
+  its sorted ids, branch table, islands and engine input without sensors, is kept, as raw
+  power-grid-model's cold gets its converted input); first: also the model caches cleared (a
+  model never seen); warm: reusing the placement and the converted engine model it kept;
 * ``openfeeder-nobad``: the same without the bad-data test (``bad_data=False``);
 * ``openfeeder+sigma``: with the voltage standard deviations (``uncertainty=True``);
 * ``pgm``: raw power-grid-model handed the same sensors (pseudo-measurements included, measured
@@ -28,7 +33,7 @@ tenth of a sigma of new noise on every value, as a periodic estimator gets them)
   the bay bus has nothing else), appliance measurements on the loads and generators. It keeps
   nothing between calls: cold and warm are the same full estimate.
 
-Times are medians of ``--repeat`` cold and ``--repeat`` warm calls after one untimed call
+Times are medians of ``--repeat`` calls of each kind after one untimed call
 (pandapower: a single call of each above 10,000 buses); a job over ``--timeout`` seconds is
 reported as "timeout". Prints a table and writes ``bench/results/estimation.json``.
 """
@@ -142,9 +147,10 @@ def _readings(measurements: Any, cycles: int) -> list[Any]:
 
 
 def _prepare(engine: str, model: Any, measurements: Any, cycles: int) -> tuple[Any, Any, Any]:
-    """Cold and warm calls (each given a cycle number) and a function from a result to the bus
-    voltages (pu, model order). Cold: everything from the model and the readings; warm: the same
-    model and meters as the call before, new readings (what a periodic estimator does)."""
+    """The calls to time by kind (``cold``, ``warm``; openfeeder also ``first`` and
+    ``warm_as_dict``), each given a cycle number, and a function from a result to the bus
+    voltages (pu, model order). Cold: a new placement of meters; warm: the same model and meters
+    as the call before, new readings (what a periodic estimator does)."""
     sets = _readings(measurements, cycles)
     if engine.startswith("openfeeder"):
         from openfeeder.analysis.estimation import estimate_state
@@ -157,10 +163,25 @@ def _prepare(engine: str, model: Any, measurements: Any, cycles: int) -> tuple[A
             return estimate_state(model, sets[k], uncertainty=sigma, bad_data=bad_data)
 
         def cold_estimate(k: int) -> Any:
+            clear_caches(models=False)
+            return warm_estimate(k)
+
+        def first_estimate(k: int) -> Any:
             clear_caches()
             return warm_estimate(k)
 
-        return cold_estimate, warm_estimate, lambda result: result.bus["u_pu"]
+        def warm_as_dict(k: int) -> Any:
+            result = warm_estimate(k)
+            result.as_dict()
+            return result
+
+        calls = {
+            "cold": cold_estimate,
+            "warm": warm_estimate,
+            "first": first_estimate,
+            "warm_as_dict": warm_as_dict,
+        }
+        return calls, None, lambda result: result.bus["u_pu"]
     if engine == "pgm":
         from power_grid_model import (
             CalculationMethod,
@@ -219,7 +240,7 @@ def _prepare(engine: str, model: Any, measurements: Any, cycles: int) -> tuple[A
             kept["model"].update(update_data=updates[k])
             return kept["model"].calculate_state_estimation(**options)
 
-        return cold, warm, lambda result: result[ComponentType.node]["u_pu"]
+        return {"cold": cold, "warm": warm}, None, lambda r: r[ComponentType.node]["u_pu"]
     if engine == "pandapower":
         import warnings
 
@@ -243,8 +264,8 @@ def _prepare(engine: str, model: Any, measurements: Any, cycles: int) -> tuple[A
             return net
 
         return (
-            wls,
-            wls,
+            {"cold": wls, "warm": wls},
+            None,
             lambda result: result.res_bus_est.loc[model.bus["id"], "vm_pu"].to_numpy(),
         )
     raise ValueError(f"unknown engine {engine}")
@@ -318,34 +339,39 @@ def _pandapower_net(model: Any, measurements: Any) -> Any:
 
 
 def run_job(engine: str, buses: int, repeat: int) -> dict[str, Any]:
-    """Medians of ``repeat`` cold and ``repeat`` warm calls (pandapower: one of each above
-    10,000 buses)."""
+    """Medians of ``repeat`` calls of each kind (pandapower: one of each above 10,000 buses)."""
     model, flow, measurements = _case(buses)
     runs = repeat if engine != "pandapower" or buses <= 10_000 else 1
-    cold, warm, voltages = _prepare(engine, model, measurements, 2 * runs + 1)
-    cold_times, warm_times = [], []
-    result = cold(0)  # imports and first-touch costs out of the timing
-    for k in range(runs):
-        start = time.perf_counter()
-        result = cold(1 + k)
-        cold_times.append(time.perf_counter() - start)
-    for k in range(runs):
-        start = time.perf_counter()
-        result = warm(1 + runs + k)
-        warm_times.append(time.perf_counter() - start)
+    calls, _, voltages = _prepare(engine, model, measurements, 4 * runs + 3)
+    times: dict[str, list[float]] = {}
+    result = calls["cold"](0)  # imports and first-touch costs out of the timing
+    cycle = 1
+    for mode in ("first", "cold", "warm", "warm_as_dict"):
+        if mode not in calls:
+            continue
+        times[mode] = []
+        if mode.startswith("warm"):
+            calls["warm"](cycle)  # the call before (same placement) is not timed
+            cycle += 1
+        for _ in range(runs):
+            start = time.perf_counter()
+            result = calls[mode](cycle)
+            times[mode].append(time.perf_counter() - start)
+            cycle += 1
+    result = calls["warm"](0)  # every engine's error on the same readings
     u = np.asarray(voltages(result), dtype=np.float64)
     error = np.abs(u - flow.bus["u_pu"])
-    return {
+    row: dict[str, Any] = {
         "engine": engine,
         "buses": int(model.bus.size),
         "measurements": len(measurements),
-        "cold_seconds": float(np.median(cold_times)),
-        "warm_seconds": float(np.median(warm_times)),
-        "cold_seconds_all": cold_times,
-        "warm_seconds_all": warm_times,
-        "u_max_error_pu": float(np.nanmax(error)),
-        "u_rms_error_pu": float(np.sqrt(np.nanmean(error**2))),
     }
+    for mode, values in times.items():
+        row[f"{mode}_seconds"] = float(np.median(values))
+        row[f"{mode}_seconds_all"] = values
+    row["u_max_error_pu"] = float(np.nanmax(error))
+    row["u_rms_error_pu"] = float(np.sqrt(np.nanmean(error**2)))
+    return row
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -376,6 +402,8 @@ def _fmt(row: dict[str, Any] | None, mode: str = "warm") -> str:
         return f"timeout (> {row['timeout']:g} s)"
     if "error" in row:
         return "error"
+    if f"{mode}_seconds" not in row:
+        return "-"
     value = row[f"{mode}_seconds"]
     return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
 
@@ -419,11 +447,27 @@ def _ratio(num: dict[str, Any] | None, den: dict[str, Any] | None, mode: str) ->
     return f"{num[key] / den[key]:.2f}x"
 
 
+_MODES: Final = ("first", "cold", "warm", "warm_as_dict")
+_MODE_NAMES: Final = {
+    "first": "first",
+    "cold": "cold",
+    "warm": "warm",
+    "warm_as_dict": "warm+as_dict",
+}
+
+
 def print_table(report: dict[str, Any]) -> None:
     rows = report["rows"]
     sizes = sorted({r["buses"] for r in rows})
     engines = list(dict.fromkeys(r["engine"] for r in rows))
-    heads = [f"{e} {m}" for e in engines for m in ("cold", "warm") if e != "pandapower"]
+    columns = [
+        (e, m)
+        for e in engines
+        if e != "pandapower"
+        for m in _MODES
+        if any(f"{m}_seconds" in r for r in rows if r["engine"] == e)
+    ]
+    heads = [f"{e} {_MODE_NAMES[m]}" for e, m in columns]
     heads += ["pandapower"] if "pandapower" in engines else []
     table = Table("buses", "measurements", *heads, "openfeeder / pgm (cold, warm)",
                   "pandapower / openfeeder (cold, warm)", "max |du| pu (of / pgm / pp)",
@@ -431,7 +475,7 @@ def print_table(report: dict[str, Any]) -> None:
     for size in sizes:
         at = {r["engine"]: r for r in rows if r["buses"] == size}
         ours, pgm, pp = at.get("openfeeder"), at.get("pgm"), at.get("pandapower")
-        cells = [_fmt(at.get(e), m) for e in engines for m in ("cold", "warm") if e != "pandapower"]
+        cells = [_fmt(at.get(e), m) for e, m in columns]
         cells += [_fmt(pp)] if "pandapower" in engines else []
         errors = " / ".join(
             f"{r['u_max_error_pu']:.1e}" if r and "u_max_error_pu" in r else "-"

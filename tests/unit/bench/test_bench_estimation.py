@@ -30,3 +30,7 @@ def test_runner_writes_a_report(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [row["engine"] for row in report["rows"]] == ["openfeeder", "pgm"]
     assert all("cold_seconds" in row and "warm_seconds" in row for row in report["rows"])
+    ours = report["rows"][0]
+    # openfeeder also reports a never-seen model and warm calls with every table materialized
+    assert ours["first_seconds"] > 0.0
+    assert ours["warm_as_dict_seconds"] > 0.0

@@ -19,6 +19,7 @@ low redundancy hides behind a small weighted residual (the result says which was
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "CRITICAL_REDUNDANCY",
     "ChiSquareTest",
     "NormalizedResiduals",
+    "chi_square_of_objective",
     "chi_square_test",
     "normalized_residuals",
     "optimal_residuals",
@@ -71,10 +73,23 @@ def chi_square_test(
 ) -> ChiSquareTest:
     """The test on ``residual`` (default: the rows' own residuals)."""
     r = rows.residual if residual is None else residual
-    objective = float(np.sum((r / rows.sigma) ** 2))
-    dof = len(rows) - n_states
-    threshold = float(chi2.ppf(confidence, dof)) if dof > 0 else float("inf")
-    return ChiSquareTest(objective, dof, threshold, confidence)
+    return chi_square_of_objective(
+        float(np.sum((r / rows.sigma) ** 2)), len(rows), n_states, confidence
+    )
+
+
+def chi_square_of_objective(
+    objective: float, n_rows: int, n_states: int, confidence: float
+) -> ChiSquareTest:
+    """The test of an objective ``J`` of ``n_rows`` scalar rows and ``n_states`` states."""
+    dof = n_rows - n_states
+    return ChiSquareTest(objective, dof, _threshold(confidence, dof), confidence)
+
+
+@lru_cache(maxsize=64)
+def _threshold(confidence: float, dof: int) -> float:
+    """The chi-square quantile (kept: a periodic estimator asks for the same one every time)."""
+    return float(chi2.ppf(confidence, dof)) if dof > 0 else float("inf")
 
 
 @dataclass(frozen=True, slots=True, eq=False)

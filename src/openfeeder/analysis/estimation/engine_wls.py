@@ -64,10 +64,25 @@ from power_grid_model.errors import (  # type: ignore[attr-defined]  # re-export
 from openfeeder.analysis.engine_input import to_engine_input
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
+from openfeeder.analysis.estimation.model_cache import model_memo
 from openfeeder.errors import AnalysisError, NotConvergedError, NotObservableError
 from openfeeder.model.grid import GridModel, lookup
 
-__all__ = ["ENGINE_CACHE_SIZE", "SWITCH_LINE_Z_PU", "EngineEstimate", "solve_wls"]
+__all__ = [
+    "BRANCH_TYPES",
+    "ENGINE_CACHE_SIZE",
+    "SWITCH_LINE_Z_PU",
+    "EngineEstimate",
+    "PreparedEngine",
+    "branch_order",
+    "engine_estimate",
+    "engine_layout",
+    "engine_values",
+    "prepare_engine",
+    "run_engine",
+    "solve_wls",
+    "voltage_sensors",
+]
 
 SWITCH_LINE_Z_PU: Final = 1e-5
 ENGINE_CACHE_SIZE: Final = 8
@@ -76,7 +91,9 @@ ENGINE_CACHE_SIZE: Final = 8
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-_BRANCH_TYPES: Final = (ComponentType.line, ComponentType.transformer, ComponentType.link)
+BRANCH_TYPES: Final = (ComponentType.line, ComponentType.transformer, ComponentType.link)
+"""The engine's branch components; their outputs, concatenated in this order, are what
+:func:`branch_order` indexes."""
 _BRANCH_COLUMNS: Final = [
     "energized",
     "loading",
@@ -122,7 +139,7 @@ class EngineEstimate:
 
 
 @dataclass(slots=True, eq=False)
-class _Prepared:
+class PreparedEngine:
     """One converted model with its sensors (what a repeated solve reuses)."""
 
     model: GridModel
@@ -131,7 +148,9 @@ class _Prepared:
         ComponentType, set[str] | list[str] | ComponentAttributeFilterOptions | None
     ]
     next_id: int
-    lock: threading.Lock
+    lock: threading.RLock
+    branch_ids: npt.NDArray[np.int64]
+    """Ids of the engine's branches in the order of their outputs (:data:`BRANCH_TYPES`)."""
     branch_order: npt.NDArray[np.int64] | None = None
     voltage_bus_row: npt.NDArray[np.int64] | None = None
 
@@ -143,9 +162,9 @@ class _EngineCache:
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, bytes], _Prepared] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, bytes], PreparedEngine] = OrderedDict()
 
-    def get(self, model: GridModel, layout: bytes) -> _Prepared | None:
+    def get(self, model: GridModel, layout: bytes) -> PreparedEngine | None:
         with self._lock:
             entry = self._entries.get((id(model), layout))
             if entry is None or entry.model is not model:
@@ -153,7 +172,7 @@ class _EngineCache:
             self._entries.move_to_end((id(model), layout))
             return entry
 
-    def put(self, layout: bytes, entry: _Prepared) -> None:
+    def put(self, layout: bytes, entry: PreparedEngine) -> None:
         with self._lock:
             self._entries[(id(entry.model), layout)] = entry
             self._entries.move_to_end((id(entry.model), layout))
@@ -185,26 +204,70 @@ def solve_wls(
 ) -> EngineEstimate:
     """The engine's WLS estimate; ``local_angle_rad`` (per measurement) pins magnitude-only
     currents' angles; sources on ``excluded_bus`` rows are switched off."""
-    layout = _layout(located, excluded_bus)
-    prepared = _ENGINES.get(model, layout)
+    prepared, sensors, fresh = prepare_engine(
+        model, located, excluded_bus=excluded_bus, local_angle_rad=local_angle_rad
+    )
+    update = None if fresh else {kind: _as_update(kind, v) for kind, v in sensors.items()}
+    output = run_engine(
+        prepared,
+        update,
+        method=method,
+        error_tolerance=error_tolerance,
+        max_iterations=max_iterations,
+    )
+    return engine_estimate(
+        model, located, output, prepared, sensors.get(ComponentType.sym_voltage_sensor)
+    )
+
+
+def prepare_engine(
+    model: GridModel,
+    located: LocatedMeasurements,
+    *,
+    excluded_bus: BoolArray,
+    local_angle_rad: FloatArray,
+    layout: bytes | None = None,
+) -> tuple[PreparedEngine, dict[ComponentType, npt.NDArray[np.void]], bool]:
+    """The converted model for this placement (kept, or converted now: then ``True``) and the
+    sensors of ``located``'s readings; ``layout`` is :func:`engine_layout` if known."""
+    key = engine_layout(located, excluded_bus) if layout is None else layout
+    prepared = _ENGINES.get(model, key)
+    if prepared is not None:
+        return prepared, _sensors(model, located, local_angle_rad, prepared.next_id), False
+    next_id = int(model.all_ids().max(initial=0)) + 1
+    sensors = _sensors(model, located, local_angle_rad, next_id)
+    engine_input = _engine_input(model, located, excluded_bus)
+    engine_input.update(sensors)
     try:
-        if prepared is None:
-            next_id = int(model.all_ids().max(initial=0)) + 1
-            sensors = _sensors(model, located, local_angle_rad, next_id)
-            engine_input = _engine_input(model, located, excluded_bus)
-            engine_input.update(sensors)
-            prepared = _Prepared(
-                model=model,
-                engine=PowerGridModel(engine_input, system_frequency=model.frequency_hz),
-                output_filter=_output_filter(engine_input),
-                next_id=next_id,
-                lock=threading.Lock(),
-            )
-            _ENGINES.put(layout, prepared)
-            update = None
-        else:
-            sensors = _sensors(model, located, local_angle_rad, prepared.next_id)
-            update = {kind: _as_update(kind, values) for kind, values in sensors.items()}
+        engine = PowerGridModel(engine_input, system_frequency=model.frequency_hz)
+    except PowerGridError as err:
+        raise AnalysisError(f"state estimation failed: {str(err).splitlines()[0]}") from err
+    prepared = PreparedEngine(
+        model=model,
+        engine=engine,
+        output_filter=_output_filter(engine_input),
+        next_id=next_id,
+        lock=threading.RLock(),
+        branch_ids=np.concatenate(
+            [engine_input[t]["id"] for t in BRANCH_TYPES if t in engine_input]
+            or [np.zeros(0, np.int64)]
+        ).astype(np.int64),
+    )
+    _ENGINES.put(key, prepared)
+    return prepared, sensors, True
+
+
+def run_engine(
+    prepared: PreparedEngine,
+    update: dict[ComponentType, Any] | None,
+    *,
+    method: CalculationMethod,
+    error_tolerance: float,
+    max_iterations: int,
+) -> dict[Any, dict[str, Any]]:
+    """Write ``update`` (new sensor values, row or column arrays) into the converted model and
+    run the estimate; the engine's errors as :mod:`openfeeder.errors` ones."""
+    try:
         with prepared.lock:
             if update:
                 prepared.engine.update(update_data=update)
@@ -228,13 +291,23 @@ def solve_wls(
         ) from err
     except PowerGridError as err:
         raise AnalysisError(f"state estimation failed: {str(err).splitlines()[0]}") from err
-    estimate = _estimate(model, located, cast(dict[Any, dict[str, Any]], output), prepared)
-    return _with_power_factor(
-        model, estimate, sensors.get(ComponentType.sym_voltage_sensor), prepared
-    )
+    return cast(dict[Any, dict[str, Any]], output)
 
 
-def _layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> bytes:
+def engine_estimate(
+    model: GridModel,
+    located: LocatedMeasurements,
+    output: dict[Any, dict[str, Any]],
+    prepared: PreparedEngine,
+    voltage: npt.NDArray[np.void] | None,
+) -> EngineEstimate:
+    """The engine's ``output`` in model order, with the power factor of the ``voltage`` sensors
+    it was given."""
+    estimate = engine_values(model, located, output, prepared)
+    return _with_power_factor(model, estimate, voltage, prepared)
+
+
+def engine_layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> bytes:
     """What the converted model depends on besides the model: where each measurement is."""
     table = located.measurements.table
     return b"".join(
@@ -252,7 +325,7 @@ def _layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> bytes:
 def _engine_input(
     model: GridModel, located: LocatedMeasurements, excluded_bus: BoolArray
 ) -> dict[ComponentType, Any]:
-    engine_input = to_engine_input(model)
+    engine_input = dict(model_memo(model, "engine_input", lambda: to_engine_input(model)))
     if excluded_bus.any() and ComponentType.source in engine_input:
         sources = engine_input[ComponentType.source].copy()
         rows = lookup(model.bus["id"], sources["node"])
@@ -274,7 +347,7 @@ def _with_power_factor(
     model: GridModel,
     estimate: EngineEstimate,
     voltage: npt.NDArray[np.void] | None,
-    prepared: _Prepared,
+    prepared: PreparedEngine,
 ) -> EngineEstimate:
     """``estimate`` with :attr:`EngineEstimate.power_factor` from the voltage sensors handed over.
 
@@ -348,25 +421,24 @@ def _output_filter(
 ) -> dict[ComponentType, set[str] | list[str] | ComponentAttributeFilterOptions | None]:
     wanted: dict[ComponentType, set[str] | list[str] | ComponentAttributeFilterOptions | None]
     wanted = {ComponentType.node: ["energized", "u_pu", "u", "u_angle", "p", "q"]}
-    for branch_type in _BRANCH_TYPES:
+    for branch_type in BRANCH_TYPES:
         wanted[branch_type] = ["id", *_BRANCH_COLUMNS]
     for appliance in _APPLIANCE_TYPES.values():
         wanted[appliance] = ["p", "q"]
     return {k: v for k, v in wanted.items() if k in engine_input}
 
 
-def _estimate(
+def engine_values(
     model: GridModel,
     located: LocatedMeasurements,
     output: dict[Any, dict[str, Any]],
-    prepared: _Prepared,
+    prepared: PreparedEngine,
 ) -> EngineEstimate:
+    """The engine's ``output`` in model order (``located``: only its branch table is used), with
+    a power factor of 1 (:func:`engine_estimate` has the real one)."""
     node = output[ComponentType.node]
-    parts = [output[t] for t in _BRANCH_TYPES if t in output]
-    order = prepared.branch_order
-    if order is None:
-        engine_ids = np.concatenate([p["id"] for p in parts]) if parts else np.zeros(0, np.int64)
-        order = prepared.branch_order = lookup(engine_ids, located.branches.id)
+    parts = [output[t] for t in BRANCH_TYPES if t in output]
+    order = branch_order(prepared, located)
     branch: dict[str, FloatArray] = {}
     for column, name, scale in (
         ("energized", "energized", 1.0),
@@ -402,6 +474,14 @@ def _estimate(
     )
 
 
+def branch_order(prepared: PreparedEngine, located: LocatedMeasurements) -> npt.NDArray[np.int64]:
+    """Per branch of ``located.branches``: its position in the engine's branch outputs."""
+    order = prepared.branch_order
+    if order is None:
+        order = prepared.branch_order = lookup(prepared.branch_ids, located.branches.id)
+    return order
+
+
 _TABLE_OF: Final = {Target.LOAD: "load", Target.GENERATOR: "generator", Target.SOURCE: "source"}
 
 
@@ -416,7 +496,7 @@ def _sensors(
     )
     out: dict[ComponentType, npt.NDArray[np.void]] = {}
 
-    voltage = _voltage_sensors(model, located, next_id)
+    voltage = voltage_sensors(model, located, next_id)
     if voltage is not None:
         out[ComponentType.sym_voltage_sensor] = voltage
 
@@ -457,7 +537,7 @@ def _sensors(
     return out
 
 
-def _voltage_sensors(
+def voltage_sensors(
     model: GridModel, located: LocatedMeasurements, next_id: int
 ) -> npt.NDArray[np.void] | None:
     """Voltage sensors; a magnitude at a bus that also has a phasor is merged into the phasor(s).

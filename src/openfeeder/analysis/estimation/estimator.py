@@ -44,6 +44,7 @@ from power_grid_model import CalculationMethod
 
 from openfeeder.analysis.estimation.bad_data import (
     ChiSquareTest,
+    chi_square_of_objective,
     chi_square_test,
     normalized_residuals,
     optimal_residuals,
@@ -51,7 +52,10 @@ from openfeeder.analysis.estimation.bad_data import (
 from openfeeder.analysis.estimation.engine_wls import (
     EngineEstimate,
     clear_engine_cache,
+    engine_estimate,
+    engine_values,
     solve_wls,
+    voltage_sensors,
 )
 from openfeeder.analysis.estimation.jacobian import (
     GainFactor,
@@ -61,18 +65,21 @@ from openfeeder.analysis.estimation.jacobian import (
 )
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
 from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
+from openfeeder.analysis.estimation.model_cache import clear_model_cache, find
 from openfeeder.analysis.estimation.observability import (
     Observability,
     PseudoOptions,
     PseudoPolicy,
     check_observability,
+    closed_islands,
     pseudo_measurements,
 )
 from openfeeder.analysis.estimation.prepared import Placement, PlacementCache, placement_key
+from openfeeder.analysis.estimation.reading_plan import ReadingPlan, reading_plan
 from openfeeder.analysis.estimation.residuals import RowKind, ScalarRows, scalar_rows
-from openfeeder.analysis.estimation.result import BadDataRemoval, StateEstimate, build_result
+from openfeeder.analysis.estimation.result import BadDataRemoval, Once, StateEstimate, build_result
 from openfeeder.errors import AnalysisError, NotObservableError
-from openfeeder.model.grid import GridModel, lookup
+from openfeeder.model.grid import GridModel
 
 __all__ = [
     "DEFAULT_CHI2_CONFIDENCE",
@@ -146,9 +153,9 @@ def estimate_state(
     if placement is None:
         placement = _place(model, measurements, options, file)
         _PLACEMENTS.put(key, placement)
-        located = placement.located
+        readings = Once.of(placement.located)
     else:
-        located = placement.with_readings(measurements)
+        readings = Once(lambda: placement.with_readings(measurements))
     observability, first = placement.observability, placement.first_observability
     added = placement.pseudo
     if not observability.fully_observable and on_unobservable == "raise":
@@ -156,26 +163,68 @@ def estimate_state(
     estimated = placement.estimated
     if not estimated.any():
         raise _not_observable(observability)
+    if uncertainty is None:
+        uncertainty = int(estimated.sum()) <= UNCERTAINTY_MAX_BUSES
 
     engine_method = _METHODS[method]
-    solved = _solve(
-        model,
-        located,
-        excluded=~estimated,
-        method=engine_method,
-        error_tolerance=error_tolerance,
-        max_iterations=max_iterations,
-    )
+    columns = placement.columns
+    plan = _plan(model, placement)
+    first_test: ChiSquareTest | None = None
+    if plan is not None:
+        run = plan.run(
+            measurements.table,
+            method=engine_method,
+            error_tolerance=error_tolerance,
+            max_iterations=max_iterations,
+        )
+        first_test = chi_square_of_objective(
+            run.objective, run.rows, int(columns.size), chi2_confidence
+        )
+        prepared = plan.prepared
+        if (not bad_data or first_test.passed or max_bad_data <= 0) and not uncertainty:
+            # what the caller did not read yet is built when first read (result.py)
+            return build_result(
+                model,
+                readings,
+                Once(lambda: engine_values(model, placement.located, run.output, prepared)),
+                observability=observability,
+                first_observability=first,
+                pseudo=added,
+                estimated=estimated,
+                tests=(first_test,),
+                removals=(),
+                kept_critical=None,
+                exact_identification=True,
+                u_sigma_pu=np.full(model.bus.size, np.nan),
+                angle_sigma_rad=np.full(model.bus.size, np.nan),
+                solves=1,
+                method=method,
+            )
+        located = readings()
+        voltage = voltage_sensors(model, located, prepared.next_id)
+        estimate = engine_estimate(model, located, run.output, prepared, voltage)
+        solved = _Solved(located, estimate, 1)
+    else:
+        solved = _solve(
+            model,
+            readings(),
+            excluded=~estimated,
+            method=engine_method,
+            error_tolerance=error_tolerance,
+            max_iterations=max_iterations,
+        )
     removals: list[BadDataRemoval] = []
     tests: list[ChiSquareTest] = []
     rows: ScalarRows | None = None
     gain: GainFactor | None = None
-    columns = placement.columns
     kept_critical: str | None = None
     exact = True
     while True:
-        rows = _rows(model, solved, estimated, jacobian=False, engine_powers=True)
-        test = chi_square_test(rows, int(columns.size), chi2_confidence)
+        if first_test is None:
+            rows = _rows(model, solved, estimated, jacobian=False, engine_powers=True)
+            test = chi_square_test(rows, int(columns.size), chi2_confidence)
+        else:
+            test, first_test = first_test, None
         tests.append(test)
         gain = None
         if not bad_data or test.passed or len(removals) >= max_bad_data:
@@ -223,9 +272,7 @@ def estimate_state(
 
     u_sigma_pu = np.full(model.bus.size, np.nan)
     angle_sigma_rad = np.full(model.bus.size, np.nan)
-    if uncertainty is None:
-        uncertainty = int(estimated.sum()) <= UNCERTAINTY_MAX_BUSES
-    if uncertainty and rows is not None and columns.size:
+    if uncertainty and columns.size:
         if gain is None:
             rows = _rows(model, solved, estimated, jacobian=True)
             gain = GainFactor(_h(rows)[:, columns], 1.0 / rows.sigma**2)
@@ -238,9 +285,8 @@ def estimate_state(
         u_sigma_pu[columns[~angle_cols] - n] = std[~angle_cols]
     return build_result(
         model,
-        solved.located,
-        solved.estimate,
-        rows,
+        Once.of(solved.located),
+        Once.of(solved.estimate),
         observability=observability,
         first_observability=first,
         pseudo=added,
@@ -256,13 +302,25 @@ def estimate_state(
     )
 
 
+def _plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
+    """The placement's :class:`~.reading_plan.ReadingPlan` (made on its first estimate)."""
+    memo = placement.memo
+    if "plan" not in memo:
+        memo["plan"] = reading_plan(model, placement)
+    plan: ReadingPlan | None = memo["plan"]
+    return plan
+
+
 _PLACEMENTS: Final = PlacementCache()
 
 
-def clear_caches() -> None:
-    """Forget the placements and converted engine models kept for repeated estimates."""
+def clear_caches(*, models: bool = True) -> None:
+    """Forget the placements and converted engine models kept for repeated estimates, and with
+    ``models`` what was derived from the models alone (:mod:`.model_cache`)."""
     _PLACEMENTS.clear()
     clear_engine_cache()
+    if models:
+        clear_model_cache()
 
 
 def _place(
@@ -414,11 +472,11 @@ def _state_columns(
     """Angle and magnitude columns of the estimated buses, without one angle reference per
     island that has no phasor measurement (its first source's bus)."""
     n = model.bus.size
-    observability_islands = _islands(located, n)
+    observability_islands = closed_islands(model).island
     phasor = located.of_quantity(Quantity.U_PHASOR, Quantity.I_PHASOR)
     with_phasor = np.unique(observability_islands[located.bus_row[phasor]])
     source = model.source[model.source["in_service"]]
-    source_rows = lookup(model.bus["id"], source["bus"])
+    source_rows = find(model, "bus", source["bus"])
     source_rows = source_rows[estimated[source_rows]]
     source_islands = observability_islands[source_rows]
     first = np.unique(source_islands, return_index=True)[1]
@@ -426,18 +484,6 @@ def _state_columns(
     angle = estimated.copy()
     angle[reference] = False
     return np.concatenate([np.flatnonzero(angle), np.flatnonzero(estimated) + n]).astype(np.int64)
-
-
-def _islands(located: LocatedMeasurements, n: int) -> npt.NDArray[np.int64]:
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    branches = located.branches
-    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
-    graph = sp.csr_matrix(
-        (np.ones(int(live.sum())), (branches.from_row[live], branches.to_row[live])), shape=(n, n)
-    )
-    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def _culprit(solved: _Solved, rows: ScalarRows, row: int) -> int:

@@ -23,6 +23,7 @@ from openfeeder.analysis.estimation.measurement_set import (
     MeasurementSet,
     Quantity,
 )
+from openfeeder.analysis.estimation.model_cache import find, find_ids, model_memo
 from openfeeder.errors import MeasurementError
 from openfeeder.model.components import NO_ID
 from openfeeder.model.grid import GridModel, lookup
@@ -57,6 +58,11 @@ class BranchTable:
 
 
 def branch_table(model: GridModel) -> BranchTable:
+    """The model's :class:`BranchTable` (built once per model object)."""
+    return model_memo(model, "branch_table", lambda: _branch_table(model))
+
+
+def _branch_table(model: GridModel) -> BranchTable:
     bus_id = model.bus["id"]
     parts = (
         (model.line, "from_bus", "to_bus", model.line["in_service"]),
@@ -153,7 +159,7 @@ def locate_measurements(
     bus_row = np.full(n, -1, dtype=np.int64)
 
     has_bus = bus != NO_ID
-    found_bus = lookup(model.bus["id"], bus)
+    found_bus = find(model, "bus", bus)
     fail(has_bus & (found_bus < 0), "bus", "no bus with this id in the model", bus)
     has_element = element != NO_ID
     on_bus_only = np.isin(
@@ -169,16 +175,16 @@ def locate_measurements(
     target_row[injection] = found_bus[injection]
     bus_row[injection] = found_bus[injection]
 
-    branch_row = lookup(branches.id, element)
+    branch_row = find_ids(model, "branch_table", lambda: branches.id, element)
     is_branch = has_element & (branch_row >= 0)
     remaining = has_element & ~is_branch
     for kind, name in _APPLIANCES:
         appliance = model.table(name)
-        rows = lookup(appliance["id"], element)
+        rows = find(model, name, element)
         hit = remaining & (rows >= 0)
         target[hit] = kind
         target_row[hit] = rows[hit]
-        bus_row[hit] = lookup(model.bus["id"], appliance["bus"][rows[hit]])
+        bus_row[hit] = find(model, "bus", appliance["bus"][rows[hit]])
         remaining &= ~hit
     fail(
         remaining,

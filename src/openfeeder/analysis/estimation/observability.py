@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,10 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
+from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target, branch_table
 from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity
-from openfeeder.model.grid import GridModel, lookup
+from openfeeder.analysis.estimation.model_cache import find, model_memo
+from openfeeder.model.grid import GridModel
 
 __all__ = [
     "Observability",
@@ -200,7 +202,7 @@ def pseudo_measurements(
         table = model.table(name)
         if table.size == 0:
             continue
-        bus_rows = lookup(bus_id, table["bus"])
+        bus_rows = find(model, "bus", table["bus"])
         pick = table["in_service"] & wanted[island_of_bus[bus_rows]]
         pick &= energized_bus[bus_rows]
         pick[measured.get(kind, np.zeros(0, dtype=np.int64))] = False
@@ -211,7 +213,7 @@ def pseudo_measurements(
         sigma = np.maximum(options.sigma_fraction * s_mva, options.sigma_floor_mw)
         parts.append(
             MeasurementSet.from_columns(
-                [f"pseudo-{sign}-{i}" for i in table["id"][rows].tolist()],
+                _pseudo_ids(model, name, sign, rows),
                 Quantity.PQ,
                 element=table["id"][rows],
                 p_mw=values_p[rows],
@@ -225,7 +227,7 @@ def pseudo_measurements(
     no_reference = wanted & ~islands.voltage_reference
     source = model.source[model.source["in_service"]]
     if no_reference.any() and source.size:
-        source_rows = lookup(bus_id, source["bus"])
+        source_rows = find(model, "bus", source["bus"])
         island_of_source = island_of_bus[source_rows]
         first = np.unique(island_of_source, return_index=True)[1]
         keep = first[no_reference[island_of_source[first]]]
@@ -263,19 +265,58 @@ class _IslandLabels:
 
 def _islands(model: GridModel, located: LocatedMeasurements) -> _IslandLabels:
     """Islands of closed branches, which are fed, and which have a voltage magnitude measurement."""
-    n = model.bus.size
-    branches = located.branches
-    live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
-    f, t = branches.from_row[live], branches.to_row[live]
-    n_islands, labels = connected_components(_graph(f, t, n), directed=False)
-    island: IntArray = labels.astype(np.int64)
-    source = model.source[model.source["in_service"]]
-    fed = np.zeros(n_islands, dtype=bool)
-    fed[island[lookup(model.bus["id"], source["bus"])]] = True
+    closed = closed_islands(model)
+    island, f, t, live, fed = closed.island, closed.f, closed.t, closed.live, closed.fed
+    n_islands = fed.size
     voltage = located.of_quantity(Quantity.U, Quantity.U_PHASOR)
     reference = np.zeros(n_islands, dtype=bool)
     reference[island[located.bus_row[voltage]]] = True
     return _IslandLabels(island, fed[island], fed, reference, f, t, live)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClosedIslands:
+    """Islands of the model's closed branches (a model property: kept per model object)."""
+
+    island: IntArray
+    fed: BoolArray
+    """Per island: it has an in-service source."""
+    f: IntArray
+    t: IntArray
+    live: BoolArray
+
+
+def closed_islands(model: GridModel) -> ClosedIslands:
+    """The :class:`ClosedIslands` of ``model``."""
+
+    def build() -> ClosedIslands:
+        n = model.bus.size
+        branches = branch_table(model)
+        live = branches.connected & (branches.from_row >= 0) & (branches.to_row >= 0)
+        f, t = branches.from_row[live], branches.to_row[live]
+        n_islands, labels = connected_components(_graph(f, t, n), directed=False)
+        island: IntArray = labels.astype(np.int64)
+        source = model.source[model.source["in_service"]]
+        fed = np.zeros(n_islands, dtype=bool)
+        fed[island[find(model, "bus", source["bus"])]] = True
+        return ClosedIslands(island, fed, f, t, live)
+
+    return model_memo(model, "closed_islands", build)
+
+
+def _pseudo_ids(model: GridModel, table: str, sign: str, rows: IntArray) -> tuple[str, ...]:
+    """``pseudo-<sign>-<id>`` of the ``rows`` of ``model.<table>`` (the names kept per model)."""
+    names: tuple[str, ...] = model_memo(
+        model,
+        ("pseudo_ids", table, sign),
+        lambda: tuple(f"pseudo-{sign}-{i}" for i in model.table(table)["id"].tolist()),
+    )
+    if rows.size == 0:
+        return ()
+    if rows.size == 1:
+        return (names[int(rows[0])],)
+    picked: tuple[str, ...] = itemgetter(*rows.tolist())(names)
+    return picked
 
 
 def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
@@ -283,17 +324,23 @@ def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
 
 
 def _measured_appliances(located: LocatedMeasurements) -> dict[Target, IntArray]:
-    pq = located.of_quantity(Quantity.PQ)
-    return {
-        kind: np.unique(located.target_row[pq & (located.target == kind)])
-        for kind in (Target.LOAD, Target.GENERATOR, Target.SOURCE)
-    }
+    """Rows of the appliances with a ``pq`` measurement, per appliance table (sorted)."""
+    out: dict[Target, IntArray] | None = located.memo.get("measured_appliances")
+    if out is None:
+        pq = located.of_quantity(Quantity.PQ)
+        out = {}
+        for kind in (Target.LOAD, Target.GENERATOR, Target.SOURCE):
+            rows = located.target_row[pq & (located.target == kind)]
+            hit = np.zeros(int(rows.max(initial=-1)) + 1, dtype=bool)
+            hit[rows] = True
+            out[kind] = np.flatnonzero(hit).astype(np.int64)
+        located.memo["measured_appliances"] = out
+    return out
 
 
 def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArray:
     """Buses with a known injection: a bus ``pq``, all appliances measured, or none at all."""
     n = model.bus.size
-    bus_id = model.bus["id"]
     measured = _measured_appliances(located)
     appliances = np.zeros(n, dtype=np.int64)
     covered = np.zeros(n, dtype=np.int64)
@@ -304,13 +351,13 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
     ):
         table = model.table(name)
         on = np.asarray(table["in_service"], dtype=bool)
-        bus_rows = lookup(bus_id, table["bus"])
+        bus_rows = find(model, "bus", table["bus"])
         appliances += np.bincount(bus_rows[on], minlength=n)
         hit = np.zeros(table.size, dtype=bool)
         hit[measured[kind]] = True
         covered += np.bincount(bus_rows[on & hit], minlength=n)
     shunt = model.shunt
-    shunt_rows = lookup(bus_id, shunt["bus"][np.asarray(shunt["in_service"], dtype=bool)])
+    shunt_rows = find(model, "bus", shunt["bus"][np.asarray(shunt["in_service"], dtype=bool)])
     has_shunt = np.bincount(shunt_rows, minlength=n) > 0  # the engine takes no shunt sensor here
     known = (covered >= appliances) & ~has_shunt
     bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,8 @@ class Placement:
     observability: Observability
     estimated: npt.NDArray[np.bool_]
     columns: npt.NDArray[np.int64]
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Per-placement work made on first use (the estimator's reading plan)."""
 
     def with_readings(self, measurements: MeasurementSet) -> LocatedMeasurements:
         """The located set with the readings of ``measurements`` (same placement) instead."""

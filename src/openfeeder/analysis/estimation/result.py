@@ -14,13 +14,22 @@
 and per measurement (the final set, pseudo-measurements included): the estimated value of what it
 measures and its weighted residual ``max |z - h(x)| / sigma`` over its components. The document of
 :meth:`StateEstimate.as_dict` is described in ``docs/estimation.md``.
+
+The tables, ``measurements``, ``estimated_value`` and ``weighted_residual`` are built from the
+engine's output when first read (:class:`ResultSource`) and kept: an estimate whose caller only
+needs the chi-square test, or the bus voltages, does not pay for the rest. The values are the
+same whenever they are read (the source holds the engine's output of that estimate and its own
+measurement readings, never a buffer the next estimate writes).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Final
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,10 +45,9 @@ from openfeeder.analysis.estimation.measurement_set import (
 )
 from openfeeder.analysis.estimation.observability import Observability
 from openfeeder.analysis.estimation.prepared import model_index
-from openfeeder.analysis.estimation.residuals import ScalarRows
 from openfeeder.model.grid import GridModel
 
-__all__ = ["BadDataRemoval", "StateEstimate", "build_result"]
+__all__ = ["BadDataRemoval", "Once", "ResultSource", "StateEstimate", "build_result"]
 
 Table = npt.NDArray[np.void]
 FloatArray = npt.NDArray[np.float64]
@@ -97,21 +105,54 @@ class BadDataRemoval:
     objective_before: float
 
 
+T = TypeVar("T")
+
+
+class Once(Generic[T]):
+    """A value computed by ``build`` on first use and kept (thread-safe)."""
+
+    __slots__ = ("_build", "_lock", "_value")
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build: Callable[[], T] | None = build
+        self._lock = threading.Lock()
+        self._value: T | None = None
+
+    @classmethod
+    def of(cls, value: T) -> Once[T]:
+        """An already known value."""
+        once = cls(lambda: value)
+        once._value, once._build = value, None
+        return once
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._build is not None:
+                self._value, self._build = self._build(), None
+            return self._value  # type: ignore[return-value]  # set above
+
+
 @dataclass(frozen=True, slots=True, eq=False)
+class ResultSource:
+    """What the lazily built parts of a :class:`StateEstimate` are built from."""
+
+    model: GridModel
+    located: Once[LocatedMeasurements]
+    """The final measurement set (readings of this estimate), located."""
+    estimate: Once[EngineEstimate]
+    """The engine's output in model order (its power factor is not used here)."""
+    estimated: BoolArray
+    energized: BoolArray
+    u_sigma_pu: FloatArray
+    angle_sigma_rad: FloatArray
+
+
+@dataclass(frozen=True, eq=False)
 class StateEstimate:
-    """A state estimate; see the module docstring for the tables."""
+    """A state estimate; see the module docstring for the tables (built when first read)."""
 
     case: str
     method: str
-    bus: Table
-    branch: Table
-    load: Table
-    source: Table
-    measurements: MeasurementSet
-    """The set the final estimate used (the given one plus pseudo-measurements, minus bad data)."""
-    estimated_value: FloatArray
-    """Per measurement (rows of ``measurements``): (first, second) component, e.g. (P, Q)."""
-    weighted_residual: FloatArray
     pseudo: MeasurementSet
     observability: Observability
     initial_observability: Observability | None
@@ -125,6 +166,44 @@ class StateEstimate:
     exact_identification: bool
     solves: int
     """Engine solves (bad-data re-estimations and passes for magnitude-only currents)."""
+    origin: ResultSource = field(repr=False)
+    """What the tables are built from when first read."""
+
+    @cached_property
+    def bus(self) -> Table:
+        return _bus_table(self.origin)
+
+    @cached_property
+    def branch(self) -> Table:
+        return _branch_table(self.origin)
+
+    @cached_property
+    def load(self) -> Table:
+        return _load_table(self.origin)
+
+    @cached_property
+    def source(self) -> Table:
+        return _source_table(self.origin)
+
+    @cached_property
+    def measurements(self) -> MeasurementSet:
+        """The set the final estimate used (the given one plus pseudo-measurements, minus bad
+        data)."""
+        return self.origin.located().measurements
+
+    @cached_property
+    def _per_measurement(self) -> tuple[FloatArray, FloatArray]:
+        src = self.origin
+        return _per_measurement(src.model, src.located(), src.estimate(), src.estimated)
+
+    @property
+    def estimated_value(self) -> FloatArray:
+        """Per measurement (rows of ``measurements``): (first, second) component, e.g. (P, Q)."""
+        return self._per_measurement[0]
+
+    @property
+    def weighted_residual(self) -> FloatArray:
+        return self._per_measurement[1]
 
     @property
     def objective(self) -> float:
@@ -199,9 +278,8 @@ class StateEstimate:
 
 def build_result(
     model: GridModel,
-    located: LocatedMeasurements,
-    estimate: EngineEstimate,
-    rows: ScalarRows | None,
+    located: Once[LocatedMeasurements],
+    estimate: Once[EngineEstimate],
     *,
     observability: Observability,
     first_observability: Observability | None,
@@ -216,19 +294,48 @@ def build_result(
     solves: int,
     method: str,
 ) -> StateEstimate:
-    del rows  # the residuals reported are per measurement, computed below
+    """The estimate; its tables are built from ``located`` and ``estimate`` when first read."""
+    return StateEstimate(
+        case=model.name,
+        method=method,
+        pseudo=pseudo,
+        observability=observability,
+        initial_observability=first_observability,
+        chi_square=tests,
+        removed=removals,
+        kept_critical=kept_critical,
+        exact_identification=exact_identification,
+        solves=solves,
+        origin=ResultSource(
+            model=model,
+            located=located,
+            estimate=estimate,
+            estimated=estimated,
+            energized=observability.energized,
+            u_sigma_pu=u_sigma_pu,
+            angle_sigma_rad=angle_sigma_rad,
+        ),
+    )
+
+
+def _bus_table(origin: ResultSource) -> Table:
+    model, estimated, estimate = origin.model, origin.estimated, origin.estimate()
     bus = np.zeros(model.bus.size, dtype=_BUS_DTYPE)
     bus["id"] = model.bus["id"]
-    bus["energized"] = observability.energized
+    bus["energized"] = origin.energized
     bus["observable"] = estimated
     nan = np.full(model.bus.size, np.nan)
     bus["u_pu"] = np.where(estimated, estimate.u_pu, nan)
     bus["u_kv"] = np.where(estimated, estimate.u_kv, nan)
     bus["u_angle_deg"] = np.where(estimated, np.rad2deg(estimate.u_angle_rad), nan)
-    bus["u_sigma_pu"] = np.where(estimated, u_sigma_pu, nan)
-    bus["u_angle_sigma_deg"] = np.where(estimated, np.rad2deg(angle_sigma_rad), nan)
+    bus["u_sigma_pu"] = np.where(estimated, origin.u_sigma_pu, nan)
+    bus["u_angle_sigma_deg"] = np.where(estimated, np.rad2deg(origin.angle_sigma_rad), nan)
+    return bus
 
-    branches = located.branches
+
+def _branch_table(origin: ResultSource) -> Table:
+    model, estimated, estimate = origin.model, origin.estimated, origin.estimate()
+    branches = origin.located().branches
     live = estimated[np.maximum(branches.from_row, 0)] | estimated[np.maximum(branches.to_row, 0)]
     live &= branches.connected
     branch = np.zeros(branches.id.size, dtype=_BRANCH_DTYPE)
@@ -245,7 +352,12 @@ def build_result(
     switch = branches.kind == 2
     loading[switch] = branch["i_ka"][switch] / model.switch["i_rated_ka"] * 100.0
     branch["loading_percent"] = np.where(live, loading, np.nan)
+    return branch
 
+
+def _load_table(origin: ResultSource) -> Table:
+    model, estimated, estimate = origin.model, origin.estimated, origin.estimate()
+    located = origin.located()
     table = located.measurements.table
     load = np.zeros(model.load.size, dtype=_LOAD_DTYPE)
     load["id"] = model.load["id"]
@@ -260,33 +372,17 @@ def build_result(
     load["pseudo"][located.target_row[on_load & table["pseudo"]]] = True
     load["p_mw"] = np.where(load_estimated, estimate.appliance_p_mw[Target.LOAD], np.nan)
     load["q_mvar"] = np.where(load_estimated, estimate.appliance_q_mvar[Target.LOAD], np.nan)
+    return load
 
+
+def _source_table(origin: ResultSource) -> Table:
+    model, estimated, estimate = origin.model, origin.estimated, origin.estimate()
     source = np.zeros(model.source.size, dtype=_SOURCE_DTYPE)
     source["id"] = model.source["id"]
     source_estimated = estimated[_rows_of(model, "source")] if source.size else np.zeros(0, bool)
     source["p_mw"] = np.where(source_estimated, estimate.appliance_p_mw[Target.SOURCE], np.nan)
     source["q_mvar"] = np.where(source_estimated, estimate.appliance_q_mvar[Target.SOURCE], np.nan)
-
-    value, residual = _per_measurement(model, located, estimate, estimated)
-    return StateEstimate(
-        case=model.name,
-        method=method,
-        bus=bus,
-        branch=branch,
-        load=load,
-        source=source,
-        measurements=located.measurements,
-        estimated_value=value,
-        weighted_residual=residual,
-        pseudo=pseudo,
-        observability=observability,
-        initial_observability=first_observability,
-        chi_square=tests,
-        removed=removals,
-        kept_critical=kept_critical,
-        exact_identification=exact_identification,
-        solves=solves,
-    )
+    return source
 
 
 def _rows_of(model: GridModel, name: str) -> npt.NDArray[np.int64]:

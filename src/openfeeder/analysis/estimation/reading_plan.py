@@ -1,0 +1,475 @@
+"""A placement's readings straight into the engine and into the chi-square objective.
+
+A periodic estimate of a known placement (:mod:`.prepared`) changes nothing but the readings. A
+:class:`ReadingPlan`, made once per placement, holds what each estimate then needs, by index:
+
+- the engine's sensor values as column buffers (pseudo-measurements' values written once; per
+  estimate the given readings are written in, with the same unit conversions as
+  :func:`.engine_wls.solve_wls`, and handed to the engine as one columnar ``update``);
+- the rows of the WLS problem the engine solved (the ones :func:`.residuals.scalar_rows` writes
+  with ``engine_powers``) as gathers from the engine's output: voltage magnitudes and angles,
+  branch-end and bus-injection powers, summed appliance injections, zero injections, current
+  phasors; the power factor (:attr:`.engine_wls.EngineEstimate.power_factor`) only at the buses
+  with a voltage sensor. Their weighted sum of squares is the chi-square objective
+  (:func:`.bad_data.chi_square_of_objective`), without building the rows themselves.
+
+Placements with magnitude-only currents (their pinned angles take repeated solves) or with
+voltage magnitudes at a bus that also has a phasor (merged into it) have no plan: they take the
+general path of :mod:`.estimator`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from power_grid_model import CalculationMethod, ComponentType
+
+from openfeeder.analysis.estimation.engine_wls import (
+    BRANCH_TYPES,
+    PreparedEngine,
+    branch_order,
+    prepare_engine,
+    run_engine,
+)
+from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
+from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
+from openfeeder.analysis.estimation.prepared import Placement, model_index
+from openfeeder.analysis.estimation.residuals import ZERO_INJECTION_SIGMA_PU
+from openfeeder.model.grid import GridModel
+
+__all__ = ["ReadingPlan", "ReadingRun", "reading_plan"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+Output = dict[Any, dict[str, Any]]
+
+_SCALE: Final = {"u": 1e3, "pq": 1e6, "i": 1e3}
+_APPLIANCES: Final = (
+    (Target.LOAD, "load", -1.0),
+    (Target.GENERATOR, "generator", 1.0),
+    (Target.SOURCE, "source", 1.0),
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Sensor:
+    """One sensor attribute: ``buffer = column[rows] * scale`` (or in radians from degrees)."""
+
+    kind: ComponentType
+    attribute: str
+    column: str
+    rows: IntArray
+    scale: float
+    degrees: bool = False
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Pq:
+    """Power rows (branch ends or bus injections): measurement rows and the factor's index."""
+
+    k: IntArray
+    factor_at: IntArray
+    """Position among the voltage-sensor buses of the row's bus, -1 without one."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _ApplianceSums:
+    """Per appliance table with measurements: rows, their appliance (compact) and sign."""
+
+    parts: tuple[tuple[IntArray, IntArray, int, IntArray, float], ...]
+    """(measurement rows, compact appliance index, appliances, full-bus index per appliance or
+    -1, sign)."""
+    full: IntArray
+    """Buses whose every in-service appliance is measured (their sums are rows)."""
+    factor_at: IntArray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReadingRun:
+    """One estimate through a plan: the engine's output and the objective of its problem."""
+
+    output: Output
+    objective: float
+    rows: int
+
+
+@dataclass(slots=True, eq=False)
+class ReadingPlan:
+    """See the module docstring; :meth:`run` is one estimate."""
+
+    prepared: PreparedEngine
+    fresh: bool
+    """The engine holds the first estimate's readings already (no update for it)."""
+    given: int
+    columns: dict[str, FloatArray]
+    sensors: tuple[_Sensor, ...]
+    update: dict[ComponentType, dict[str, FloatArray]]
+    voltage_bus: IntArray
+    """Buses with a voltage sensor (compact index of the power factor)."""
+    voltage_inverse: IntArray
+    voltage_rated_v: FloatArray
+    u_rated_kv: FloatArray
+    u_rows: tuple[IntArray, IntArray]
+    angle_rows: tuple[IntArray, IntArray]
+    branch_pq: _Pq
+    branch_position: IntArray | None
+    branch_to: BoolArray
+    bus_pq: _Pq
+    bus_pq_bus: IntArray
+    appliances: _ApplianceSums
+    empty: IntArray
+    current: tuple[IntArray, IntArray, BoolArray, IntArray]
+    rows: int
+
+    def run(
+        self,
+        table: npt.NDArray[np.void],
+        *,
+        method: CalculationMethod,
+        error_tolerance: float,
+        max_iterations: int,
+    ) -> ReadingRun:
+        """Estimate with the readings of ``table`` (the given measurements, same placement)."""
+        with self.prepared.lock:
+            fresh, self.fresh = self.fresh, False
+            if not fresh:
+                for name, column in self.columns.items():
+                    column[: self.given] = table[name]
+                for sensor in self.sensors:
+                    out = self.update[sensor.kind][sensor.attribute]
+                    if sensor.degrees:
+                        np.deg2rad(self.columns[sensor.column][sensor.rows], out=out)
+                    else:
+                        np.multiply(self.columns[sensor.column][sensor.rows], sensor.scale, out=out)
+            output = run_engine(
+                self.prepared,
+                None if fresh else self.update,
+                method=method,
+                error_tolerance=error_tolerance,
+                max_iterations=max_iterations,
+            )
+            objective = self._objective(output)
+        return ReadingRun(output=output, objective=objective, rows=self.rows)
+
+    def _objective(self, output: Output) -> float:
+        node = output[ComponentType.node]
+        energized = node["energized"].astype(bool)
+        u_pu, angle = node["u_pu"], node["u_angle"]
+        col = self.columns
+
+        def voltage(b: IntArray) -> tuple[FloatArray, FloatArray]:
+            on = energized[b]
+            return np.where(on, u_pu[b], np.nan), np.where(on, angle[b], np.nan)
+
+        parts: list[FloatArray] = []
+        k, b = self.u_rows
+        u, _ = voltage(b)
+        rated = self.u_rated_kv[b]
+        parts.append((col["u_kv"][k] / rated - u) / (col["u_sigma_kv"][k] / rated))
+        k, b = self.angle_rows
+        if k.size:
+            _, a = voltage(b)
+            difference = _wrap(np.deg2rad(col["u_angle_deg"][k]) - a)
+            parts.append(difference / np.deg2rad(col["angle_sigma_deg"][k]))
+
+        factor = self._power_factor(voltage)
+        p_end, q_end = self._branch_ends(output, self.branch_position, self.branch_to)
+        parts.extend(self._pq(self.branch_pq, factor, p_end, q_end))
+        p_bus = node["p"][self.bus_pq_bus] * 1e-6
+        q_bus = node["q"][self.bus_pq_bus] * 1e-6
+        parts.extend(self._pq(self.bus_pq, factor, p_bus, q_bus))
+        parts.extend(self._appliance_parts(node, factor))
+        empty = self.empty
+        parts.append(node["p"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
+        parts.append(node["q"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
+        parts.extend(self._current_parts(output, voltage))
+        return float(sum(float(np.dot(z, z)) for z in parts))
+
+    def _power_factor(self, voltage: Any) -> npt.NDArray[np.complex128]:
+        """:attr:`.engine_wls.EngineEstimate.power_factor` at the voltage-sensor buses."""
+        n = self.voltage_bus.size
+        if n == 0:
+            return np.ones(0, dtype=np.complex128)
+        sensor = self.update[ComponentType.sym_voltage_sensor]
+        rows, rated = self.voltage_inverse, self.voltage_rated_v
+        weight = 1.0 / (sensor["u_sigma"] / rated) ** 2
+        magnitude = sensor["u_measured"] / rated
+        measured_angle = sensor["u_angle_measured"]
+        no_angle = np.bincount(rows, np.isnan(measured_angle), n) > 0
+        total = np.bincount(rows, weight, n)
+        mean_magnitude = np.bincount(rows, weight * magnitude, n)
+        phasor = magnitude * np.exp(1j * np.nan_to_num(measured_angle))
+        mean_re = np.bincount(rows, weight * phasor.real, n)
+        mean_im = np.bincount(rows, weight * phasor.imag, n)
+        u, a = voltage(self.voltage_bus)
+        estimated = u * np.exp(1j * a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            linearized = np.where(
+                no_angle, mean_magnitude / total * np.exp(1j * a), (mean_re + 1j * mean_im) / total
+            )
+            ratio = estimated / linearized
+        out: npt.NDArray[np.complex128] = np.where(np.isfinite(ratio), ratio, 1.0 + 0.0j)
+        return out
+
+    def _branch_ends(
+        self, output: Output, position: IntArray | None, to: BoolArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """P and Q (MW, Mvar) at the measured branch ends (engine positions, ``to`` ends)."""
+        if position is None or position.size == 0:
+            return np.zeros(0), np.zeros(0)
+        parts = [output[t] for t in BRANCH_TYPES if t in output]
+
+        def column(name: str) -> FloatArray:
+            if len(parts) == 1:
+                out: FloatArray = parts[0][name]
+                return out
+            return np.concatenate([part[name] for part in parts])
+
+        p_to, p_from, q_to, q_from = (column(c) for c in ("p_to", "p_from", "q_to", "q_from"))
+        p_mw = np.where(to, p_to[position], p_from[position]) * 1e-6
+        q_mvar = np.where(to, q_to[position], q_from[position]) * 1e-6
+        return p_mw, q_mvar
+
+    @staticmethod
+    def _factor_at(factor: npt.NDArray[np.complex128], at: IntArray) -> npt.NDArray[Any]:
+        if factor.size == 0:
+            return np.ones(at.size, dtype=np.complex128)
+        return np.where(at >= 0, factor[np.maximum(at, 0)], 1.0 + 0.0j)
+
+    def _pq(
+        self, rows: _Pq, factor: npt.NDArray[np.complex128], p_est: FloatArray, q_est: FloatArray
+    ) -> list[FloatArray]:
+        if rows.k.size == 0:
+            return []
+        col = self.columns
+        s = (col["p_mw"][rows.k] + 1j * col["q_mvar"][rows.k]) * self._factor_at(
+            factor, rows.factor_at
+        )
+        return [
+            (s.real - p_est) / col["p_sigma_mw"][rows.k],
+            (s.imag - q_est) / col["q_sigma_mvar"][rows.k],
+        ]
+
+    def _appliance_parts(
+        self, node: dict[str, Any], factor: npt.NDArray[np.complex128]
+    ) -> list[FloatArray]:
+        sums = self.appliances
+        n = sums.full.size
+        if n == 0:
+            return []
+        col = self.columns
+        p_sum, q_sum, p_var, q_var = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        for k, appliance, size, at, sign in sums.parts:
+            wp = np.bincount(appliance, 1.0 / col["p_sigma_mw"][k] ** 2, size)
+            wq = np.bincount(appliance, 1.0 / col["q_sigma_mvar"][k] ** 2, size)
+            zp = np.bincount(appliance, col["p_mw"][k] / col["p_sigma_mw"][k] ** 2, size)
+            zq = np.bincount(appliance, col["q_mvar"][k] / col["q_sigma_mvar"][k] ** 2, size)
+            keep = at >= 0
+            b = at[keep]
+            p_sum += np.bincount(b, sign * zp[keep] / wp[keep], n)
+            q_sum += np.bincount(b, sign * zq[keep] / wq[keep], n)
+            p_var += np.bincount(b, 1.0 / wp[keep], n)
+            q_var += np.bincount(b, 1.0 / wq[keep], n)
+        s = (p_sum + 1j * q_sum) * self._factor_at(factor, sums.factor_at)
+        return [
+            (s.real - node["p"][sums.full] * 1e-6) / np.sqrt(p_var),
+            (s.imag - node["q"][sums.full] * 1e-6) / np.sqrt(q_var),
+        ]
+
+    def _current_parts(self, output: Output, voltage: Any) -> list[FloatArray]:
+        k, position, to, end_bus = self.current
+        if k.size == 0:
+            return []
+        col = self.columns
+        p, q = self._branch_ends(output, position, to)
+        u, a = voltage(end_bus)
+        v = u * np.exp(1j * a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            current = np.where(v != 0, np.conj((p + 1j * q) / v), 0.0)
+        magnitude = np.abs(current)
+        i_base_ka = 1.0 / (math.sqrt(3.0) * self.u_rated_kv[end_bus])
+        return [
+            (col["i_ka"][k] / i_base_ka - magnitude) / (col["i_sigma_ka"][k] / i_base_ka),
+            _wrap(np.deg2rad(col["i_angle_deg"][k]) - np.angle(current))
+            / np.deg2rad(col["angle_sigma_deg"][k]),
+        ]
+
+
+def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
+    """The plan of ``placement`` (converting the engine model if it is not kept), or None for a
+    placement that takes the general path (module docstring)."""
+    located = placement.located
+    if located.of_quantity(Quantity.I).any():
+        return None
+    magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
+    phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
+    phasor_bus = np.zeros(model.bus.size, dtype=bool)
+    phasor_bus[located.bus_row[phasor]] = True
+    if phasor_bus[located.bus_row[magnitude]].any():
+        return None
+    estimated = placement.estimated
+    prepared, first, fresh = prepare_engine(
+        model,
+        located,
+        excluded_bus=~estimated,
+        local_angle_rad=np.zeros(len(located.measurements)),
+    )
+    table = located.measurements.table
+    given = len(placement.given_ids)
+
+    voltage_rows = np.concatenate([magnitude, phasor])
+    power = np.flatnonzero(located.of_quantity(Quantity.PQ))
+    current = np.flatnonzero(located.of_quantity(Quantity.I_PHASOR))
+    volt, pq, amp = (
+        ComponentType.sym_voltage_sensor,
+        ComponentType.sym_power_sensor,
+        ComponentType.sym_current_sensor,
+    )
+    specs: list[_Sensor] = []
+    if voltage_rows.size:
+        specs += [
+            _Sensor(volt, "u_measured", "u_kv", voltage_rows, _SCALE["u"]),
+            _Sensor(volt, "u_sigma", "u_sigma_kv", voltage_rows, _SCALE["u"]),
+            _Sensor(volt, "u_angle_measured", "u_angle_deg", voltage_rows, 1.0, degrees=True),
+        ]
+    if power.size:
+        specs += [
+            _Sensor(pq, "p_measured", "p_mw", power, _SCALE["pq"]),
+            _Sensor(pq, "q_measured", "q_mvar", power, _SCALE["pq"]),
+            _Sensor(pq, "p_sigma", "p_sigma_mw", power, _SCALE["pq"]),
+            _Sensor(pq, "q_sigma", "q_sigma_mvar", power, _SCALE["pq"]),
+        ]
+    if current.size:
+        specs += [
+            _Sensor(amp, "i_measured", "i_ka", current, _SCALE["i"]),
+            _Sensor(amp, "i_sigma", "i_sigma_ka", current, _SCALE["i"]),
+            _Sensor(amp, "i_angle_measured", "i_angle_deg", current, 1.0, degrees=True),
+            _Sensor(amp, "i_angle_sigma", "angle_sigma_deg", current, 1.0, degrees=True),
+        ]
+    update: dict[ComponentType, dict[str, FloatArray]] = {}
+    for spec in specs:
+        update.setdefault(spec.kind, {})[spec.attribute] = np.array(
+            first[spec.kind][spec.attribute], dtype=np.float64
+        )
+    names = {spec.column for spec in specs} | ({"angle_sigma_deg"} if phasor.size else set())
+    columns = {name: np.array(table[name], dtype=np.float64) for name in sorted(names)}
+
+    n = model.bus.size
+    u_rated_kv = np.asarray(model.bus["u_rated_kv"], dtype=np.float64)
+    voltage_bus_rows = located.bus_row[voltage_rows]
+    voltage_bus, voltage_inverse = np.unique(voltage_bus_rows, return_inverse=True)
+    factor_position = np.full(n, -1, dtype=np.int64)
+    factor_position[voltage_bus] = np.arange(voltage_bus.size)
+
+    here = estimated[np.maximum(located.bus_row, 0)] & (located.bus_row >= 0)
+    u_k = np.concatenate(
+        [np.flatnonzero(located.of_quantity(q) & here) for q in (Quantity.U, Quantity.U_PHASOR)]
+    )
+    angle_k = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR) & here)
+    pq_here = located.of_quantity(Quantity.PQ) & here
+    branch_k = np.flatnonzero(pq_here & (located.target == Target.BRANCH))
+    bus_k = np.flatnonzero(pq_here & (located.target == Target.BUS))
+    current_k = np.flatnonzero(located.of_quantity(Quantity.I_PHASOR) & here)
+    branch_rows = np.concatenate([located.target_row[branch_k], located.target_row[current_k]])
+    position = _engine_positions(prepared, located, branch_rows)
+    appliances, empty = _appliance_sums(model, located, estimated, factor_position)
+    plan = ReadingPlan(
+        prepared=prepared,
+        fresh=fresh,
+        given=given,
+        columns=columns,
+        sensors=tuple(specs),
+        update=update,
+        voltage_bus=voltage_bus.astype(np.int64),
+        voltage_inverse=voltage_inverse.astype(np.int64).ravel(),
+        voltage_rated_v=u_rated_kv[voltage_bus_rows] * 1e3,
+        u_rated_kv=u_rated_kv,
+        u_rows=(u_k, located.bus_row[u_k]),
+        angle_rows=(angle_k, located.bus_row[angle_k]),
+        branch_pq=_Pq(branch_k, factor_position[located.bus_row[branch_k]]),
+        branch_position=position[: branch_k.size],
+        branch_to=table["end"][branch_k] == END_TO,
+        bus_pq=_Pq(bus_k, factor_position[located.bus_row[bus_k]]),
+        bus_pq_bus=located.bus_row[bus_k],
+        appliances=appliances,
+        empty=empty,
+        current=(
+            current_k,
+            position[branch_k.size :],
+            table["end"][current_k] == END_TO,
+            located.bus_row[current_k],
+        ),
+        rows=0,
+    )
+    plan.rows = (
+        u_k.size
+        + angle_k.size
+        + 2 * (branch_k.size + bus_k.size + appliances.full.size + empty.size + current_k.size)
+    )
+    return plan
+
+
+def _engine_positions(
+    prepared: PreparedEngine, located: LocatedMeasurements, rows: IntArray
+) -> IntArray:
+    """Positions of branch-table ``rows`` in the engine's branch outputs, concatenated in
+    :data:`.engine_wls.BRANCH_TYPES` order."""
+    if rows.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return branch_order(prepared, located)[rows]
+
+
+def _appliance_sums(
+    model: GridModel,
+    located: LocatedMeasurements,
+    estimated: BoolArray,
+    factor_position: IntArray,
+) -> tuple[_ApplianceSums, IntArray]:
+    """The appliance sums of :func:`.residuals.scalar_rows` by index; the zero-injection buses."""
+    n = model.bus.size
+    index = model_index(model)
+    pq = located.of_quantity(Quantity.PQ)
+    appliances = np.zeros(n, dtype=np.int64)
+    covered = np.zeros(n, dtype=np.int64)
+    measured_parts = []
+    for target, name, sign in _APPLIANCES:
+        element = model.table(name)
+        on = np.asarray(element["in_service"], dtype=bool)
+        bus_rows = index.bus_row[name]
+        appliances += np.bincount(bus_rows[on], minlength=n)
+        k = np.flatnonzero(pq & (located.target == target))
+        if k.size == 0:
+            continue
+        unique, compact = np.unique(located.target_row[k], return_inverse=True)
+        measured = on[unique]
+        covered += np.bincount(bus_rows[unique[measured]], minlength=n)
+        measured_parts.append(
+            (k, compact.ravel().astype(np.int64), unique, measured, bus_rows, sign)
+        )
+    shunt_on = np.asarray(model.shunt["in_service"], dtype=bool)
+    appliances += np.bincount(index.bus_row["shunt"][shunt_on], minlength=n)
+    full = np.flatnonzero(estimated & (appliances > 0) & (covered >= appliances))
+    full_position = np.full(n, -1, dtype=np.int64)
+    full_position[full] = np.arange(full.size)
+    parts = tuple(
+        (
+            k,
+            compact,
+            int(unique.size),
+            np.where(measured, full_position[bus_rows[unique]], -1),
+            sign,
+        )
+        for k, compact, unique, measured, bus_rows, sign in measured_parts
+    )
+    empty = np.flatnonzero(estimated & (appliances == 0))
+    return _ApplianceSums(parts, full, factor_position[full]), empty
+
+
+def _wrap(angle_rad: FloatArray) -> FloatArray:
+    out: FloatArray = (angle_rad + np.pi) % (2.0 * np.pi) - np.pi
+    return out
