@@ -318,6 +318,8 @@ class FlisrCoordinator:
     # -- messages (network threads) -------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained message being deleted (a device removed), not a message
         try:
             parsed = parse_topic(topic)
             message = decode(parsed.message_class, payload, topic=topic)

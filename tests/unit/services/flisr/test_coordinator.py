@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from openfeeder.config import FlisrSettings
+from openfeeder.config import FlisrSettings, Settings
 from openfeeder.iot.catalog_client import CatalogClient
+from openfeeder.model.cases import load_builtin
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident
 from openfeeder.services.flisr.service import FlisrThread
-from openfeeder.sim.clock import clock_for_speed
+from openfeeder.sim.clock import RealClock, clock_for_speed
 from openfeeder.sim.live import LiveTwin
 from openfeeder.sim.scenario import FaultEvent, parse_scenario
 from openfeeder.sim.twin import Twin
@@ -206,3 +207,15 @@ def test_edge_variant_locates_on_the_feeder_head_device(tmp_path: Path) -> None:
         states = _consistent(run)
         assert not states[310]
         assert not states[311]
+
+
+def test_deleted_retained_messages_are_not_handler_errors(tmp_path: Path) -> None:
+    settings = Settings(flisr=FlisrSettings(incident_log=tmp_path / "incidents.jsonl"))
+    with CatalogClient("http://127.0.0.1:9") as catalog:
+        coordinator = FlisrCoordinator(
+            settings, model=load_builtin("turin"), clock=RealClock(), catalog=catalog
+        )
+        coordinator._on_message("openfeeder/v1/status/ftu-300", b"")  # a device removed
+        assert coordinator.handler_errors == 0
+        coordinator._on_message("openfeeder/v1/status/ftu-300", b"{not json")
+        assert coordinator.handler_errors == 1
