@@ -76,6 +76,10 @@ class Area:
     """Id of the equivalent load that stands for this area in its parent's estimate."""
     reference_id: int
     """Id of the reference source at the boundary bus in this area's own estimate."""
+    equivalent_bus_id: int
+    """Id of the equivalent's own bus in the parent's estimate (behind its equivalent line)."""
+    equivalent_line_id: int
+    """Id of the line from the boundary bus to the equivalent's bus in the parent's estimate."""
 
     @property
     def own_bus_ids(self) -> IntArray:
@@ -243,6 +247,8 @@ def partition_areas(
                 source_ids=sources if level is Level.MV else np.empty(0, dtype=np.int64),
                 equivalent_id=base + index,
                 reference_id=base + len(order) + index,
+                equivalent_bus_id=base + 2 * len(order) + index,
+                equivalent_line_id=base + 3 * len(order) + index,
             )
         )
     return AreaPartition(

@@ -8,8 +8,8 @@ bad-data alarm, the coordinator runs one **cycle**:
   and runs :func:`~openfeeder.analysis.estimation.estimate_state` on the grid as the switches
   stand;
 - ``distributed`` mode: it publishes ``se_cycle`` and collects the final estimates the levels
-  running on the devices publish (:mod:`.levels`), until every hosted area has reported or
-  ``cycle_timeout_s`` passed; the grid's state is assembled from them.
+  running on the devices publish (:mod:`openfeeder.iot.estimation_messages`), until every hosted
+  area has reported or ``cycle_timeout_s`` passed; the grid's state is assembled from them.
 
 Either way the result (summary and every bus's voltage) is published as an ``AlgorithmOutput`` of
 the service (``openfeeder/v1/algo/estimation/se_state``: the summary), appended to the
@@ -59,6 +59,14 @@ from openfeeder.iot.catalog_client import (
     CatalogError,
     DeviceSpec,
 )
+from openfeeder.iot.estimation_messages import (
+    CYCLE_ALGORITHM,
+    LEVEL_ALGORITHMS,
+    LEVEL_VERSION,
+    FinalMessage,
+    read_final,
+    sites_parameter,
+)
 from openfeeder.iot.mqtt import Messenger
 from openfeeder.iot.schema import (
     AlgorithmOutput,
@@ -82,13 +90,6 @@ from openfeeder.iot.topics import (
 from openfeeder.model.components import MeasurementKind
 from openfeeder.model.grid import GridModel, lookup
 from openfeeder.model.topology import analyze_topology
-from openfeeder.services.estimation.levels import (
-    CYCLE_ALGORITHM,
-    LEVEL_ALGORITHMS,
-    FinalMessage,
-    read_final,
-    sites_parameter,
-)
 from openfeeder.sim.clock import NS_PER_S, Clock
 from openfeeder.sim.placements import DEFAULT_ACCURACY_CLASS
 
@@ -282,7 +283,7 @@ class EstimationCoordinator:
                 "child_timeout_s": self.config.child_timeout_s,
             }
             wanted[device] = AlgorithmAssignment(
-                name=LEVEL_ALGORITHMS[area.level], version="1.0.0", parameters=parameters
+                name=LEVEL_ALGORITHMS[area.level], version=LEVEL_VERSION, parameters=parameters
             )
         level_names = set(LEVEL_ALGORITHMS.values())
         for device in sorted(set(sites)):

@@ -1,13 +1,13 @@
 """Concentrator level of the hierarchical state estimator (seed 003) as an agent plug-in.
 
-:class:`~openfeeder.services.estimation.levels.LevelAlgorithm` for ``concentrator`` areas: the protocol,
+:class:`~openfeeder.iot.agent.estimation_level.LevelAlgorithm` for ``concentrator`` areas: the protocol,
 the parameters the estimation service sets and what is published are described there.
 """
 
 from __future__ import annotations
 
 from openfeeder.analysis.estimation import Level
-from openfeeder.services.estimation.levels import LevelAlgorithm
+from openfeeder.iot.agent.estimation_level import LevelAlgorithm
 
 
 class ConcentratorEstimator(LevelAlgorithm):

@@ -1,39 +1,32 @@
-"""The levels of the distributed estimator on the meter agents, and what they publish.
+"""The levels of the distributed estimator on the meter agents: :class:`LevelAlgorithm`.
 
 Each level is a plug-in (``se_concentrator``, ``se_lv``, ``se_mv`` in
 ``iot/agent/algorithms/``) whose class is :class:`LevelAlgorithm` with its level; the estimation
-service assigns one to a device of every area (:mod:`.coordinator`) with these parameters:
+service assigns one to a device of every area with these parameters:
 
 ``case``, ``open_switches`` (the grid's switching state), ``topology_version``, ``area`` (its
 name), ``sites`` (device id -> [bus, element or null, accuracy class %] for the devices that
 measure in the area), ``children`` (child area -> device running it), ``parent_device``,
 ``service`` (the device id whose ``se_cycle`` output starts a cycle), ``child_timeout_s``.
 
-A cycle (all on the monitoring broker, ``openfeeder/v1/algo/<device>/<algorithm>``):
+A cycle (messages in :mod:`openfeeder.iot.estimation_messages`):
 
-1. the service publishes ``se_cycle`` (channel ``cycle``);
-2. every area estimates as soon as its children's equivalents of that cycle are in (at once
-   without children; after ``child_timeout_s`` with those that came, the others as pseudo
-   values) and publishes upward (``pass_code`` 1: ``p``, ``q``, their sigmas, ``u``, ``u_sigma``);
-3. the MV level publishes its final estimate (``pass_code`` 2): the voltage of each of its buses
-   (``u_<k>``, ``a_<k>`` in the order of the area's buses) and, for each child area ``j`` (in
-   the area's order of children), the boundary state ``cu_<j> ca_<j> cp_<j> cq_<j>``;
-4. each child estimates again with it and publishes its final estimate the same way, down to the
-   concentrators. The service assembles the grid's state from all final estimates.
-
-So each area's results travel on the topic of the device that runs it: the ``algo`` class with the
-level's algorithm name; parents and the service know which device runs which area from the
-parameters (reassigned when the topology changes).
+1. the service publishes ``se_cycle``;
+2. every area estimates (:func:`~openfeeder.analysis.estimation.estimate_area`) as soon as its
+   children's equivalents of that cycle are in (at once without children; after
+   ``child_timeout_s`` with those that came, the others as pseudo values) and publishes its
+   equivalent upward;
+3. the MV level publishes its final estimate;
+4. each child estimates again with its boundary state from it and publishes its final estimate
+   the same way, down to the concentrators. The service assembles the grid's state.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from openfeeder.analysis.estimation import (
     AreaEstimate,
@@ -48,15 +41,16 @@ from openfeeder.analysis.estimation import (
 from openfeeder.analysis.estimation.device_readings import DeviceSite, measurements_from_readings
 from openfeeder.analysis.estimation.hierarchical import area_measurements
 from openfeeder.errors import MessagingError, OpenFeederError
-from openfeeder.iot.schema import (
-    AlgorithmOutput,
-    Measurement,
-    Quality,
-    Reading,
-    Severity,
-    Unit,
-    decode,
+from openfeeder.iot.estimation_messages import (
+    CYCLE_ALGORITHM,
+    LEVEL_ALGORITHMS,
+    final_readings,
+    message_values,
+    read_final,
+    read_up,
+    up_readings,
 )
+from openfeeder.iot.schema import AlgorithmOutput, Measurement, Quality, Reading, Severity, decode
 from openfeeder.iot.topics import MessageClass, parse_topic
 from openfeeder.model.cases import resolve_case
 
@@ -64,182 +58,7 @@ if TYPE_CHECKING:
     from openfeeder.iot.agent.plugins import AlgorithmContext
     from openfeeder.model.grid import GridModel
 
-__all__ = [
-    "CYCLE_ALGORITHM",
-    "LEVEL_ALGORITHMS",
-    "MAX_AREA_BUSES",
-    "MAX_CHILDREN",
-    "PASS_FINAL",
-    "PASS_UP",
-    "FinalMessage",
-    "LevelAlgorithm",
-    "manifest_outputs",
-    "read_final",
-]
-
-CYCLE_ALGORITHM: Final = "se_cycle"
-LEVEL_ALGORITHMS: Final = {
-    Level.CONCENTRATOR: "se_concentrator",
-    Level.LV: "se_lv",
-    Level.MV: "se_mv",
-}
-MAX_AREA_BUSES: Final = 200
-"""Buses an area's final estimate can carry (two channels each; a message has at most 1024)."""
-MAX_CHILDREN: Final = 64
-PASS_UP: Final = 1
-PASS_FINAL: Final = 2
-_SCALARS: Final = (
-    ("cycle", Unit.ONE),
-    ("pass_code", Unit.ONE),
-    ("topology_version", Unit.ONE),
-    ("p", Unit.W),
-    ("q", Unit.VAR),
-    ("p_sigma", Unit.W),
-    ("q_sigma", Unit.VAR),
-    ("u", Unit.PU),
-    ("u_sigma", Unit.PU),
-    ("objective", Unit.ONE),
-    ("removed", Unit.ONE),
-)
-
-
-def manifest_outputs() -> list[dict[str, str]]:
-    """The output channels every level declares in its manifest."""
-    out = [{"channel": c, "unit": u.value} for c, u in _SCALARS]
-    for k in range(MAX_AREA_BUSES):
-        out += [{"channel": f"u_{k}", "unit": "pu"}, {"channel": f"a_{k}", "unit": "deg"}]
-    for j in range(MAX_CHILDREN):
-        out += [
-            {"channel": f"cu_{j}", "unit": "pu"},
-            {"channel": f"ca_{j}", "unit": "deg"},
-            {"channel": f"cp_{j}", "unit": "W"},
-            {"channel": f"cq_{j}", "unit": "var"},
-        ]
-    return out
-
-
-def _r(channel: str, value: float, unit: Unit) -> Reading:
-    if not math.isfinite(value):
-        return Reading(channel=channel, value=0.0, unit=unit, quality=Quality.INVALID)
-    return Reading(channel=channel, value=value, unit=unit, quality=Quality.GOOD)
-
-
-def _head(cycle: int, code: int, topology_version: int) -> list[Reading]:
-    return [
-        _r("cycle", float(cycle), Unit.ONE),
-        _r("pass_code", float(code), Unit.ONE),
-        _r("topology_version", float(topology_version), Unit.ONE),
-    ]
-
-
-def up_readings(cycle: int, topology_version: int, result: AreaEstimate) -> tuple[Reading, ...]:
-    eq = result.equivalent
-    if eq is None:
-        raise ValueError(f"area {result.area.name} has no parent to report to")
-    return (
-        *_head(cycle, PASS_UP, topology_version),
-        _r("p", eq.p_mw * 1e6, Unit.W),
-        _r("q", eq.q_mvar * 1e6, Unit.VAR),
-        _r("p_sigma", eq.p_sigma_mw * 1e6, Unit.W),
-        _r("q_sigma", eq.q_sigma_mvar * 1e6, Unit.VAR),
-        _r("u", eq.u_pu, Unit.PU),
-        _r("u_sigma", eq.u_sigma_pu, Unit.PU),
-        _r("objective", result.objective, Unit.ONE),
-        _r("removed", float(len(result.estimate.removed)), Unit.ONE),
-    )
-
-
-def final_readings(cycle: int, topology_version: int, result: AreaEstimate) -> tuple[Reading, ...]:
-    area = result.area
-    out = _head(cycle, PASS_FINAL, topology_version)
-    out += [
-        _r("objective", result.objective, Unit.ONE),
-        _r("removed", float(len(result.estimate.removed)), Unit.ONE),
-    ]
-    for k in range(area.bus_ids.size):
-        out += [
-            _r(f"u_{k}", float(result.u_pu[k]), Unit.PU),
-            _r(f"a_{k}", float(result.u_angle_deg[k]), Unit.DEG),
-        ]
-    for j, child in enumerate(area.children):
-        state = result.children[child]
-        out += [
-            _r(f"cu_{j}", state.u_pu, Unit.PU),
-            _r(f"ca_{j}", state.u_angle_deg, Unit.DEG),
-            _r(f"cp_{j}", state.p_mw * 1e6, Unit.W),
-            _r(f"cq_{j}", state.q_mvar * 1e6, Unit.VAR),
-        ]
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class FinalMessage:
-    """An area's final estimate as read from its ``pass_code`` 2 output."""
-
-    cycle: int
-    topology_version: int
-    u_pu: tuple[float, ...]
-    u_angle_deg: tuple[float, ...]
-    children: tuple[BoundaryState, ...]
-    objective: float
-    removed: int
-
-
-def _values(message: AlgorithmOutput) -> dict[str, float]:
-    return {
-        r.channel: (r.value if r.quality is not Quality.INVALID else math.nan)
-        for r in message.outputs
-    }
-
-
-def read_final(message: AlgorithmOutput, *, buses: int, children: int) -> FinalMessage | None:
-    """The final estimate in ``message``, None when it is an upward one."""
-    values = _values(message)
-    if values.get("pass_code") != PASS_FINAL:
-        return None
-    try:
-        return FinalMessage(
-            cycle=int(values["cycle"]),
-            topology_version=int(values["topology_version"]),
-            u_pu=tuple(values[f"u_{k}"] for k in range(buses)),
-            u_angle_deg=tuple(values[f"a_{k}"] for k in range(buses)),
-            children=tuple(
-                BoundaryState(
-                    u_pu=values[f"cu_{j}"],
-                    u_angle_deg=values[f"ca_{j}"],
-                    p_mw=values[f"cp_{j}"] / 1e6,
-                    q_mvar=values[f"cq_{j}"] / 1e6,
-                )
-                for j in range(children)
-            ),
-            objective=values.get("objective", math.nan),
-            removed=int(values.get("removed", 0.0)),
-        )
-    except KeyError as err:
-        where = f"openfeeder/v1/algo/{message.device_id}/{message.algorithm}"
-        raise MessagingError(
-            f"{where}: final estimate without channel {err}",
-            topic=where,
-            reason="missing_channel",
-            field=str(err.args[0]),
-        ) from err
-
-
-def _read_up(area: str, boundary_bus_id: int, message: AlgorithmOutput) -> Equivalent | None:
-    values = _values(message)
-    if values.get("pass_code") != PASS_UP:
-        return None
-    return Equivalent(
-        area=area,
-        boundary_bus_id=boundary_bus_id,
-        p_mw=values["p"] / 1e6,
-        q_mvar=values["q"] / 1e6,
-        p_sigma_mw=values["p_sigma"] / 1e6,
-        q_sigma_mvar=values["q_sigma"] / 1e6,
-        u_pu=values["u"],
-        u_sigma_pu=values["u_sigma"],
-    )
-
+__all__ = ["LevelAlgorithm"]
 
 _MODELS: dict[str, GridModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -300,7 +119,7 @@ class LevelAlgorithm:
         ):
             return None
         if message.algorithm == CYCLE_ALGORITHM and message.device_id == self.service:
-            cycle = int(_values(message).get("cycle", -1))
+            cycle = int(message_values(message).get("cycle", -1))
             self._reset(cycle=cycle)
             return self._run_up() if not self.children else None
         return self._from_area(message)
@@ -373,8 +192,12 @@ class LevelAlgorithm:
         child = self.child_of_device.get(message.device_id)
         if child is not None and message.algorithm == LEVEL_ALGORITHMS[self.LEVEL_BELOW]:
             boundary = self.partition.area(child).boundary_bus_id
-            equivalent = _read_up(child, boundary, message)
-            if equivalent is None or int(_values(message)["cycle"]) != self.cycle:
+            try:
+                equivalent = read_up(child, boundary, message)
+            except MessagingError as err:
+                self._report(str(err))
+                return None
+            if equivalent is None or int(message_values(message)["cycle"]) != self.cycle:
                 return None
             self.equivalents[child] = equivalent
             if not self.sent_up and set(self.equivalents) >= set(self.children):
@@ -452,8 +275,3 @@ def _number(value: Any, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
-
-
-def sites_parameter(sites: Mapping[str, DeviceSite]) -> dict[str, list[Any]]:
-    """The ``sites`` parameter for the plug-ins."""
-    return {d: [s.bus_id, s.element_id, s.accuracy_class] for d, s in sites.items()}
