@@ -155,6 +155,7 @@ class EstimationCoordinator:
         self.results: collections.deque[dict[str, Any]] = collections.deque(maxlen=self.config.keep)
         self.handler_errors = 0
         self._last_cycle_ns: int | None = None
+        self._last_alarm_ns: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -558,10 +559,14 @@ class EstimationCoordinator:
                 )
             self.trigger(f"topology version {message.topology_version}")
         elif isinstance(message, Event) and message.kind == BAD_DATA_EVENT:
-            with self._lock:
-                last = self._last_cycle_ns
             gap_ns = round(self.config.interval_s * NS_PER_S / 4)
-            if last is None or self.clock.now_ns() - last >= gap_ns:
+            now_ns = self.clock.now_ns()
+            with self._lock:  # the alarm's cycle counts from now: later alarms before it runs
+                latest = max(self._last_cycle_ns or -gap_ns, self._last_alarm_ns or -gap_ns)
+                due = now_ns - latest >= gap_ns
+                if due:
+                    self._last_alarm_ns = now_ns
+            if due:
                 self.trigger(f"bad data at {message.device_id}")
 
     def _handle_level(self, message: AlgorithmOutput) -> None:

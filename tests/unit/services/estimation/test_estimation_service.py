@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +21,29 @@ import httpx
 import numpy as np
 import pytest
 
-from openfeeder.config import EstimationSettings, Settings
+from conftest import PrivateMosquitto
+from openfeeder.config import (
+    AgentSettings,
+    BrokerSettings,
+    BrokersSettings,
+    CatalogSettings,
+    EstimationSettings,
+    LoggingSettings,
+    Settings,
+    StorageSettings,
+)
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.mqtt import Messenger
-from openfeeder.iot.schema import AlgorithmOutput, decode
+from openfeeder.iot.schema import AlgorithmOutput, Event, Severity, decode
 from openfeeder.iot.topics import BrokerContext, MessageClass, algorithm_filter
+from openfeeder.services.catalog.service import CatalogThread
 from openfeeder.services.estimation.coordinator import EstimationCoordinator
 from openfeeder.services.estimation.service import EstimationThread
 from openfeeder.sim.clock import clock_for_speed
 from openfeeder.sim.live import LiveTwin
 from openfeeder.sim.scenario import parse_scenario
 from openfeeder.sim.twin import Twin
-from sim_platform import running_platform
+from sim_platform import Platform, running_platform
 
 SPEED = 2.0
 
@@ -46,7 +58,28 @@ class Run:
 
 
 @contextmanager
-def _running(tmp_path: Path, mode: str) -> Iterator[Run]:
+def _mosquitto_platform(tmp_path: Path, url: str) -> Iterator[Platform]:
+    """The device catalog on a real Mosquitto (the test's own instance, so the twin's fixed
+    device ids meet nobody else's)."""
+    endpoint = BrokerSettings(url=url, connect_timeout_s=5, keepalive_s=5)
+    settings = Settings(
+        brokers=BrokersSettings(grid_ops=endpoint, monitoring=endpoint),
+        storage=StorageSettings(url=f"sqlite:///{tmp_path / 'catalog.db'}"),
+        logging=LoggingSettings(level="WARNING"),
+        catalog=CatalogSettings(listen_port=0, case="turin", reporting_interval_s=1.0),
+        agent=AgentSettings(state_dir=tmp_path / "state"),
+    )
+    with (
+        CatalogThread(settings) as catalog,
+        CatalogClient(catalog.url, timeout_s=10) as client,
+    ):
+        yield Platform(settings, client, url)
+
+
+@contextmanager
+def _running(
+    tmp_path: Path, mode: str, *, broker_url: str | None = None, **estimation: Any
+) -> Iterator[Run]:
     scenario = parse_scenario(
         {
             "scenario": {
@@ -61,7 +94,12 @@ def _running(tmp_path: Path, mode: str) -> Iterator[Run]:
             "devices": {"dropout_probability": 0.0},
         }
     )
-    with running_platform(tmp_path) as platform:
+    platform_context = (
+        running_platform(tmp_path)
+        if broker_url is None
+        else _mosquitto_platform(tmp_path, broker_url)
+    )
+    with platform_context as platform:
         settings = platform.settings.model_copy(
             update={
                 "catalog": platform.settings.catalog.model_copy(
@@ -73,7 +111,7 @@ def _running(tmp_path: Path, mode: str) -> Iterator[Run]:
                     mode=mode,  # type: ignore[arg-type]
                     interval_s=3600,
                     storage=tmp_path / "estimates.jsonl",
-                    cycle_timeout_s=20,
+                    **({"cycle_timeout_s": 20} | estimation),
                 ),
             }
         )
@@ -221,3 +259,81 @@ def test_central_mode_cycle(tmp_path: Path) -> None:
         assert result["mode"] == "central"
         assert result["estimated_buses"] == 54
         assert result["measurements"] >= 26  # 14 devices: a voltage and a power each
+
+
+def test_bad_data_event_runs_a_cycle_at_once(tmp_path: Path) -> None:
+    """A level that removed bad data raises a ``bad_data`` event: the service runs a cycle then,
+    not at its next interval (an hour here); a second alarm within a quarter interval does not
+    run another."""
+    with _running(tmp_path, "central") as run:
+        time.sleep(1.0)
+        device = f"se-bad-{uuid.uuid4().hex[:8]}"
+        sender = Messenger(run.settings.brokers, client_id=device)
+        sender.start()
+        try:
+            assert sender.wait_connected(10)
+            for seq in (1, 2):
+                sender.publish(
+                    Event(
+                        device_id=device,
+                        seq=seq,
+                        t_ns=time.time_ns(),
+                        kind="bad_data",
+                        severity=Severity.WARNING,
+                        message="area lv-205: bad data removed: meter-405:pq",
+                    )
+                )
+            result = _result(run, f"bad data at {device}", timeout_s=20)
+            time.sleep(1.0)
+        finally:
+            sender.stop()
+        assert result["estimated_buses"] == 54
+        alarms = [r for r in run.coordinator.results if r["reason"].startswith("bad data")]
+        assert len(alarms) == 1, [r["reason"] for r in run.coordinator.results]
+
+
+@pytest.mark.slow
+def test_a_silent_child_is_reported_missing(tmp_path: Path) -> None:
+    """The device running lv-210 stops: its parent waits ``child_timeout_s`` for its
+    equivalent, then estimates with that area's loads as pseudo-measurements; the cycle
+    completes, says which area is missing and covers every other bus."""
+    with _running(tmp_path, "distributed", child_timeout_s=1.0, cycle_timeout_s=8.0) as run:
+        coordinator = run.coordinator
+        _plugins_running(run)
+        host = coordinator.hosts["lv-210"]
+        device = run.live.devices[host]
+        getattr(device, "agent", device).stop()
+        coordinator.trigger("silent child")
+        result = _result(run, "silent child", timeout_s=30)
+        assert result["areas_missing"] == ["lv-210"]
+        assert result["areas_reported"] == 13
+        missing = set(coordinator.partition.area("lv-210").own_bus_ids.tolist())
+        by_id = {b["id"]: b["u_pu"] for b in result["buses"]}
+        assert all(by_id[bus] is None for bus in missing)
+        assert all(u is not None for bus, u in by_id.items() if bus not in missing)
+        assert result["estimated_buses"] == 54 - len(missing)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_distributed_cycle_through_mosquitto(
+    tmp_path: Path, private_mosquitto: Callable[[], PrivateMosquitto]
+) -> None:
+    """The whole distributed cycle (catalog pushes, the levels' messages up and down, the
+    service's assembly) through a real Mosquitto instead of the embedded broker."""
+    broker = private_mosquitto()
+    with _running(tmp_path, "distributed", broker_url=broker.url) as run:
+        coordinator = run.coordinator
+        _plugins_running(run)
+        coordinator.trigger("mosquitto")
+        result = _result(run, "mosquitto")
+        if result["areas_missing"]:  # a level still loading when the cycle began
+            _plugins_running(run)
+            coordinator.trigger("mosquitto again")
+            result = _result(run, "mosquitto again")
+        assert result["areas_missing"] == []
+        assert result["estimated_buses"] == 54
+        central = coordinator.estimate_central(result["t_ns"])
+        u = np.array([b["u_pu"] for b in result["buses"]], dtype=float)
+        u_central = np.array([b["u_pu"] for b in central["buses"]], dtype=float)
+        assert np.max(np.abs(u - u_central)) < 5e-3
