@@ -11,7 +11,8 @@ Steps (each reported in the :class:`~.result.StateEstimate`):
    so does an estimate with no observable island at all).
    Steps 1 and 2 depend only on where the measurements are: an estimate of the same model object
    with measurements at the same places takes them from the last such estimate
-   (:mod:`.prepared`), and the engine reuses its converted model, only given the new readings.
+   (:mod:`.prepared`), and the engine reuses its converted model, only given the new readings
+   (written by index into its sensor buffers: :mod:`.reading_plan`).
 3. **Solve** with power-grid-model (:mod:`.engine_wls`; iterative linear by default). Magnitude-only
    current measurements take part as currents whose angle against the local voltage is pinned to
    the last estimate's; the solve repeats until those angles move less than 1e-4 rad (starting
@@ -25,10 +26,13 @@ Steps (each reported in the :class:`~.result.StateEstimate`):
    measurement with the largest normalized residual above ``lnr_threshold`` is removed and the
    state re-estimated, until the test passes, nothing stands out, ``max_bad_data`` measurements are
    gone, or removing the next one would leave its island unobservable (then it stays, reported).
-   The Jacobian and the residual covariance are only built when the test fails.
+   The Jacobian and the residual covariance are only built when the test fails; with a reading
+   plan the first test's objective is gathered from the engine's output without the rows.
 5. **Uncertainty**: standard deviations of every estimated bus's voltage magnitude and angle from
    ``diag(G^-1)``; ``uncertainty=None`` (default) computes them up to
    :data:`UNCERTAINTY_MAX_BUSES` estimated buses, ``True`` always, ``False`` never (NaN).
+
+The result's tables and per-measurement values are built when first read (:mod:`.result`).
 """
 
 from __future__ import annotations

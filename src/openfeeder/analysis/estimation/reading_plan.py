@@ -87,6 +87,8 @@ class _ApplianceSums:
     full: IntArray
     """Buses whose every in-service appliance is measured (their sums are rows)."""
     factor_at: IntArray
+    single: bool
+    """Each of those buses has exactly one measured appliance."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -188,7 +190,8 @@ class ReadingPlan:
         parts.append(node["p"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
         parts.append(node["q"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
         parts.extend(self._current_parts(output, voltage))
-        return float(sum(float(np.dot(z, z)) for z in parts))
+        # element-wise, not np.dot: a threaded BLAS would spin on cores the engine needs
+        return float(sum(float(np.square(z).sum()) for z in parts))
 
     def _power_factor(self, voltage: Any) -> npt.NDArray[np.complex128]:
         """:attr:`.engine_wls.EngineEstimate.power_factor` at the voltage-sensor buses."""
@@ -265,16 +268,28 @@ class ReadingPlan:
         col = self.columns
         p_sum, q_sum, p_var, q_var = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
         for k, appliance, size, at, sign in sums.parts:
-            wp = np.bincount(appliance, 1.0 / col["p_sigma_mw"][k] ** 2, size)
-            wq = np.bincount(appliance, 1.0 / col["q_sigma_mvar"][k] ** 2, size)
-            zp = np.bincount(appliance, col["p_mw"][k] / col["p_sigma_mw"][k] ** 2, size)
-            zq = np.bincount(appliance, col["q_mvar"][k] / col["q_sigma_mvar"][k] ** 2, size)
+            if size == k.size:  # one measurement per appliance: nothing to merge
+                order = np.empty(size, dtype=np.int64)
+                order[appliance] = np.arange(size)
+                ks = k[order]
+                p, q = col["p_mw"][ks], col["q_mvar"][ks]
+                vp, vq = col["p_sigma_mw"][ks] ** 2, col["q_sigma_mvar"][ks] ** 2
+            else:
+                wp = np.bincount(appliance, 1.0 / col["p_sigma_mw"][k] ** 2, size)
+                wq = np.bincount(appliance, 1.0 / col["q_sigma_mvar"][k] ** 2, size)
+                zp = np.bincount(appliance, col["p_mw"][k] / col["p_sigma_mw"][k] ** 2, size)
+                zq = np.bincount(appliance, col["q_mvar"][k] / col["q_sigma_mvar"][k] ** 2, size)
+                p, q, vp, vq = zp / wp, zq / wq, 1.0 / wp, 1.0 / wq
             keep = at >= 0
             b = at[keep]
-            p_sum += np.bincount(b, sign * zp[keep] / wp[keep], n)
-            q_sum += np.bincount(b, sign * zq[keep] / wq[keep], n)
-            p_var += np.bincount(b, 1.0 / wp[keep], n)
-            q_var += np.bincount(b, 1.0 / wq[keep], n)
+            if sums.single:  # one appliance per summed bus: a scatter, not a sum
+                p_sum[b], q_sum[b] = sign * p[keep], sign * q[keep]
+                p_var[b], q_var[b] = vp[keep], vq[keep]
+                continue
+            p_sum += np.bincount(b, sign * p[keep], n)
+            q_sum += np.bincount(b, sign * q[keep], n)
+            p_var += np.bincount(b, vp[keep], n)
+            q_var += np.bincount(b, vq[keep], n)
         s = (p_sum + 1j * q_sum) * self._factor_at(factor, sums.factor_at)
         return [
             (s.real - node["p"][sums.full] * 1e-6) / np.sqrt(p_var),
@@ -467,7 +482,11 @@ def _appliance_sums(
         for k, compact, unique, measured, bus_rows, sign in measured_parts
     )
     empty = np.flatnonzero(estimated & (appliances == 0))
-    return _ApplianceSums(parts, full, factor_position[full]), empty
+    summed = np.zeros(full.size, dtype=np.int64)
+    for part in parts:
+        summed += np.bincount(part[3][part[3] >= 0], minlength=full.size)
+    single = bool((summed == 1).all())
+    return _ApplianceSums(parts, full, factor_position[full], single), empty
 
 
 def _wrap(angle_rad: FloatArray) -> FloatArray:

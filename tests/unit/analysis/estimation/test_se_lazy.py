@@ -24,7 +24,7 @@ from openfeeder.analysis.estimation.observability import PseudoOptions
 from openfeeder.analysis.estimation.prepared import placement_key
 from openfeeder.analysis.estimation.reading_plan import reading_plan
 from openfeeder.analysis.estimation.result import Once, StateEstimate, build_result
-from openfeeder.analysis.powerflow import PowerFlowResult
+from openfeeder.analysis.powerflow import PowerFlowResult, run_power_flow
 from openfeeder.model.grid import GridModel, lookup
 
 _TABLES = ("bus", "branch", "load", "source")
@@ -133,15 +133,26 @@ def _assert_same_tables(lazy: StateEstimate, eager: StateEstimate, **tolerance: 
     )
 
 
-@pytest.mark.parametrize("phasors", [False, True], ids=["meters", "meters+pmu"])
-def test_the_plans_objective_and_lazy_tables_equal_the_general_paths(phasors: bool) -> None:
+@pytest.mark.parametrize(
+    ("phasors", "pv"),
+    [(False, True), (True, True), (False, False)],
+    ids=["meters", "meters+pmu", "one-appliance-per-bus"],
+)
+def test_the_plans_objective_and_lazy_tables_equal_the_general_paths(
+    phasors: bool, pv: bool
+) -> None:
     model, flow = feeder()
+    if not pv:  # every summed bus has one appliance (the plan scatters instead of summing)
+        model = model.replace(generator=model.generator[:0])
+        flow = run_power_flow(model)
     measurements = _with_phasors(model, flow, 41) if phasors else metered(model, flow, seed=41)
     objective, eager = _eager(model, measurements)
     lazy = estimate_state(model, measurements, uncertainty=False)
     placement = _PLACEMENTS.get(model, placement_key(measurements, PseudoOptions()))
     assert placement is not None
-    assert placement.memo["plan"] is not None  # the plan was taken
+    plan = placement.memo["plan"]
+    assert plan is not None  # the plan was taken
+    assert plan.appliances.single is not pv
     assert lazy.chi_square[0].degrees_of_freedom == eager.chi_square[0].degrees_of_freedom
     assert lazy.chi_square[0].objective == pytest.approx(objective, rel=1e-9)
     assert "bus" not in vars(lazy)  # nothing built before it is read
