@@ -263,13 +263,16 @@ def compute_steps(repeats: int) -> dict[str, Any]:
             times.append((time.perf_counter() - t0) * 1e3)
         return times, value
 
-    # as the plug-ins run them: sigmas only where a voltage is passed up
+    # as the plug-ins run them: no bus sigmas; the first step includes the two pulls that give
+    # the equivalent's covariance
     lv_up_ms, lv = timed(
         lambda: estimate_area(model, parts, "lv-201", own["lv-201"], uncertainty=False)
     )
-    children = {
-        c: estimate_area(model, parts, c, own[c]).equivalent for c in parts.area("mv-500").children
-    }
+    children = {}
+    for c in parts.area("mv-500").children:
+        equivalent = estimate_area(model, parts, c, own[c]).equivalent
+        if equivalent is not None:
+            children[c] = equivalent
     mv_ms, mv = timed(
         lambda: estimate_area(
             model, parts, "mv-500", own["mv-500"], children=children, uncertainty=False
