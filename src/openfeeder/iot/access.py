@@ -11,7 +11,8 @@ the shared ``topology``, and the extra filters its settings grant (the topic inp
 packages assigned to it, e.g. ``openfeeder/v1/algo/+/energy``).
 
 A **service** gets the grants of its :class:`ServiceRole` (role-based), plus ``status/<name>`` for
-its own birth and last will:
+its own birth and last will and ``event/<name>`` for the security events of its payload protection
+(:mod:`openfeeder.iot.protection`):
 
 =========  =======================================================  ===================================
 role       publishes                                                subscribes
@@ -38,6 +39,7 @@ from openfeeder.iot.topics import (
     MESSAGE_SPECS,
     MessageClass,
     all_filter,
+    event_topic,
     filter_for,
     status_topic,
 )
@@ -127,9 +129,11 @@ def service_grants(name: str, role: ServiceRole) -> tuple[Grant, ...]:
         Grant(access, str(all_filter()) if message_class is None else _any(message_class))
         for access, message_class in ROLE_GRANTS[role]
     ]
-    own_status = Grant(Access.WRITE, str(status_topic(name)))
     if not any(g.access.writes and g.pattern == str(all_filter()) for g in grants):
-        grants.append(own_status)
+        grants.append(Grant(Access.WRITE, str(status_topic(name))))
+        if not any(g.access.writes and g.pattern == _any(MC.EVENT) for g in grants):
+            # security events of its payload protection (a rejected message) go here
+            grants.append(Grant(Access.WRITE, str(event_topic(name))))
     return tuple(grants)
 
 

@@ -257,6 +257,9 @@ class EnrolmentInfo(_Model):
     ca_pem: str | None = None
     """The platform CA to trust, once issued."""
     detail: str = ""
+    kek: dict[str, str] | None = None
+    """With payload protection: the device's key-encryption key sealed to its CSR's key
+    (:mod:`openfeeder.security.key_delivery`), once issued."""
 
 
 # --- algorithm repository and topology ---------------------------------------------------------
@@ -457,6 +460,18 @@ class CatalogClient:
         """Where the device's enrolment stands (a pending device polls this)."""
         response = self._request("GET", f"/v1/enrolments/{quote(device_id, safe='')}")
         return self._parse(EnrolmentInfo, response)
+
+    def device_keys(self, device_id: str) -> dict[str, Any]:
+        """The device's payload key bundle, wrapped under its key-encryption key."""
+        response = self._request("GET", f"/v1/devices/{quote(device_id, safe='')}/keys")
+        document = self._json(response)
+        if not isinstance(document, dict):
+            raise CatalogUnavailableError(
+                f"{response.request.url}: a key bundle must be a JSON object",
+                url=str(response.request.url),
+                status=response.status_code,
+            )
+        return document
 
     def enrolments(self) -> list[EnrolmentInfo]:
         """Every enrolment the catalog holds (pending ones wait for an operator)."""

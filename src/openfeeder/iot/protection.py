@@ -12,7 +12,9 @@ end's own event topic. Events are limited to one per sender and reason every ``e
 the next one carries how many were suppressed in between.
 
 Topics outside the scheme (``$SYS/...``) pass through untouched; ``status`` is never sealed (a last
-will is fixed at connection time, see :mod:`openfeeder.security.payload`).
+will is fixed at connection time, see :mod:`openfeeder.security.payload`); an empty payload on a
+retained class (``config``, ``topology``, ``committed``) passes too: it is how MQTT clears a retained
+message (the catalog does when a device is deleted), and it carries no content.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class MessageProtection:
 
         def guarded(topic: str, data: bytes) -> None:
             parts = parts_of(topic)
-            if parts is None:
+            if parts is None or (not data and parts[2]):
+                # outside the scheme, or a retained message being cleared (an empty payload
+                # carries nothing; handlers take it as "no current message")
                 handler(topic, data)
                 return
             try:
@@ -223,40 +227,56 @@ def protection_from_settings(
     settings: PayloadProtectionSettings,
     *,
     sender_id: str,
+    event_device_id: str | None = None,
+    keys: KeyResolver | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> MessageProtection | None:
     """The protection ``settings`` describe for ``sender_id``; None when it is disabled.
 
-    With ``key_dir`` the keys come from the key store (services); with ``key_bundle`` and
-    ``kek_file`` from the bundle issued to a device.
+    ``sender_id`` names this end in every envelope (receivers keep a replay window per sender):
+    a service passes its MQTT client id, unique per run. ``event_device_id`` is where security
+    events go (``event/<id>``, default ``sender_id``): a service passes its identity (certificate
+    CN), whose event topic the ACL lets it publish on. ``keys`` overrides where keys come from (a
+    device whose bundle the catalog delivers, :mod:`openfeeder.iot.agent.payload_keys`); otherwise
+    with ``key_dir`` they come from the key store (services), with ``key_bundle`` and ``kek_file``
+    from the bundle issued to a device.
     """
     if not settings.enabled:
         return None
-    keys: KeyResolver
     audit = AuditLog(settings.audit_log) if settings.audit_log is not None else None
-    try:
-        if settings.key_dir is not None:
-            master = load_master_key(settings.master_key_file, environ=environ)
-            keys = StoreResolver(KeyStore(settings.key_dir, master_key=master, audit=audit))
-        elif settings.key_bundle is not None and settings.kek_file is not None:
-            keys = open_issued_bundle(
-                _read_json(settings.key_bundle), kek=_read_kek(settings.kek_file)
-            )
-        else:
-            raise ConfigError(
-                "payload_protection: enabled, but neither key_dir (services) nor key_bundle and "
-                "kek_file (devices) is set"
-            )
-    except SecurityError as err:
-        raise ConfigError(f"payload_protection: {err}") from err
+    if keys is None:
+        keys = _configured_keys(settings, audit=audit, environ=environ)
     protector = PayloadProtector(
         keys, sender_id=sender_id, policy=_policy(settings), replay_window=settings.replay_window
     )
     return MessageProtection(
         protector,
-        event_device_id=sender_id,
+        event_device_id=event_device_id or sender_id,
         event_interval_s=settings.event_interval_s,
         audit=audit,
+    )
+
+
+def _configured_keys(
+    settings: PayloadProtectionSettings,
+    *,
+    audit: AuditLog | None,
+    environ: Mapping[str, str] | None,
+) -> KeyResolver:
+    """The key store (``key_dir``) or the issued bundle (``key_bundle`` + ``kek_file``)."""
+    try:
+        if settings.key_dir is not None:
+            master = load_master_key(settings.master_key_file, environ=environ)
+            return StoreResolver(KeyStore(settings.key_dir, master_key=master, audit=audit))
+        if settings.key_bundle is not None and settings.kek_file is not None:
+            return open_issued_bundle(
+                _read_json(settings.key_bundle), kek=_read_kek(settings.kek_file)
+            )
+    except SecurityError as err:
+        raise ConfigError(f"payload_protection: {err}") from err
+    raise ConfigError(
+        "payload_protection: enabled, but neither key_dir (services) nor key_bundle and "
+        "kek_file (devices) is set"
     )
 
 

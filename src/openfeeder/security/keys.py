@@ -688,12 +688,15 @@ class KeyStore:
             self._record("create", row[0], {"algorithm": _KEK_ALGORITHM})
         return self._unwrap(row[0], _KEK_ALGORITHM, bytes(row[1]))
 
-    def issue(self, device_id: str) -> dict[str, Any]:
+    def issue(self, device_id: str, *, readable: Iterable[str] = ()) -> dict[str, Any]:
         """The bundle of keys ``device_id`` needs, wrapped under its key-encryption key.
 
         It holds the usable (active and overlap) versions of the device's own keys
-        (``<class>/<device id>``) and of the group keys (``<class>``).
+        (``<class>/<device id>``), of the group keys (``<class>``) and of the other devices'
+        keys named in ``readable`` (a device whose algorithm reads their sealed traffic, e.g. an
+        edge fault locator reading every ``event``).
         """
+        also = frozenset(readable)
         kek = self.device_kek(device_id)
         self._sweep()
         entries = []
@@ -705,7 +708,7 @@ class KeyStore:
             ).fetchall()
         for row in rows:
             info = self._info(row)
-            if info.scope not in (None, device_id):
+            if info.scope not in (None, device_id) and info.name not in also:
                 continue
             material = self._unwrap(info.key_id, info.algorithm, bytes(row[8]))
             entries.append(

@@ -12,7 +12,10 @@ certificate is configured for the device (``cert_file`` / ``key_file``), the age
    again every ``poll_interval_s`` until its certificate is issued, and gives up when an operator
    rejects it (:class:`EnrolmentRejectedError`);
 3. it keeps the certificate (``device.crt``) next to the key and checks that the CA the catalog
-   names is the one it was given (a catalog that answers with another CA is refused).
+   names is the one it was given (a catalog that answers with another CA is refused);
+4. with payload protection whose keys come from the catalog (``want_kek``), the answer also brings
+   the device's key-encryption key sealed to its key: it is opened and kept in ``device.kek``
+   (mode 0600; :mod:`openfeeder.iot.agent.payload_keys`).
 
 At the next start a certificate that is still valid for more than ``renew_before_s`` (at most a
 third of its lifetime), belongs to
@@ -24,6 +27,7 @@ and, through :func:`catalog_verify`, the check of the catalog's HTTPS certificat
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import os
@@ -41,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from openfeeder.config import SecuritySettings, Settings
 from openfeeder.errors import ConfigError, SecurityError
 from openfeeder.iot.access import DEVICE_ROLE
+from openfeeder.iot.agent.payload_keys import KEK_FILE, read_kek, write_private
 from openfeeder.iot.catalog_client import (
     CatalogClient,
     CatalogError,
@@ -49,6 +54,7 @@ from openfeeder.iot.catalog_client import (
     EnrolmentInfo,
     EnrolmentStatus,
 )
+from openfeeder.security.key_delivery import KekDeliveryError, open_kek
 from openfeeder.security.pki import PkiError, certificate_identity, make_csr, new_private_key
 from openfeeder.security.tls import TlsFiles, TlsVersionName
 
@@ -104,6 +110,8 @@ class DeviceIdentity:
     files: TlsFiles
     not_after: dt.datetime
     serial: int
+    kek: bytes | None = None
+    """The payload key-encryption key delivered with the certificate (None: none asked for)."""
 
 
 def needs_enrolment(security: SecuritySettings) -> bool:
@@ -145,10 +153,22 @@ def load_identity(
     ca_file: Path,
     min_version: TlsVersionName = "1.3",
     renew_before_s: float = DEFAULT_RENEW_BEFORE_S,
+    want_kek: bool = False,
 ) -> DeviceIdentity | None:
-    """The identity stored in ``folder`` if it is usable (see the module docstring), else None."""
+    """The identity stored in ``folder`` if it is usable (see the module docstring), else None.
+
+    ``want_kek``: payload protection with keys from the catalog; an identity without the
+    key-encryption key that came with it (enrolled before protection was on) is not usable."""
     key_path, cert_path = folder / KEY_FILE, folder / CERT_FILE
     if not key_path.exists() or not cert_path.exists():
+        return None
+    kek = read_kek(folder / KEK_FILE) if want_kek else None
+    if want_kek and kek is None:
+        _LOG.info(
+            "%s: no payload key-encryption key stored; enrolling again",
+            folder,
+            extra={"device_id": device_id},
+        )
         return None
     try:
         key = _read_key(key_path)
@@ -166,6 +186,7 @@ def load_identity(
         files=TlsFiles(ca_file, cert_path, key_path, min_version),
         not_after=cert.not_valid_after_utc,
         serial=cert.serial_number,
+        kek=kek,
     )
 
 
@@ -181,16 +202,24 @@ def enrol_device(
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     renew_before_s: float = DEFAULT_RENEW_BEFORE_S,
     on_pending: Callable[[], None] | None = None,
+    want_kek: bool = False,
 ) -> DeviceIdentity | None:
     """The device's identity: the stored one if usable, else a certificate from the catalog.
 
     Blocks until the catalog issued it (retrying while the catalog is unreachable, polling while an
     operator has not decided); None when ``stop`` is set first. :class:`EnrolmentRejectedError`
-    when an operator rejects the request or the catalog refuses the CSR.
+    when an operator rejects the request or the catalog refuses the CSR. ``want_kek``: the
+    device's payload keys come from the catalog, so the answer must bring its key-encryption key
+    (:class:`~openfeeder.security.key_delivery.KekDeliveryError` if it does not).
     """
     stop = stop or threading.Event()
     stored = load_identity(
-        folder, device_id, ca_file=ca_file, min_version=min_version, renew_before_s=renew_before_s
+        folder,
+        device_id,
+        ca_file=ca_file,
+        min_version=min_version,
+        renew_before_s=renew_before_s,
+        want_kek=want_kek,
     )
     if stored is not None:
         return stored
@@ -237,7 +266,14 @@ def enrol_device(
             continue
         attempt = 0
         if info.status is EnrolmentStatus.ISSUED:
-            return _store(info, folder, device_id, ca_file=ca_file, min_version=min_version)
+            return _store(
+                info,
+                folder,
+                device_id,
+                ca_file=ca_file,
+                min_version=min_version,
+                want_kek=want_kek,
+            )
         if info.status is EnrolmentStatus.REJECTED:
             raise EnrolmentRejectedError(
                 f"{device_id}: enrolment rejected ({info.detail or 'no reason given'})",
@@ -248,7 +284,13 @@ def enrol_device(
 
 
 def _store(
-    info: EnrolmentInfo, folder: Path, device_id: str, *, ca_file: Path, min_version: TlsVersionName
+    info: EnrolmentInfo,
+    folder: Path,
+    device_id: str,
+    *,
+    ca_file: Path,
+    min_version: TlsVersionName,
+    want_kek: bool = False,
 ) -> DeviceIdentity:
     """Check what the catalog issued against the key and the trusted CA, then write it."""
     if info.certificate_pem is None:
@@ -274,6 +316,17 @@ def _store(
         raise PkiError(
             f"{device_id}: the issued certificate is unusable: {problem}", name=device_id
         )
+    kek = None
+    if want_kek:
+        if info.kek is None:
+            raise KekDeliveryError(
+                f"{device_id}: payload protection takes its keys from the catalog, but the "
+                "catalog sent no key-encryption key (it needs [payload_protection] enabled with "
+                "key_dir)",
+                device_id=device_id,
+            )
+        kek = open_kek(info.kek, private_key=key, device_id=device_id)
+        write_private(folder / KEK_FILE, base64.b64encode(kek) + b"\n")
     cert_path = folder / CERT_FILE
     _write(cert_path, info.certificate_pem.encode("ascii"), mode=0o644)
     _LOG.info(
@@ -288,6 +341,7 @@ def _store(
         files=TlsFiles(ca_file, cert_path, folder / KEY_FILE, min_version),
         not_after=cert.not_valid_after_utc,
         serial=cert.serial_number,
+        kek=kek,
     )
 
 

@@ -19,7 +19,10 @@ hands out, with this machine's credentials, CA file and timeouts for each contex
   as it is (re)established, before any data on it (:meth:`AgentLinks.new_connections`), events,
   command acknowledgements, algorithm outputs and, on a clean stop,
   ``Status(OFFLINE, reason="shutdown")``;
-- moves to other brokers when a new configuration names other endpoints.
+- moves to other brokers when a new configuration names other endpoints;
+- with payload protection (:mod:`openfeeder.iot.protection`), seals what it publishes as the policy
+  says (acks as control, events as protection traffic; measurements only if monitoring is sealed)
+  and opens every message it receives before anything else sees it.
 
 Sequence numbers of events, statuses, acknowledgements and each algorithm's outputs count from 0 for
 each run of the agent (measurements are numbered by the store, across runs).
@@ -37,10 +40,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from openfeeder.config import BrokerSettings, BrokersSettings
-from openfeeder.errors import MessagingError
+from openfeeder.errors import MessagingError, SecurityError
 from openfeeder.iot.agent.store import PublishTracker
 from openfeeder.iot.device_settings import DeviceSettings
-from openfeeder.iot.mqtt import Messenger, NetworkLoop
+from openfeeder.iot.mqtt import MessageHandler, Messenger, NetworkLoop
+from openfeeder.iot.protection import MessageProtection
 from openfeeder.iot.schema import (
     AckStatus,
     AlgorithmOutput,
@@ -91,14 +95,17 @@ class AgentLinks:
         on_command: Callable[[Command], None] | None = None,
         network: NetworkLoop | None = None,
         tls: ssl.SSLContext | None = None,
+        protection: MessageProtection | None = None,
     ) -> None:
         """``clock_ns`` gives domain time (payload stamps, command deadlines); ``on_command``
         receives the commands this device must act on (None: it has nothing to operate);
         ``network``: the shared loop the connections run on (None: paho's threads); ``tls``: the
         context of ``mqtts://`` connections (the device's certificate; settable until
-        :meth:`connect`)."""
+        :meth:`connect`); ``protection``: payload sealing and opening (settable until
+        :meth:`connect`, :mod:`openfeeder.iot.protection`)."""
         self._network = network
         self.tls = tls
+        self.protection = protection
         self.device_id = device_id
         self._local = local
         self._firmware = firmware
@@ -203,6 +210,7 @@ class AgentLinks:
             on_published={BrokerContext.MONITORING: lambda _mid: self._on_monitoring_ack()},
             network=self._network,
             tls=self.tls,
+            protection=self.protection,
         )
 
     def _brokers(self, settings: DeviceSettings) -> BrokersSettings:
@@ -242,8 +250,11 @@ class AgentLinks:
             wanted.add((MESSAGE_SPECS[message_class].contexts[0], flt))
         for context, flt in self._subscribed - wanted:
             messenger.link(context).unsubscribe(flt)
+        handler: MessageHandler = self._on_message
+        if self.protection is not None:  # opened (or dropped) before the agent sees it
+            handler = self.protection.guard(handler)
         for context, flt in wanted - self._subscribed:
-            messenger.link(context).subscribe(flt, self._on_message, qos=QoS.AT_LEAST_ONCE)
+            messenger.link(context).subscribe(flt, handler, qos=QoS.AT_LEAST_ONCE)
         self._subscribed = wanted
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -328,7 +339,7 @@ class AgentLinks:
             return
         try:
             messenger.publish(payload)
-        except MessagingError as err:
+        except (MessagingError, SecurityError) as err:  # SecurityError: no key to seal it
             _LOG.warning("%s: not published: %s", self.device_id, err)
 
     def emit_event(
@@ -368,6 +379,8 @@ class AgentLinks:
         if messenger is None:
             raise MessagingError("not connected", topic="", reason="not_connected")
         link = messenger.link(BrokerContext.MONITORING)
+        if self.protection is not None:  # sealed only when the policy seals monitoring traffic
+            payload = self.protection.seal(self._measurement_topic, payload)
         return link.publish(self._measurement_topic, payload).info
 
     def publish_outputs(

@@ -24,7 +24,10 @@ makes sure the device has its X.509 certificate: the one in ``<state_dir>/<devic
 still valid, otherwise it enrols with the catalog (CSR + the enrolment secret, or waiting for an
 operator's approval; state ``enrolling``; :mod:`openfeeder.iot.agent.identity`). Its broker
 connections then use mutual TLS with that certificate. A device given ``cert_file`` / ``key_file``
-uses those instead.
+uses those instead. With payload protection (``[payload_protection] enabled``) its links seal and
+open payloads: with keys from the catalog (no ``key_bundle``) the enrolment also brings its
+key-encryption key and the agent fetches its key bundle at boot, every ``KEY_REFRESH_S`` and when a
+message names a key it lacks (:mod:`openfeeder.iot.agent.payload_keys`).
 
 Domain time: the agent reads and paces time through a :class:`~openfeeder.sim.clock.Clock`
 (:class:`~openfeeder.sim.clock.RealClock` by default, as in the field). Stamps, tick times and
@@ -95,6 +98,12 @@ from openfeeder.iot.agent.metering import (
     encode_measurement,
     to_readings,
 )
+from openfeeder.iot.agent.payload_keys import (
+    BUNDLE_FILE,
+    CatalogKeys,
+    KeySource,
+    catalog_delivers_keys,
+)
 from openfeeder.iot.agent.plugins import DEFAULT_CALL_DEADLINE_S, PluginStats
 from openfeeder.iot.agent.source import DataSource
 from openfeeder.iot.agent.store import (
@@ -110,6 +119,7 @@ from openfeeder.iot.device_settings import (
     DeviceSettings,
     Location,
 )
+from openfeeder.iot.protection import MessageProtection, protection_from_settings
 from openfeeder.iot.schema import (
     AckStatus,
     Command,
@@ -149,6 +159,9 @@ FIRMWARE: Final = f"openfeeder-agent {__version__}"
 _BOOT_BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 _MAX_WAIT_S: Final = 0.5
 """Longest sleep of the loop: bounds how late a reconnect or a mark is noticed."""
+KEY_REFRESH_S: Final = 600.0
+"""How often a device whose payload keys come from the catalog fetches its bundle again (its
+own sealing follows a rotation within the overlap; a key it cannot open fetches at once)."""
 COMMAND_QUEUE_MAX: Final = 64
 """Commands waiting for the command thread; more are answered REJECTED (busy), not queued
 without bound behind a handler that is slow or stuck."""
@@ -374,6 +387,9 @@ class MeterAgent:
         )
         self.tls_files: TlsFiles | None = None
         """The certificate, key and CA of the broker connections (None: not secured)."""
+        self.payload_keys: CatalogKeys | None = None
+        """The payload keys the catalog delivers (None: protection off, or keys from files)."""
+        self._keys_fetched = 0.0
         self.produced = 0
         self.skipped_ticks = 0
         self.source_errors = 0
@@ -500,9 +516,15 @@ class MeterAgent:
         """Secured: the certificate of the broker connections, stored or enrolled now (see the
         module docstring); False when stopped while waiting for it."""
         security = self._settings.security
-        if security.ca_file is None:
-            return True
-        if not needs_enrolment(security):
+        keys_from_catalog = catalog_delivers_keys(self._settings.payload_protection)
+        kek: bytes | None = None
+        if security.ca_file is None or not needs_enrolment(security):
+            if keys_from_catalog:
+                raise ConfigError(
+                    f"{self.device_id}: [payload_protection] is enabled without key_bundle and "
+                    "kek_file, so the keys come from the catalog with an enrolled certificate: "
+                    "set [security] ca_file without cert_file, or give the issued bundle files"
+                )
             files = tls_files_from(security)
         else:
             if not isinstance(self._catalog, Enroller):
@@ -523,16 +545,50 @@ class MeterAgent:
                 min_version=security.tls_min_version,
                 stop=self._stopping,
                 on_pending=pending,
+                want_kek=keys_from_catalog,
             )
             if identity is None:
                 return False
             files = identity.files
+            kek = identity.kek
             if self._state is AgentState.ENROLLING:
                 self._state = AgentState.BOOTING
         if files is not None:
             self._links.tls = files.client_context()
         self.tls_files = files
+        self._links.protection = self._payload_protection(kek)
         return True
+
+    def _payload_protection(self, kek: bytes | None) -> MessageProtection | None:
+        """The device's payload protection: keys from the catalog (opened with ``kek``), from
+        the issued bundle files, or None when protection is off."""
+        settings = self._settings.payload_protection
+        if kek is not None:
+            catalog = self._catalog
+            if not isinstance(catalog, KeySource):
+                raise ConfigError(
+                    f"{self.device_id}: payload keys come from the catalog, but its catalog "
+                    "client cannot fetch them"
+                )
+            self.payload_keys = CatalogKeys(
+                self.device_id,
+                kek=kek,
+                fetch=lambda: catalog.device_keys(self.device_id),
+                cache=self._dir / BUNDLE_FILE,
+            )
+        return protection_from_settings(settings, sender_id=self.device_id, keys=self.payload_keys)
+
+    def _refresh_payload_keys(self, *, force: bool = False) -> None:
+        """Fetch the key bundle (at boot: ``force``; then every ``KEY_REFRESH_S``, or at each
+        poll while the device holds no key)."""
+        keys = self.payload_keys
+        if keys is None:
+            return
+        now = time.monotonic()
+        due = now - self._keys_fetched >= KEY_REFRESH_S or not keys.key_ids
+        if force or due:
+            self._keys_fetched = now
+            keys.refresh()
 
     def _boot(self) -> DeviceSettings | None:
         """Settings from the catalog, retried with back-off; cached ones meanwhile if any."""
@@ -562,6 +618,7 @@ class MeterAgent:
                     return None
                 continue
             self._boot_pending = False
+            self._refresh_payload_keys(force=True)
             _LOG.info(
                 "%s booted: config version %d",
                 self.device_id,
@@ -654,6 +711,7 @@ class MeterAgent:
             return False
         if settings is not None and settings.config_version != current.config_version:
             self._control_queue.put(_Pending(settings, "poll"))
+        self._refresh_payload_keys()
         return True
 
     def _apply(self, pending: _Pending) -> None:
@@ -682,6 +740,8 @@ class MeterAgent:
             pending.origin,
             extra={"device_id": self.device_id, "config_version": new.config_version},
         )
+        if current is not None and new.algorithms != current.algorithms:
+            self._refresh_payload_keys(force=True)  # new inputs may need other devices' keys
         self._current = new  # rates take effect at the loop's next tick
         self._write_cache(new)
         self._links.connect(new)  # moves to other brokers only if the endpoints changed

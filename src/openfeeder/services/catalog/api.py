@@ -74,6 +74,7 @@ from openfeeder.security.policy import AccessRequest
 from openfeeder.services.access import AccessControl, Caller, GridAreas, Reader, install_access
 from openfeeder.services.catalog.core import Catalog
 from openfeeder.services.catalog.enrolment import Enrolments, enrolment_router
+from openfeeder.services.catalog.payload_keys import DeviceKeys, device_keys_router
 from openfeeder.services.catalog.problems import (
     PROBLEM_CONTENT_TYPE,
     ProblemError,
@@ -232,10 +233,12 @@ def create_app(
     max_package_bytes: int = DEFAULT_MAX_PACKAGE_BYTES,
     access: AccessControl | None = None,
     enrolments: Enrolments | None = None,
+    device_keys: DeviceKeys | None = None,
 ) -> FastAPI:
     """The catalog's FastAPI application over ``catalog`` (which must be started to serve);
     ``access`` checks operators' tokens (None: nothing is checked); ``enrolments`` adds the
-    device enrolment endpoints (:mod:`~openfeeder.services.catalog.enrolment`)."""
+    device enrolment endpoints (:mod:`~openfeeder.services.catalog.enrolment`); ``device_keys``
+    the devices' payload key bundles (:mod:`~openfeeder.services.catalog.payload_keys`)."""
     access = access if access is not None else AccessControl.disabled()
     grid_areas: list[GridAreas] = []
 
@@ -284,6 +287,8 @@ def create_app(
     install_access(app, access)
     if enrolments is not None:
         app.include_router(enrolment_router(enrolments, access))
+    if device_keys is not None:
+        app.include_router(device_keys_router(device_keys, catalog))
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:

@@ -4,7 +4,8 @@ A device makes its own key (it never leaves the device) and POSTs a CSR whose CN
 
 - with the installation's **enrolment secret** (``[security] enrolment_secret_file``, compared in
   constant time) the CA (``[security] pki_dir``) signs it at once: ``201`` with the certificate and
-  the CA certificate to trust;
+  the CA certificate to trust (and, with payload protection, the device's key-encryption key sealed
+  to the CSR's key: :mod:`~openfeeder.services.catalog.payload_keys`);
 - without it (or with a wrong one) the request is **pending** (``202``) until an operator approves
   it (``POST /v1/enrolments/{id}/approve``, ``openfeeder catalog enrolments approve ID``) or rejects
   it; the device polls ``GET /v1/enrolments/{id}``.
@@ -43,6 +44,7 @@ from openfeeder.iot.topics import ID_PATTERN
 from openfeeder.security.pki import CertificateAuthority, PkiError
 from openfeeder.security.policy import AccessRequest
 from openfeeder.services.access import AccessControl, Caller, Reader
+from openfeeder.services.catalog.payload_keys import DeviceKeys
 from openfeeder.services.catalog.problems import ProblemError, ProblemKind, not_found
 
 __all__ = ["Enrolments", "enrolment_router"]
@@ -61,6 +63,7 @@ class _Enrolment:
     csr_pem: bytes
     certificate_pem: str | None = None
     detail: str = ""
+    kek: dict[str, str] | None = None
 
 
 class Enrolments:
@@ -71,9 +74,13 @@ class Enrolments:
         ca: CertificateAuthority,
         *,
         secret: str | None,
+        keys: DeviceKeys | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """``keys``: the payload key desk; with it an issued certificate comes with the device's
+        key-encryption key, sealed to the CSR's key (:mod:`~openfeeder.services.catalog.payload_keys`)."""
         self._ca = ca
+        self._keys = keys
         self._secret = secret.encode("utf-8") if secret else None
         self._clock_ns = clock_ns
         self._held: dict[str, _Enrolment] = {}
@@ -88,6 +95,7 @@ class Enrolments:
             certificate_pem=enrolment.certificate_pem,
             ca_pem=self._ca.certificate_pem.decode("ascii") if issued else None,
             detail=enrolment.detail,
+            kek=enrolment.kek if issued else None,
         )
 
     def _secret_ok(self, secret: str | None) -> bool:
@@ -108,11 +116,15 @@ class Enrolments:
             issued.serial,
             extra={"event": "enrolment_issued", "device_id": enrolment.device_id},
         )
+        kek = None
+        if self._keys is not None:
+            kek = self._keys.sealed_kek(enrolment.device_id, enrolment.csr_pem)
         return replace(
             enrolment,
             status=EnrolmentStatus.ISSUED,
             certificate_pem=issued.certificate_pem.decode("ascii"),
             detail="",
+            kek=kek,
         )
 
     def request(self, device_id: str, request: EnrolmentRequest) -> EnrolmentInfo:

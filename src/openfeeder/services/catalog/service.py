@@ -25,6 +25,7 @@ from typing import Final, Self
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
 from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.protection import protection_from_settings
 from openfeeder.security.acl import AccessTable
 from openfeeder.security.mosquitto import DYNSEC_TOPIC
 from openfeeder.security.pki import CertificateAuthority
@@ -34,6 +35,7 @@ from openfeeder.services.catalog.access_sync import AccessSync
 from openfeeder.services.catalog.api import create_app
 from openfeeder.services.catalog.core import Catalog
 from openfeeder.services.catalog.enrolment import Enrolments
+from openfeeder.services.catalog.payload_keys import DeviceKeys
 from openfeeder.services.catalog.publishing import MessengerPublisher
 from openfeeder.services.catalog.store import DEFAULT_TABLE_PREFIX, open_store
 from openfeeder.services.runtime import HttpServer
@@ -66,10 +68,17 @@ async def serve_catalog(
     security = settings.security
     tls = tls_files_from(security)
     identity = own_identity(tls, default="catalog")
+    mqtt_id = client_id or f"{identity}-{uuid.uuid4().hex[:10]}"
+    # configurations and topology are control traffic, liveness events protection traffic:
+    # sealed when [payload_protection] is on (the catalog holds the key store)
+    device_keys = await asyncio.to_thread(DeviceKeys.from_settings, settings.payload_protection)
     messenger = Messenger(
         settings.brokers,
-        client_id=client_id or f"{identity}-{uuid.uuid4().hex[:10]}",
+        client_id=mqtt_id,
         tls=tls.client_context() if tls is not None and tls.cert_file is not None else None,
+        protection=protection_from_settings(
+            settings.payload_protection, sender_id=mqtt_id, event_device_id=identity
+        ),
     )
     publisher = MessengerPublisher(messenger)
     try:
@@ -82,10 +91,11 @@ async def serve_catalog(
             enrolments = Enrolments(
                 await asyncio.to_thread(CertificateAuthority.open, security.pki_dir),
                 secret=_first_line(secret_file) if secret_file is not None else None,
+                keys=device_keys,
             )
         https = settings.catalog.url.startswith("https://") and tls is not None
         server = HttpServer(
-            create_app(catalog, access=access, enrolments=enrolments),
+            create_app(catalog, access=access, enrolments=enrolments, device_keys=device_keys),
             host=settings.catalog.listen_host,
             port=settings.catalog.listen_port,
             tls=tls if https else None,

@@ -21,6 +21,7 @@ from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.protection import protection_from_settings
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
 from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
@@ -69,9 +70,19 @@ async def serve_estimation(
         coordinator = EstimationCoordinator(
             settings, model=grid, clock=clock or RealClock(), catalog=catalog, client_id=client_id
         )
-        if mine is not None:  # mutual TLS: the same client id, nothing subscribed yet
+        # payload protection: topology (control) and events (protection) opened, results sealed
+        # as their class says (algo: monitoring, TLS only by default)
+        protection = protection_from_settings(
+            settings.payload_protection,
+            sender_id=client_id,
+            event_device_id=own_identity(mine, default=SERVICE_ID),
+        )
+        if mine is not None or protection is not None:  # same client id, nothing subscribed yet
             coordinator._messenger = Messenger(
-                settings.brokers, client_id=client_id, tls=mine.client_context()
+                settings.brokers,
+                client_id=client_id,
+                tls=mine.client_context() if mine is not None else None,
+                protection=protection,
             )
         await asyncio.to_thread(coordinator.start)
         try:

@@ -22,6 +22,7 @@ from typing import Self
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError
 from openfeeder.iot.catalog_client import CatalogClient
+from openfeeder.iot.protection import protection_from_settings
 from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
 from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
@@ -68,7 +69,15 @@ async def serve_flisr(
     )
     try:
         grid = model if model is not None else await asyncio.to_thread(_model_from_catalog, catalog)
-        client_id = f"{own_identity(mine, default='flisr')}-{uuid.uuid4().hex[:8]}"
+        identity = own_identity(mine, default="flisr")
+        client_id = f"{identity}-{uuid.uuid4().hex[:8]}"
+        # commands and topology sealed as control traffic, events and acks opened
+        protection = await asyncio.to_thread(
+            protection_from_settings,
+            settings.payload_protection,
+            sender_id=client_id,
+            event_device_id=identity,
+        )
         coordinator = FlisrCoordinator(
             settings,
             model=grid,
@@ -77,6 +86,7 @@ async def serve_flisr(
             on_step=on_step,
             client_id=client_id,
             tls=mine.client_context() if mine is not None else None,
+            protection=protection,
         )
         await asyncio.to_thread(coordinator.start)
         try:

@@ -18,10 +18,13 @@ from typing import Final
 
 from openfeeder.config import Settings
 from openfeeder.errors import ConfigError, MessagingError, StorageError
-from openfeeder.iot.schema import LinkState, Status, encode
+from openfeeder.iot.mqtt import MessageHandler
+from openfeeder.iot.protection import MessageProtection, protection_from_settings
+from openfeeder.iot.schema import LinkState, Payload, Status, encode, publish_topic
 from openfeeder.iot.topics import (
     ID_PATTERN,
     BrokerContext,
+    MessageClass,
     Topic,
     event_filter,
     measurement_filter,
@@ -154,12 +157,24 @@ class Historian:
             store.close()
             raise
         self._store = store
+        # Payload protection: events (protection traffic) are opened before the intake sees them;
+        # measurements only when the policy seals monitoring traffic (TLS only by default, so the
+        # hot path stays as it is); committed marks are not in the policy and go out unsealed.
+        protection = protection_from_settings(
+            self.settings.payload_protection, sender_id=self.service_id
+        )
+        on_measurement: MessageHandler = self.intake.on_measurement
+        on_event: MessageHandler = self.intake.on_event
+        if protection is not None:
+            on_event = protection.guard(on_event)
+            if protection.protector.protects(str(MessageClass.MEASUREMENT)):
+                on_measurement = protection.guard(on_measurement)
         # Lean links rather than paho: see lean_link for the measured reason.
         monitoring = LeanLink(
             self.settings.brokers.monitoring,
             client_id=f"{self.service_id}.monitoring",
             topic_filter=shared(measurement_filter(), config.shared_group),
-            handler=self.intake.on_measurement,
+            handler=on_measurement,
             session_expiry_s=config.session_expiry_s,
             receive_maximum=RECEIVE_MAXIMUM,
             will=self._death(),
@@ -170,7 +185,7 @@ class Historian:
             self.settings.brokers.grid_ops,
             client_id=f"{self.service_id}.grid_ops",
             topic_filter=event_filter(),  # data_dropped announcements (not shared: all of us)
-            handler=self.intake.on_event,
+            handler=on_event,
             session_expiry_s=config.session_expiry_s,
             receive_maximum=GRID_OPS_RECEIVE_MAXIMUM,
             will=self._death(),
@@ -178,6 +193,8 @@ class Historian:
             tls=self._tls_context(),
         )
         self._intake_link, self._grid_ops = monitoring, grid_ops
+        if protection is not None:
+            protection.attach(lambda event: self._publish_security_event(protection, event))
         publisher = CommittedPublisher(
             grid_ops, interval_ms=config.committed_interval_ms, clock_ns=self._clock_ns
         )
@@ -208,6 +225,17 @@ class Historian:
             len(book),
             extra={"event": "started", "backend": store.backend, "devices": len(book)},
         )
+
+    def _publish_security_event(self, protection: MessageProtection, event: Payload) -> None:
+        """A rejected payload's security event, sealed, on grid_ops (``event/<service id>``)."""
+        link = self._grid_ops
+        if link is None:
+            return
+        topic = publish_topic(event)
+        try:
+            link.publish(topic, protection.seal(topic, encode(event)))
+        except MessagingError as err:
+            _LOG.warning("security event not published: %s", err)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         """Mutual TLS with the service certificate of ``[security]`` (None: not configured)."""
