@@ -6,7 +6,8 @@ digital twin and the FLISR coordinator, injects a fault and prints how the grid 
 instead (:mod:`openfeeder.cli.demo_iot`).
 
 Both run secured unless ``--insecure``: a throwaway CA, certificates for every service and device
-(devices enrol with the catalog), MQTT over mutual TLS 1.3 with the topic ACL, REST over HTTPS.
+(devices enrol with the catalog), MQTT over mutual TLS 1.3 with the topic ACL, REST over HTTPS,
+and control and protection payloads sealed end to end with keys the catalog issues to each device.
 The header says which mode runs.
 """
 
@@ -113,7 +114,9 @@ def demo_command(  # noqa: PLR0917  (one option each)
     out = console()
     model = resolve_case(case)
     mode = (
-        "INSECURE: plain text (--insecure)" if insecure else "secured: mutual TLS 1.3, ACL, HTTPS"
+        "INSECURE: plain text (--insecure)"
+        if insecure
+        else "secured: mTLS 1.3, ACL, HTTPS, sealed payloads"
     )
     out.rule(f"OpenFeeder demo: {model.name} ({mode})")
     out.print(model.description)

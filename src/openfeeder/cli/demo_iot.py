@@ -6,7 +6,8 @@ the catalog and stream; midway an algorithm package is uploaded and assigned to 
 start it without a restart; at the end the historian is queried over REST.
 
 Secured by default (:mod:`openfeeder.cli.demo_security`): mutual TLS 1.3 on the broker with the
-ACL the catalog keeps, HTTPS for REST, and each meter enrols for its certificate; ``secure=False``
+ACL the catalog keeps, HTTPS for REST, each meter enrols for its certificate and payload keys, and
+control and protection payloads are sealed end to end; ``secure=False``
 (``openfeeder demo --insecure``) runs everything in plain text.
 """
 
@@ -33,6 +34,7 @@ from openfeeder.config import (
     CatalogSettings,
     HistorianSettings,
     LoggingSettings,
+    PayloadProtectionSettings,
     SecuritySettings,
     Settings,
     StorageSettings,
@@ -59,11 +61,13 @@ def _settings(
     port: int,
     *,
     security: SecuritySettings | None = None,
+    payload_protection: PayloadProtectionSettings | None = None,
 ) -> Settings:
     """The demo's settings (plain unless ``security`` is given: the benchmarks use them plain)."""
     broker = BrokerSettings(url=broker_url)
     return Settings(
         security=security or SecuritySettings(),
+        payload_protection=payload_protection or PayloadProtectionSettings(),
         brokers=BrokersSettings(grid_ops=broker, monitoring=broker),
         storage=StorageSettings(url=f"sqlite:///{workdir}/catalog.db"),
         logging=LoggingSettings(level="WARNING", json_lines=False),
@@ -125,8 +129,15 @@ class DemoSettings:
         """The catalog (port 0, HTTPS when secured), keeping ``broker``'s ACL when secured."""
         placeholder = "https://127.0.0.1:1" if self.secure else "http://127.0.0.1:1"
         security = self.pki.catalog() if self.pki is not None else None
+        sealing = self.pki.payload_protection("catalog") if self.pki is not None else None
         settings = _settings(
-            self.workdir, self.broker_url(broker), case, placeholder, 0, security=security
+            self.workdir,
+            self.broker_url(broker),
+            case,
+            placeholder,
+            0,
+            security=security,
+            payload_protection=sealing,
         )
         return CatalogThread(
             settings, on_access_table=broker.set_access if self.pki is not None else None
@@ -137,9 +148,10 @@ class DemoSettings:
     ) -> Settings:
         """Settings of ``party``: a service identity (``historian-demo``, ``flisr``) or
         ``devices`` (they enrol)."""
-        security = None
+        security = sealing = None
         if self.pki is not None:
             security = self.pki.devices() if party == "devices" else self.pki.service(party)
+            sealing = self.pki.payload_protection(party)
         return _settings(
             self.workdir,
             self.broker_url(broker),
@@ -147,6 +159,7 @@ class DemoSettings:
             catalog.url,
             catalog.port,
             security=security,
+            payload_protection=sealing,
         )
 
     def http_verify(self) -> ssl.SSLContext | bool:
@@ -160,7 +173,9 @@ class DemoSettings:
             return "INSECURE (--insecure): plain MQTT and HTTP, no identities, no topic ACL"
         return (
             "secured: mutual TLS 1.3 (mqtts) with certificates of a throwaway CA, topic ACL kept "
-            "by the catalog, HTTPS; devices enrol with the catalog for their certificates"
+            "by the catalog, HTTPS; devices enrol with the catalog for their certificates and "
+            "payload keys; payloads sealed end to end (control AES-256-GCM, protection SM4-GCM, "
+            "monitoring TLS only)"
         )
 
 

@@ -8,6 +8,12 @@ devices do (:mod:`openfeeder.iot.agent.identity`). The broker listens with mutua
 starts with an access table of the services only; the catalog keeps it current as devices boot
 (``on_access_table``), so a device can connect once it is registered. REST is HTTPS, checked
 against the CA.
+
+Payloads are sealed end to end too (``docs/security-payload.md``): a key store in the folder under a
+master key of its own; the catalog makes the group keys, and each device's own keys when it enrols
+(its key-encryption key comes with its certificate, its key bundle from the catalog). Control
+traffic (commands, acks, configurations, topology) is AES-256-GCM, protection traffic (events)
+SM4-GCM, monitoring TLS only.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from openfeeder.config import SecuritySettings
+from openfeeder.config import PayloadProtectionSettings, SecuritySettings
 from openfeeder.iot.access import build_access_table
 from openfeeder.security.acl import AccessTable
+from openfeeder.security.keys import KeyStore, generate_master_key, load_master_key
 from openfeeder.security.pki import CertificateAuthority
 from openfeeder.security.tls import TlsFiles, issued_files
 
@@ -39,8 +46,19 @@ class DemoPki:
     ca_file: Path
     secret_file: Path
     broker: TlsFiles
+    key_dir: Path
+    master_key_file: Path
     services: dict[str, str] = field(default_factory=dict)
     """Service identity -> role (the catalog's ``[security] services``)."""
+
+    def payload_protection(self, party: str) -> PayloadProtectionSettings:
+        """``[payload_protection]`` of ``party``: services read the key store, devices
+        (``devices``) get their keys from the catalog (seed 000's algorithms per class)."""
+        if party == "devices":
+            return PayloadProtectionSettings(enabled=True)
+        return PayloadProtectionSettings(
+            enabled=True, key_dir=self.key_dir, master_key_file=self.master_key_file
+        )
 
     def broker_context(self) -> ssl.SSLContext:
         """The embedded broker's listener: mutual TLS 1.3 with the demo CA."""
@@ -87,10 +105,18 @@ def demo_pki(workdir: Path) -> DemoPki:
     secret_file = workdir / "enrolment.secret"
     secret_file.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
     secret_file.chmod(0o600)
+    # payload keys: a store under a master key of its own; the catalog makes the group keys at
+    # start and each device's keys when it enrols
+    master_key_file = workdir / "master.key"
+    generate_master_key(master_key_file)
+    key_dir = workdir / "keys"
+    KeyStore.init(key_dir, master_key=load_master_key(master_key_file), actor="demo")
     return DemoPki(
         directory=directory,
         ca_file=ca.cert_file,
         secret_file=secret_file,
         broker=issued_files(ca, "broker"),
+        key_dir=key_dir,
+        master_key_file=master_key_file,
         services={"catalog": "catalog", historian: "historian", "flisr": "flisr"},
     )
