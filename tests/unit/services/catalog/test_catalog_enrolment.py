@@ -6,9 +6,11 @@ table from the catalog through ``on_access_table``), both on loopback with a CA 
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from openfeeder.config import (
+    AccessSettings,
     BrokerSettings,
     BrokersSettings,
     CatalogSettings,
@@ -35,8 +38,11 @@ from openfeeder.iot.catalog_client import (
     EnrolmentStatus,
 )
 from openfeeder.iot.device_settings import BootRequest
+from openfeeder.security.audit import verify_audit_log
 from openfeeder.security.pki import CertificateAuthority, make_csr
+from openfeeder.security.signing import generate_key_file
 from openfeeder.security.tls import TlsFiles, issued_files
+from openfeeder.security.tokens import issue_token
 from openfeeder.services.catalog.service import CatalogThread
 
 TIMEOUT_S = 10.0
@@ -57,6 +63,12 @@ class Platform:
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
+    with _running(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def _running(tmp_path: Path, access: AccessSettings | None = None) -> Iterator[Platform]:
     ca = CertificateAuthority.init(tmp_path / "pki")
     ca.issue("broker", role="broker", hosts=["127.0.0.1"])
     ca.issue("catalog", role="catalog", hosts=["127.0.0.1"])
@@ -83,6 +95,7 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
             enrolment_secret_file=secret,
             services=SERVICES,
         ),
+        access=access or AccessSettings(),
     )
     catalog = CatalogThread(settings, on_access_table=broker.set_access)
     try:
@@ -190,3 +203,46 @@ def test_https_client_that_does_not_trust_the_platform_ca_is_refused(
         pytest.raises(CatalogError),
     ):
         client.enrolments()
+
+
+def test_enrolment_decisions_need_an_operator_token(tmp_path: Path) -> None:
+    """Approving and rejecting are ``catalog.enrolment.decide``; a device's own CSR is not."""
+    issuer = generate_key_file(tmp_path / "issuer.key")
+    audit_log = tmp_path / "audit.log"
+    access = AccessSettings(token_keys=(tmp_path / "issuer.key.pub",), audit_log=audit_log)
+
+    def token(*roles: str) -> str:
+        hour_ns = 3600 * 1_000_000_000
+        return issue_token(
+            issuer, subject="ann", roles=roles, now_ns=time.time_ns(), lifetime_ns=hour_ns
+        )
+
+    with _running(tmp_path, access) as running:
+        with running.client() as device:  # no token: devices prove themselves otherwise
+            csr, _ = make_csr("meter-z", role="device")
+            assert device.enrol("meter-z", csr).status is EnrolmentStatus.PENDING
+            with pytest.raises(CatalogRequestError) as missing:
+                device.decide_enrolment("meter-z", approve=True)
+            assert missing.value.status == 401
+        verify = TlsFiles(running.ca.cert_file).client_context()
+        with CatalogClient(
+            running.catalog_url, timeout_s=TIMEOUT_S, verify=verify, token=token("viewer")
+        ) as viewer:
+            with pytest.raises(CatalogRequestError) as refused:
+                viewer.decide_enrolment("meter-z", approve=True)
+            assert refused.value.status == 403
+            assert "catalog.enrolment.decide" in str(refused.value)
+            assert viewer.enrolment("meter-z").status is EnrolmentStatus.PENDING
+        with CatalogClient(
+            running.catalog_url, timeout_s=TIMEOUT_S, verify=verify, token=token("admin")
+        ) as admin:
+            assert admin.decide_enrolment("meter-z", approve=True).status is (
+                EnrolmentStatus.ISSUED
+            )
+    entries = [json.loads(line) for line in audit_log.read_text(encoding="utf-8").splitlines()]
+    denied = [e["details"]["status"] for e in entries if e["action"] == "denied"]
+    assert denied == [401, 403]
+    assert [e["target"] for e in entries if e["action"] == "catalog.enrolment.decide"] == [
+        "enrolment meter-z"
+    ]
+    assert verify_audit_log(audit_log).ok
