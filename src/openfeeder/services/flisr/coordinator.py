@@ -264,7 +264,13 @@ class FlisrCoordinator:
             floc = AlgorithmAssignment(
                 name=FLOC_ALGORITHM,
                 version=version,
-                parameters={"breaker": breaker, "devices": places, "case": self.model.name},
+                # the case as the catalog loads it (a built-in name or a case file's path), so
+                # the plug-in can load it too; the model's own name only names built-ins
+                parameters={
+                    "breaker": breaker,
+                    "devices": places,
+                    "case": self._settings.catalog.case or self.model.name,
+                },
             )
             self._catalog.put_device(
                 device,

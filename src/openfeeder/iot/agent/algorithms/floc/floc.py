@@ -10,7 +10,8 @@ FLISR coordinator in its edge variant isolates and restores from that.
 
 Parameters (set by the coordinator when it assigns the algorithm): ``breaker`` (switch id of the
 feeder head), ``devices`` (device id -> [bus id, element id or null], from the device catalog) and
-``case`` (when the catalog gives the device no grid part).
+``case`` (a built-in case's name or a case file the device can read; without it, the case its grid
+part names).
 """
 
 from __future__ import annotations
@@ -64,11 +65,14 @@ class FaultLocator:
             )
         if not isinstance(devices, dict):
             raise ValueError(f"floc on {context.device_id}: parameter 'devices' must be a mapping")
-        case = context.grid.case if context.grid is not None else parameters.get("case")
+        case = parameters.get("case")  # a built-in case or a case file the device can read
+        if not isinstance(case, str) or not case:
+            case = context.grid.case if context.grid is not None else None
         if not isinstance(case, str):
             raise ValueError(f"floc on {context.device_id}: no case (grid part or parameter)")
-        current: GridModel | None = getattr(self, "model", None)  # kept when the case is the same
-        self.model = current if current is not None and current.name == case else resolve_case(case)
+        if getattr(self, "case", None) != case:  # loaded once; kept across reconfigurations
+            self.model: GridModel = resolve_case(case)
+            self.case = case
         self.context = context
         self.breaker = breaker
         switch_ids = set(self.model.switch["id"].tolist())
