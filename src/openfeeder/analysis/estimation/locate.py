@@ -28,7 +28,14 @@ from openfeeder.errors import MeasurementError
 from openfeeder.model.components import NO_ID
 from openfeeder.model.grid import GridModel, lookup
 
-__all__ = ["BranchTable", "LocatedMeasurements", "Target", "branch_table", "locate_measurements"]
+__all__ = [
+    "BranchTable",
+    "LocatedMeasurements",
+    "Target",
+    "appliance_bus_rows",
+    "branch_table",
+    "locate_measurements",
+]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -159,7 +166,7 @@ def locate_measurements(
     bus_row = np.full(n, -1, dtype=np.int64)
 
     has_bus = bus != NO_ID
-    found_bus = find(model, "bus", bus)
+    found_bus = _find_where(model, "bus", bus, has_bus)
     fail(has_bus & (found_bus < 0), "bus", "no bus with this id in the model", bus)
     has_element = element != NO_ID
     on_bus_only = np.isin(
@@ -175,19 +182,27 @@ def locate_measurements(
     target_row[injection] = found_bus[injection]
     bus_row[injection] = found_bus[injection]
 
-    branch_row = find_ids(model, "branch_table", lambda: branches.id, element)
+    branch_row = np.full(n, -1, dtype=np.int64)
+    with_element = np.flatnonzero(has_element)
+    branch_row[with_element] = find_ids(
+        model, "branch_table", lambda: branches.id, element[with_element]
+    )
     is_branch = has_element & (branch_row >= 0)
-    remaining = has_element & ~is_branch
+    remaining = np.flatnonzero(has_element & ~is_branch)
     for kind, name in _APPLIANCES:
-        appliance = model.table(name)
-        rows = find(model, name, element)
-        hit = remaining & (rows >= 0)
+        if remaining.size == 0:
+            break
+        rows = find(model, name, element[remaining])
+        found = rows >= 0
+        hit = remaining[found]
         target[hit] = kind
-        target_row[hit] = rows[hit]
-        bus_row[hit] = find(model, "bus", appliance["bus"][rows[hit]])
-        remaining &= ~hit
+        target_row[hit] = rows[found]
+        bus_row[hit] = appliance_bus_rows(model, name)[rows[found]]
+        remaining = remaining[~found]
+    not_found = np.zeros(n, dtype=bool)
+    not_found[remaining] = True
     fail(
-        remaining,
+        not_found,
         "element",
         "no line, transformer, switch, load, generator or source with this id in the model",
         element,
@@ -219,6 +234,22 @@ def locate_measurements(
         target_row=target_row,
         bus_row=bus_row,
     )
+
+
+def appliance_bus_rows(model: GridModel, name: str) -> IntArray:
+    """Bus rows of the ``load``, ``generator`` or ``source`` table's rows (-1 for an unknown
+    bus), kept per model object; callers must not write it."""
+    return model_memo(
+        model, ("appliance_bus_rows", name), lambda: find(model, "bus", model.table(name)["bus"])
+    )
+
+
+def _find_where(model: GridModel, table: str, wanted: IntArray, where: BoolArray) -> IntArray:
+    """:func:`find` of ``wanted`` at ``where`` only, -1 elsewhere."""
+    out = np.full(wanted.shape, -1, dtype=np.int64)
+    rows = np.flatnonzero(where)
+    out[rows] = find(model, table, wanted[rows])
+    return out
 
 
 def _take(values: IntArray, rows: IntArray) -> IntArray:

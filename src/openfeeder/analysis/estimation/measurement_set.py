@@ -232,7 +232,7 @@ class MeasurementSet:
                 if mid in seen:
                     raise MeasurementError("id used twice", measurement_id=mid, field="id")
                 seen.add(mid)
-        return MeasurementSet(ids, np.concatenate([m.table for m in sets]))
+        return MeasurementSet(ids, _concat_tables([m.table for m in sets]))
 
     def rows_of(self, ids: Iterable[str]) -> npt.NDArray[np.int64]:
         """Positions of measurement ``ids`` (MeasurementError naming an unknown one)."""
@@ -311,15 +311,31 @@ class MeasurementSet:
         )
 
 
-def _empty(size: int) -> npt.NDArray[np.void]:
-    table = np.zeros(size, dtype=MEASUREMENT_DTYPE)
+def _empty_row() -> npt.NDArray[np.uint8]:
+    row = np.zeros(1, dtype=MEASUREMENT_DTYPE)
     for name in _COLUMNS:
         if MEASUREMENT_DTYPE[name].kind == "f":
-            table[name] = np.nan
-    table["bus"] = NO_ID
-    table["element"] = NO_ID
-    table["end"] = END_NONE
-    return table
+            row[name] = np.nan
+    row["bus"] = NO_ID
+    row["element"] = NO_ID
+    row["end"] = END_NONE
+    return row.view(np.uint8)
+
+
+_EMPTY_ROW: Final = _empty_row()
+"""The bytes of a row with every value NaN, no bus, element or end (copied by :func:`_empty`)."""
+
+
+def _empty(size: int) -> npt.NDArray[np.void]:
+    rows = np.broadcast_to(_EMPTY_ROW, (size, _EMPTY_ROW.size)).copy()
+    return rows.view(MEASUREMENT_DTYPE).reshape(size)
+
+
+def _concat_tables(tables: Sequence[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
+    """Measurement tables one after the other, copied as bytes (numpy's field-by-field
+    concatenation of a packed structured dtype is about 20 times slower)."""
+    raw = [np.ascontiguousarray(t).view(np.uint8).reshape(-1) for t in tables]
+    return np.concatenate(raw).view(MEASUREMENT_DTYPE)
 
 
 def _fill_row(

@@ -41,7 +41,12 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target, branch_table
+from openfeeder.analysis.estimation.locate import (
+    LocatedMeasurements,
+    Target,
+    appliance_bus_rows,
+    branch_table,
+)
 from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity
 from openfeeder.analysis.estimation.model_cache import find, model_memo
 from openfeeder.model.grid import GridModel
@@ -51,6 +56,7 @@ __all__ = [
     "PseudoOptions",
     "PseudoPolicy",
     "check_observability",
+    "located_pseudo_measurements",
     "pseudo_measurements",
 ]
 
@@ -168,8 +174,59 @@ def pseudo_measurements(
 ) -> MeasurementSet:
     """Pseudo-measurements for the islands ``options.policy`` selects (module docstring);
     ``observability`` of the given measurements is needed for the policy ``needed`` only."""
-    if options.policy is PseudoPolicy.NONE:
-        return MeasurementSet.empty()
+    return located_pseudo_measurements(model, located, observability, options).measurements
+
+
+def located_pseudo_measurements(
+    model: GridModel,
+    located: LocatedMeasurements,
+    observability: Observability | None,
+    options: PseudoOptions,
+) -> LocatedMeasurements:
+    """:func:`pseudo_measurements` located on ``model`` as :func:`.locate_measurements` would
+    locate them, from the rows they were made for (no lookup)."""
+    parts: list[tuple[MeasurementSet, Target, IntArray, IntArray]] = []
+    if options.policy is not PseudoPolicy.NONE:
+        _pseudo_parts(model, located, observability, options, parts)
+    if not parts:
+        return _located(located, MeasurementSet.empty(), [], [], [])
+    sets = [part[0] for part in parts]
+    return _located(
+        located,
+        sets[0].concat(*sets[1:]),
+        [np.full(len(m), kind, dtype=np.int8) for m, kind, _, _ in parts],
+        [rows for _, _, rows, _ in parts],
+        [bus_rows for *_, bus_rows in parts],
+    )
+
+
+def _located(
+    like: LocatedMeasurements,
+    measurements: MeasurementSet,
+    target: list[npt.NDArray[np.int8]],
+    target_row: list[IntArray],
+    bus_row: list[IntArray],
+) -> LocatedMeasurements:
+    def joined(parts: list[Any], dtype: type) -> Any:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    return LocatedMeasurements(
+        measurements=measurements,
+        branches=like.branches,
+        target=joined(target, np.int8),
+        target_row=joined(target_row, np.int64),
+        bus_row=joined(bus_row, np.int64),
+    )
+
+
+def _pseudo_parts(
+    model: GridModel,
+    located: LocatedMeasurements,
+    observability: Observability | None,
+    options: PseudoOptions,
+    parts: list[tuple[MeasurementSet, Target, IntArray, IntArray]],
+) -> None:
+    """Append the pseudo-measurements per table to ``parts`` with their target rows and bus rows."""
     islands = _islands(model, located)
     if options.policy is PseudoPolicy.ALL:
         chosen = np.unique(islands.island[islands.energized])
@@ -184,7 +241,6 @@ def pseudo_measurements(
     island_of_bus, energized_bus = islands.island, islands.energized
     measured = _measured_appliances(located)
     bus_id = model.bus["id"]
-    parts: list[MeasurementSet] = []
 
     load = model.load
     p = load["p_mw"] if options.load_p_mw is None else np.asarray(options.load_p_mw, np.float64)
@@ -202,7 +258,7 @@ def pseudo_measurements(
         table = model.table(name)
         if table.size == 0:
             continue
-        bus_rows = find(model, "bus", table["bus"])
+        bus_rows = appliance_bus_rows(model, name)
         pick = table["in_service"] & wanted[island_of_bus[bus_rows]]
         pick &= energized_bus[bus_rows]
         pick[measured.get(kind, np.zeros(0, dtype=np.int64))] = False
@@ -211,41 +267,37 @@ def pseudo_measurements(
             continue
         s_mva = np.hypot(values_p[rows], values_q[rows])
         sigma = np.maximum(options.sigma_fraction * s_mva, options.sigma_floor_mw)
-        parts.append(
-            MeasurementSet.from_columns(
-                _pseudo_ids(model, name, sign, rows),
-                Quantity.PQ,
-                element=table["id"][rows],
-                p_mw=values_p[rows],
-                q_mvar=values_q[rows],
-                p_sigma_mw=sigma,
-                q_sigma_mvar=sigma,
-                pseudo=True,
-            )
+        pq = MeasurementSet.from_columns(
+            _pseudo_ids(model, name, sign, rows),
+            Quantity.PQ,
+            element=table["id"][rows],
+            p_mw=values_p[rows],
+            q_mvar=values_q[rows],
+            p_sigma_mw=sigma,
+            q_sigma_mvar=sigma,
+            pseudo=True,
         )
+        parts.append((pq, kind, rows, bus_rows[rows]))
 
     no_reference = wanted & ~islands.voltage_reference
-    source = model.source[model.source["in_service"]]
+    in_service = np.asarray(model.source["in_service"], dtype=bool)
+    source = model.source[in_service]
     if no_reference.any() and source.size:
-        source_rows = find(model, "bus", source["bus"])
+        source_rows = appliance_bus_rows(model, "source")[in_service]
         island_of_source = island_of_bus[source_rows]
         first = np.unique(island_of_source, return_index=True)[1]
         keep = first[no_reference[island_of_source[first]]]
         rows = source_rows[keep]
         u_rated = model.bus["u_rated_kv"][rows]
-        parts.append(
-            MeasurementSet.from_columns(
-                [f"pseudo-u-{i}" for i in bus_id[rows].tolist()],
-                Quantity.U,
-                bus=bus_id[rows],
-                u_kv=source["u_ref_pu"][keep] * u_rated,
-                u_sigma_kv=options.voltage_sigma_pu * u_rated,
-                pseudo=True,
-            )
+        u = MeasurementSet.from_columns(
+            [f"pseudo-u-{i}" for i in bus_id[rows].tolist()],
+            Quantity.U,
+            bus=bus_id[rows],
+            u_kv=source["u_ref_pu"][keep] * u_rated,
+            u_sigma_kv=options.voltage_sigma_pu * u_rated,
+            pseudo=True,
         )
-    if not parts:
-        return MeasurementSet.empty()
-    return parts[0].concat(*parts[1:])
+        parts.append((u, Target.BUS, rows, rows))
 
 
 # -- internals -------------------------------------------------------------------------------
@@ -351,7 +403,7 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
     ):
         table = model.table(name)
         on = np.asarray(table["in_service"], dtype=bool)
-        bus_rows = find(model, "bus", table["bus"])
+        bus_rows = appliance_bus_rows(model, name)
         appliances += np.bincount(bus_rows[on], minlength=n)
         hit = np.zeros(table.size, dtype=bool)
         hit[measured[kind]] = True
