@@ -64,7 +64,7 @@ from power_grid_model.errors import (  # type: ignore[attr-defined]  # re-export
 from openfeeder.analysis.engine_input import to_engine_input
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
-from openfeeder.analysis.estimation.model_cache import model_memo
+from openfeeder.analysis.estimation.model_cache import model_memo, next_free_id
 from openfeeder.errors import AnalysisError, NotConvergedError, NotObservableError
 from openfeeder.model.grid import GridModel, lookup
 
@@ -234,7 +234,7 @@ def prepare_engine(
     prepared = _ENGINES.get(model, key)
     if prepared is not None:
         return prepared, _sensors(model, located, local_angle_rad, prepared.next_id), False
-    next_id = int(model.all_ids().max(initial=0)) + 1
+    next_id = next_free_id(model)
     sensors = _sensors(model, located, local_angle_rad, next_id)
     engine_input = _engine_input(model, located, excluded_bus)
     engine_input.update(sensors)
@@ -387,8 +387,9 @@ def _measured_switches_as_lines(
     model: GridModel, located: LocatedMeasurements, engine_input: dict[ComponentType, Any]
 ) -> None:
     """Replace measured switches (links) by near-zero-impedance lines (module docstring)."""
-    measured = located.target == Target.BRANCH
-    rows = np.unique(located.target_row[measured])
+    measured = np.zeros(located.branches.id.size, dtype=bool)
+    measured[located.target_row[located.target == Target.BRANCH]] = True
+    rows = np.flatnonzero(measured)
     switch_rows = rows[located.branches.kind[rows] == 2] - model.line.size - model.transformer.size
     if switch_rows.size == 0:
         return

@@ -69,7 +69,7 @@ from openfeeder.analysis.estimation.jacobian import (
 )
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
 from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
-from openfeeder.analysis.estimation.model_cache import clear_model_cache, find, model_memo
+from openfeeder.analysis.estimation.model_cache import clear_model_cache, find, ids_unique
 from openfeeder.analysis.estimation.observability import (
     Observability,
     PseudoOptions,
@@ -336,7 +336,7 @@ def _place(
     first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
     located_added = located_pseudo_measurements(model, given, first, options)
     added = located_added.measurements
-    if len(added) and not _ids_unique(model):
+    if len(added) and not ids_unique(model):
         located_added = locate_measurements(model, added)  # as it was: branch ids first
     located = given.concat(located_added) if len(added) else given
     observability = (
@@ -353,17 +353,6 @@ def _place(
         estimated=estimated,
         columns=_state_columns(model, located, estimated),
     )
-
-
-def _ids_unique(model: GridModel) -> bool:
-    """Whether no two components share an id (as validated models have it), so a pseudo-
-    measurement's element is the appliance it was made for (kept per model object)."""
-
-    def build() -> bool:
-        ids = model.all_ids()
-        return bool(np.unique(ids).size == ids.size)
-
-    return model_memo(model, "ids_unique", build)
 
 
 def _not_observable(observability: Observability) -> NotObservableError:

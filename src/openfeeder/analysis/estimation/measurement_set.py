@@ -51,6 +51,7 @@ __all__ = [
     "PHASE_CRAD_PER_PERCENT",
     "MeasurementSet",
     "Quantity",
+    "concat_tables",
     "sigmas_from_accuracy_class",
 ]
 
@@ -232,7 +233,7 @@ class MeasurementSet:
                 if mid in seen:
                     raise MeasurementError("id used twice", measurement_id=mid, field="id")
                 seen.add(mid)
-        return MeasurementSet(ids, _concat_tables([m.table for m in sets]))
+        return MeasurementSet(ids, concat_tables([m.table for m in sets]))
 
     def rows_of(self, ids: Iterable[str]) -> npt.NDArray[np.int64]:
         """Positions of measurement ``ids`` (MeasurementError naming an unknown one)."""
@@ -331,7 +332,7 @@ def _empty(size: int) -> npt.NDArray[np.void]:
     return rows.view(MEASUREMENT_DTYPE).reshape(size)
 
 
-def _concat_tables(tables: Sequence[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
+def concat_tables(tables: Sequence[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
     """Measurement tables one after the other, copied as bytes (numpy's field-by-field
     concatenation of a packed structured dtype is about 20 times slower)."""
     raw = [np.ascontiguousarray(t).view(np.uint8).reshape(-1) for t in tables]

@@ -19,7 +19,15 @@ import numpy.typing as npt
 
 from openfeeder.model.grid import GridModel
 
-__all__ = ["MODEL_CACHE_SIZE", "clear_model_cache", "find", "find_ids", "model_memo"]
+__all__ = [
+    "MODEL_CACHE_SIZE",
+    "clear_model_cache",
+    "find",
+    "find_ids",
+    "ids_unique",
+    "model_memo",
+    "next_free_id",
+]
 
 MODEL_CACHE_SIZE: Final = 8
 
@@ -68,6 +76,21 @@ def find_ids(
         return np.full(wanted_arr.shape, -1, dtype=np.int64)
     pos = np.minimum(np.searchsorted(sorted_ids, wanted_arr), sorted_ids.size - 1)
     return np.where(sorted_ids[pos] == wanted_arr, order[pos], -1).astype(np.int64)
+
+
+def ids_unique(model: GridModel) -> bool:
+    """Whether no two components of ``model`` share an id (as validated models have it)."""
+
+    def build() -> bool:
+        ids = model.all_ids()
+        return bool(np.unique(ids).size == ids.size)
+
+    return model_memo(model, "ids_unique", build)
+
+
+def next_free_id(model: GridModel) -> int:
+    """One more than the largest component id of ``model`` (at least 1)."""
+    return model_memo(model, "next_free_id", lambda: int(model.all_ids().max(initial=0)) + 1)
 
 
 def clear_model_cache() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -47,8 +48,8 @@ from openfeeder.analysis.estimation.locate import (
     appliance_bus_rows,
     branch_table,
 )
-from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity
-from openfeeder.analysis.estimation.model_cache import find, model_memo
+from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity, concat_tables
+from openfeeder.analysis.estimation.model_cache import find, ids_unique, model_memo
 from openfeeder.model.grid import GridModel
 
 __all__ = [
@@ -191,9 +192,14 @@ def located_pseudo_measurements(
     if not parts:
         return _located(located, MeasurementSet.empty(), [], [], [])
     sets = [part[0] for part in parts]
+    if ids_unique(model):  # pseudo-<load|gen|u>-<id>: distinct names, no check needed
+        ids = tuple(chain.from_iterable(m.ids for m in sets))
+        added = MeasurementSet(ids, concat_tables([m.table for m in sets]))
+    else:
+        added = sets[0].concat(*sets[1:])
     return _located(
         located,
-        sets[0].concat(*sets[1:]),
+        added,
         [np.full(len(m), kind, dtype=np.int8) for m, kind, _, _ in parts],
         [rows for _, _, rows, _ in parts],
         [bus_rows for *_, bus_rows in parts],
