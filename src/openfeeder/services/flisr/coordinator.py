@@ -254,6 +254,7 @@ class FlisrCoordinator:
             places: dict[str, JsonValue] = {
                 d: [b, e] for d, (b, e) in self._location_of_device.items()
             }
+            switches: dict[str, JsonValue] = dict(self._switch_of_device)
             heads = {
                 s: self._device_of_switch[s] for s in self._breakers if s in self._device_of_switch
             }
@@ -269,6 +270,7 @@ class FlisrCoordinator:
                 parameters={
                     "breaker": breaker,
                     "devices": places,
+                    "switches": switches,
                     "case": self._settings.catalog.case or self.model.name,
                 },
             )

@@ -9,9 +9,11 @@ faulted line, its buses and the distance from the line's from bus (``algo/<devic
 FLISR coordinator in its edge variant isolates and restores from that.
 
 Parameters (set by the coordinator when it assigns the algorithm): ``breaker`` (switch id of the
-feeder head), ``devices`` (device id -> [bus id, element id or null], from the device catalog) and
-``case`` (a built-in case's name or a case file the device can read; without it, the case its grid
-part names).
+feeder head), ``devices`` (device id -> [bus id, element id or null], from the device catalog),
+``switches`` (device id -> switch id: the devices that operate a switch and report its fault
+indicator; an indicator no such device reports is unknown and widens the zone, as in the
+coordinator; without it, every device placed at a switch counts) and ``case`` (a built-in case's
+name or a case file the device can read; without it, the case its grid part names).
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ class FaultLocator:
             self.where[str(device)] = (place[0], element)
             if element is not None and element in switch_ids:
                 self.switch_of[str(device)] = element
+        switches = parameters.get("switches")
+        if isinstance(switches, dict):  # the devices that operate a switch and report its indicator
+            self.switch_of = {}
+            for device, switch in switches.items():
+                if not isinstance(switch, int) or switch not in switch_ids:
+                    raise ValueError(f"floc: switches[{device!r}] must be a switch id of the case")
+                self.switch_of[str(device)] = switch
         self.positions = {s: c for s, c in self.positions.items() if s in switch_ids}
         fi = self.model.switch["fault_indicator"].astype(bool)
         self.fi_switches = [int(s) for s in self.model.switch["id"][fi].tolist()]
@@ -187,11 +196,10 @@ class FaultLocator:
             return None
         latched, records = self._evidence(self.tripped_ns)
         indicators: dict[int, bool | None] = {}
-        offline_switches = {self.switch_of[d] for d in self.offline if d in self.switch_of}
+        watched = {s for d, s in self.switch_of.items() if d not in self.offline}
         for switch in self.fi_switches:
-            indicators[switch] = (
-                True if switch in latched else None if switch in offline_switches else False
-            )
+            # unknown without a device reporting it (none there, or offline): widens the zone
+            indicators[switch] = True if switch in latched else False if switch in watched else None
         try:
             location = locate_fault(
                 self.model.with_switch_states(self.positions),
