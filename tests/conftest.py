@@ -8,6 +8,7 @@ under ``CI=true``, where a missing service is a failure: CI must never pass by s
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -48,6 +49,30 @@ def _unavailable(reason: str) -> None:
     if _IN_CI:
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
     pytest.skip(f"{reason} (integration test; start the service or run under CI=true to fail)")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Code under test may configure logging for a service run in process (root level and
+    handlers, levels of named loggers); the next test starts from what pytest set up."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    named = {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(named.get(name, logging.NOTSET))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

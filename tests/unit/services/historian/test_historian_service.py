@@ -136,9 +136,13 @@ def test_a_device_registered_later_is_accepted_after_a_refresh(tmp_path: Path, r
     newcomer = unique("newcomer")
     settings = rig.settings(sqlite_url(tmp_path))
     with HistorianThread(settings, instance=unique("h")) as running:
-        rig.publisher.measurements(newcomer, [0])
         historian = running.historian
-        assert wait_until(lambda: historian.counters().rejected.get("unknown_device") == 1)
+
+        def rejected_as_unknown() -> bool:
+            rig.publisher.measurements(newcomer, [0])  # again until the intake is subscribed
+            return historian.counters().rejected.get("unknown_device", 0) >= 1
+
+        assert wait_until(rejected_as_unknown, timeout_s=10, interval_s=0.3)
         rig.catalog.device_ids.add(newcomer)
 
         def stored_after_a_resend() -> bool:
