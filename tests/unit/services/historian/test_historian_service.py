@@ -147,7 +147,7 @@ def test_a_device_registered_later_is_accepted_after_a_refresh(tmp_path: Path, r
 
         def stored_after_a_resend() -> bool:
             rig.publisher.measurements(newcomer, [1])  # a meter re-sends until its mark moves
-            return historian.store.stored_seqs(newcomer) == [1]
+            return 1 in historian.store.stored_seqs(newcomer)
 
         assert wait_until(stored_after_a_resend, timeout_s=10, interval_s=0.3)
 
