@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import math
+import ssl
 import threading
 import time
 import uuid
@@ -68,6 +69,7 @@ from openfeeder.iot.estimation_messages import (
     sites_parameter,
 )
 from openfeeder.iot.mqtt import Messenger
+from openfeeder.iot.protection import MessageProtection
 from openfeeder.iot.schema import (
     AlgorithmOutput,
     Event,
@@ -122,14 +124,20 @@ class EstimationCoordinator:
         clock: Clock,
         catalog: CatalogClient,
         client_id: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        protection: MessageProtection | None = None,
     ) -> None:
+        """``tls``: mutual TLS on both broker connections; ``protection``: payload sealing."""
         self._settings = settings
         self.config: EstimationSettings = settings.estimation
         self.base_model = model
         self.clock = clock
         self._catalog = catalog
         self._messenger = Messenger(
-            settings.brokers, client_id=client_id or f"estimation-{uuid.uuid4().hex[:8]}"
+            settings.brokers,
+            client_id=client_id or f"estimation-{uuid.uuid4().hex[:8]}",
+            tls=tls,
+            protection=protection,
         )
         self._lock = threading.RLock()
         self._arrived = threading.Condition(self._lock)

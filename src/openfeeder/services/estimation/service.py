@@ -18,27 +18,17 @@ from types import TracebackType
 from typing import Self
 
 from openfeeder.config import Settings
-from openfeeder.errors import ConfigError
-from openfeeder.iot.catalog_client import CatalogClient
-from openfeeder.iot.mqtt import Messenger
 from openfeeder.iot.protection import protection_from_settings
-from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
-from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
+from openfeeder.security.tls import own_identity
 from openfeeder.services.access import AccessControl
 from openfeeder.services.estimation.api import create_app
 from openfeeder.services.estimation.coordinator import SERVICE_ID, EstimationCoordinator
+from openfeeder.services.platform_clients import catalog_client, model_from_catalog, own_tls
 from openfeeder.services.runtime import HttpServer
 from openfeeder.sim.clock import Clock, RealClock
 
 __all__ = ["EstimationThread", "serve_estimation"]
-
-
-def _model_from_catalog(catalog: CatalogClient) -> GridModel:
-    case = catalog.topology().case
-    if case is None:
-        raise ConfigError("estimation: the device catalog serves no case ([catalog] case)")
-    return resolve_case(case)
 
 
 async def serve_estimation(
@@ -50,26 +40,15 @@ async def serve_estimation(
     ready: Callable[[EstimationCoordinator, str], None] | None = None,
 ) -> None:
     """Run the estimation service and its REST API until ``stop`` is set."""
-    security = settings.security
-    tls = tls_files_from(security)
-    mine = tls if tls is not None and tls.cert_file is not None else None
-    verify = (
-        TlsFiles(security.ca_file, min_version=security.tls_min_version)
-        if security.ca_file is not None
-        else None
-    )
-    catalog = CatalogClient(
-        settings.catalog.url,
-        timeout_s=settings.catalog.request_timeout_s,
-        token=settings.access.service_token(),
-        verify=verify.client_context() if verify is not None else None,
-    )
+    mine = own_tls(settings)
+    catalog = catalog_client(settings)
     try:
-        grid = model if model is not None else await asyncio.to_thread(_model_from_catalog, catalog)
-        client_id = f"{own_identity(mine, default=SERVICE_ID)}-{uuid.uuid4().hex[:8]}"
-        coordinator = EstimationCoordinator(
-            settings, model=grid, clock=clock or RealClock(), catalog=catalog, client_id=client_id
+        grid = (
+            model
+            if model is not None
+            else await asyncio.to_thread(model_from_catalog, catalog, service="estimation")
         )
+        client_id = f"{own_identity(mine, default=SERVICE_ID)}-{uuid.uuid4().hex[:8]}"
         # payload protection: topology (control) and events (protection) opened, results sealed
         # as their class says (algo: monitoring, TLS only by default)
         protection = protection_from_settings(
@@ -77,13 +56,15 @@ async def serve_estimation(
             sender_id=client_id,
             event_device_id=own_identity(mine, default=SERVICE_ID),
         )
-        if mine is not None or protection is not None:  # same client id, nothing subscribed yet
-            coordinator._messenger = Messenger(
-                settings.brokers,
-                client_id=client_id,
-                tls=mine.client_context() if mine is not None else None,
-                protection=protection,
-            )
+        coordinator = EstimationCoordinator(
+            settings,
+            model=grid,
+            clock=clock or RealClock(),
+            catalog=catalog,
+            client_id=client_id,
+            tls=mine.client_context() if mine is not None else None,
+            protection=protection,
+        )
         await asyncio.to_thread(coordinator.start)
         try:
             server = HttpServer(

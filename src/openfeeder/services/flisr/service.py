@@ -20,27 +20,18 @@ from types import TracebackType
 from typing import Self
 
 from openfeeder.config import Settings
-from openfeeder.errors import ConfigError
-from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.iot.protection import protection_from_settings
-from openfeeder.model.cases import resolve_case
 from openfeeder.model.grid import GridModel
-from openfeeder.security.tls import TlsFiles, own_identity, tls_files_from
+from openfeeder.security.tls import own_identity
 from openfeeder.services.access import AccessControl
 from openfeeder.services.flisr.api import create_app
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident, Step
+from openfeeder.services.platform_clients import catalog_client, model_from_catalog, own_tls
 from openfeeder.services.runtime import HttpServer
 from openfeeder.sim.clock import Clock, RealClock
 
 __all__ = ["FlisrThread", "serve_flisr"]
-
-
-def _model_from_catalog(catalog: CatalogClient) -> GridModel:
-    case = catalog.topology().case
-    if case is None:
-        raise ConfigError("FLISR: the device catalog serves no case ([catalog] case)")
-    return resolve_case(case)
 
 
 async def serve_flisr(
@@ -53,22 +44,14 @@ async def serve_flisr(
     ready: Callable[[FlisrCoordinator, str], None] | None = None,
 ) -> None:
     """Run the coordinator and its REST API until ``stop`` is set."""
-    security = settings.security
-    tls = tls_files_from(security)
-    mine = tls if tls is not None and tls.cert_file is not None else None
-    verify = (
-        TlsFiles(security.ca_file, min_version=security.tls_min_version)
-        if security.ca_file is not None
-        else None
-    )
-    catalog = CatalogClient(
-        settings.catalog.url,
-        timeout_s=settings.catalog.request_timeout_s,
-        token=settings.access.service_token(),
-        verify=verify.client_context() if verify is not None else None,
-    )
+    mine = own_tls(settings)
+    catalog = catalog_client(settings)
     try:
-        grid = model if model is not None else await asyncio.to_thread(_model_from_catalog, catalog)
+        grid = (
+            model
+            if model is not None
+            else await asyncio.to_thread(model_from_catalog, catalog, service="FLISR")
+        )
         identity = own_identity(mine, default="flisr")
         client_id = f"{identity}-{uuid.uuid4().hex[:8]}"
         # commands and topology sealed as control traffic, events and acks opened
