@@ -377,18 +377,19 @@ def test_loss_as_retransmission_adds_the_rto_to_the_expected_fraction(
         time.sleep(0.25)
     latencies = collect(subscriber, per_meter * len(meters))
     slow = [value for value in latencies.values() if value >= 180]
-    fraction = len(slow) / len(latencies)
+    waited_rto = [value for value in latencies.values() if value >= 195]
     stats = emulator.stats().get("meas", UP)
     assert stats.packets == len(latencies)
     assert stats.dropped == 0
-    # expected 0.2 (plus a little head-of-line blocking behind a twice-lost message)
-    assert 0.12 <= fraction <= 0.34, fraction
-    # every retransmitted message waited an RTO; a loaded machine may make a few others slow too
-    assert stats.retransmitted <= len(slow) <= stats.retransmitted + 0.05 * stats.packets
-    assert 0.10 <= stats.retransmitted / stats.packets <= 0.32  # 0.2 +- 3.4 sigma of 128 draws
+    # the emulator's draws: 0.2 of the messages lost once or more (+- 3.4 sigma of 128 draws)
+    assert 0.10 <= stats.retransmitted / stats.packets <= 0.32
     assert 0.14 <= stats.retransmissions / stats.packets <= 0.38  # p/(1-p) = 0.25
-    assert 190 <= statistics.median(slow) <= 260  # one RTO of 200 ms
-    assert min(slow) >= 195
+    # and what the subscriber measured: every retransmitted message arrived at least one RTO
+    # (200 ms) late (a loaded machine may make a few others slow too, never fewer), most about one
+    assert stats.delayed >= stats.retransmitted
+    assert len(waited_rto) >= stats.retransmitted
+    assert len(slow) <= 0.45 * stats.packets
+    assert 190 <= statistics.median(slow) <= 260
 
 
 def test_drop_mode_loses_qos0_only(
