@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import queue
 import ssl
 import threading
@@ -527,6 +528,10 @@ class FlisrCoordinator:
         )
         return location
 
+    def _latched_count(self) -> int:
+        with self._lock:
+            return len(self._fault.indicators)
+
     def _indicator_states(self) -> dict[int, bool | None]:
         """Per fault-indicator switch: passed (alarm seen), not passed, or unknown (offline)."""
         states: dict[int, bool | None] = {}
@@ -543,7 +548,9 @@ class FlisrCoordinator:
 
     def _wait_edge(self, trip_ns: int) -> dict[str, Any] | None:
         """The edge locator's answer about this trip (published at or after it), once no newer
-        one has come for ``indicator_wait_s`` (it answers again when late evidence arrives)."""
+        one has come for ``indicator_wait_s`` (it answers again when late evidence arrives) and it
+        used at least the fault indicators the coordinator has seen latch (both receive the same
+        events; an answer on fewer is one the locator is about to revise)."""
         deadline = self.clock.now_ns() + round(self.config.edge_wait_s * NS_PER_S)
         settle_ns = round(self.config.indicator_wait_s * NS_PER_S)
         seen: dict[str, Any] | None = None
@@ -554,7 +561,11 @@ class FlisrCoordinator:
             if edge is not None and int(edge["t_ns"]) >= trip_ns - _EDGE_SKEW_NS:
                 if edge is not seen:
                     seen, seen_at = edge, self.clock.now_ns()
-                elif self.clock.now_ns() - seen_at >= settle_ns and edge.get("line_id", -1) >= 0:
+                elif (
+                    self.clock.now_ns() - seen_at >= settle_ns
+                    and edge.get("line_id", -1) >= 0
+                    and edge.get("indicators", math.inf) >= self._latched_count()
+                ):
                     return dict(seen)
             self._nap()
         return None if seen is None else dict(seen)

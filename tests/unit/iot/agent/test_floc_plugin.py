@@ -150,6 +150,8 @@ def test_reconfiguration_keeps_the_evidence_of_a_fault_in_progress(
     answer = device.send("ftu-300", "switch_position", (_one("closed", 0.0),), T0_NS + S // 3)
     located = _answer(answer)  # nothing would be published without the indicators
     assert located["section_size"] >= 2
+    latched = sum(1 for state in timeline.fault_indicators.values() if state.latched)
+    assert located["indicators"] == latched  # what the coordinator compares with its own count
     assert located["line_id"] == -1  # indicators alone give the zone, the records the line
 
 
