@@ -528,9 +528,10 @@ class FlisrCoordinator:
         )
         return location
 
-    def _latched_count(self) -> int:
+    def _evidence_count(self) -> tuple[int, int]:
+        """Fault indicators seen latched and fault records received for the fault at hand."""
         with self._lock:
-            return len(self._fault.indicators)
+            return len(self._fault.indicators), len(self._fault.records)
 
     def _indicator_states(self) -> dict[int, bool | None]:
         """Per fault-indicator switch: passed (alarm seen), not passed, or unknown (offline)."""
@@ -549,8 +550,8 @@ class FlisrCoordinator:
     def _wait_edge(self, trip_ns: int) -> dict[str, Any] | None:
         """The edge locator's answer about this trip (published at or after it), once no newer
         one has come for ``indicator_wait_s`` (it answers again when late evidence arrives) and it
-        used at least the fault indicators the coordinator has seen latch (both receive the same
-        events; an answer on fewer is one the locator is about to revise)."""
+        used at least the fault indicators and fault records the coordinator has received (both
+        receive the same events; an answer on fewer is one the locator is about to revise)."""
         deadline = self.clock.now_ns() + round(self.config.edge_wait_s * NS_PER_S)
         settle_ns = round(self.config.indicator_wait_s * NS_PER_S)
         seen: dict[str, Any] | None = None
@@ -564,7 +565,8 @@ class FlisrCoordinator:
                 elif (
                     self.clock.now_ns() - seen_at >= settle_ns
                     and edge.get("line_id", -1) >= 0
-                    and edge.get("indicators", math.inf) >= self._latched_count()
+                    and edge.get("indicators", math.inf) >= self._evidence_count()[0]
+                    and edge.get("records", math.inf) >= self._evidence_count()[1]
                 ):
                     return dict(seen)
             self._nap()
@@ -573,7 +575,9 @@ class FlisrCoordinator:
     def _edge_location(
         self, incident: Incident, breaker: int, edge: dict[str, Any]
     ) -> FaultLocation | None:
-        """The faulted section is the switching section holding the line the device named."""
+        """The faulted section is the switching section holding the line the device named; when
+        the device's zone was widened (indicators nobody reports), the zone the indicators allow,
+        which the coordinator knows as well (the line alone can be a neighbour of the fault's)."""
         model = self.current_model()
         line_id = int(edge.get("line_id", -1))
         rows = np.flatnonzero(model.line["id"] == line_id)
@@ -584,15 +588,30 @@ class FlisrCoordinator:
         bus = int(model.line["from_bus"][rows[0]])
         section = int(topology.section_of_bus[topology.bus_row(bus)])
         buses = tuple(int(b) for b in topology.section_buses(section))
+        bounding = tuple(int(s) for s in topology.switches_bounding(section))
+        unknown: tuple[int, ...] = ()
+        widened = bool(edge.get("widened", 0.0))
+        if widened:
+            with self._lock:
+                indicators = self._indicator_states()
+            try:
+                zone = locate_fault(
+                    model, tripped_breaker=breaker, indicators=indicators, records=[]
+                )
+            except OpenFeederError as err:
+                self._step(incident, "location_failed", error=str(err))
+                return None
+            buses, bounding = zone.section_bus_ids, zone.bounding_switch_ids
+            unknown = zone.unknown_indicators
         location = FaultLocation(
             feeder=breaker,
             fault_type=_fault_type(edge.get("fault_type_code")),
             fault_type_classified=True,
             phases="",
             section_bus_ids=buses,
-            bounding_switch_ids=tuple(int(s) for s in topology.switches_bounding(section)),
-            widened=bool(edge.get("widened", 0.0)),
-            unknown_indicators=(),
+            bounding_switch_ids=bounding,
+            widened=widened,
+            unknown_indicators=unknown,
             section_basis="edge",
             method="edge",
             line_id=line_id,

@@ -152,6 +152,7 @@ def test_reconfiguration_keeps_the_evidence_of_a_fault_in_progress(
     assert located["section_size"] >= 2
     latched = sum(1 for state in timeline.fault_indicators.values() if state.latched)
     assert located["indicators"] == latched  # what the coordinator compares with its own count
+    assert located["records"] == 0
     assert located["line_id"] == -1  # indicators alone give the zone, the records the line
 
 

@@ -224,6 +224,7 @@ class FaultLocator:
             "widened": 1.0 if location.widened else 0.0,
             "section_size": len(location.section_bus_ids),
             "indicators": len(latched),  # the evidence it had: lets the coordinator wait for more
+            "records": len(records),
         }
         return tuple(
             Reading(
