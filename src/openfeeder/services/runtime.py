@@ -18,16 +18,24 @@ import logging
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Generic, Self, TypeVar
 
 import uvicorn
 
 from openfeeder.config import LoggingSettings
 from openfeeder.security.tls import TlsFiles
 
-__all__ = ["HttpServer", "JsonLineFormatter", "configure_logging", "run_service"]
+__all__ = [
+    "HttpServer",
+    "JsonLineFormatter",
+    "ServiceThread",
+    "configure_logging",
+    "run_service",
+]
 
 _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
@@ -177,3 +185,77 @@ class HttpServer:
     @property
     def started(self) -> bool:
         return bool(self._server.started)
+
+
+T = TypeVar("T")
+
+ServeFunction = Callable[[asyncio.Event, Callable[[Any, str], None]], Awaitable[None]]
+"""``serve(stop, ready)``: runs a service until ``stop`` is set; calls ``ready(handle, url)`` once
+its REST API listens."""
+
+
+class ServiceThread(Generic[T]):
+    """A service served from a background thread (the demo, tests, benchmarks); a context
+    manager. ``start()`` returns the handle the service reported ready with (its coordinator)."""
+
+    def __init__(self, serve: ServeFunction, *, name: str, startup_timeout_s: float) -> None:
+        self._serve = serve
+        self._name = name
+        self._timeout_s = startup_timeout_s
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._handle: T | None = None
+        self.url: str | None = None
+
+    def start(self) -> T:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._timeout_s):
+            self.stop()
+            raise TimeoutError(f"{self._name} did not start within {self._timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        if self._handle is None:
+            raise RuntimeError(f"{self._name} reported ready without a handle")
+        return self._handle
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(handle: T, url: str) -> None:
+                self._handle, self.url = handle, url
+                self._ready.set()
+
+            await self._serve(self._stop, ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as err:  # handed to start()
+            self._error = err
+            self._ready.set()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -10,12 +10,9 @@ coordinator does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import uuid
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
+from typing import Any
 
 from openfeeder.config import Settings
 from openfeeder.iot.protection import protection_from_settings
@@ -25,7 +22,7 @@ from openfeeder.services.access import AccessControl
 from openfeeder.services.estimation.api import create_app
 from openfeeder.services.estimation.coordinator import SERVICE_ID, EstimationCoordinator
 from openfeeder.services.platform_clients import catalog_client, model_from_catalog, own_tls
-from openfeeder.services.runtime import HttpServer
+from openfeeder.services.runtime import HttpServer, ServiceThread
 from openfeeder.sim.clock import Clock, RealClock
 
 __all__ = ["EstimationThread", "serve_estimation"]
@@ -92,7 +89,7 @@ async def serve_estimation(
         catalog.close()
 
 
-class EstimationThread:
+class EstimationThread(ServiceThread[EstimationCoordinator]):
     """The service served from a background thread; a context manager."""
 
     def __init__(
@@ -103,66 +100,11 @@ class EstimationThread:
         clock: Clock | None = None,
         startup_timeout_s: float = 30.0,
     ) -> None:
-        self._settings = settings
-        self._model = model
-        self._clock = clock
-        self._timeout_s = startup_timeout_s
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.coordinator: EstimationCoordinator | None = None
-        self.url: str | None = None
+        async def serve(stop: asyncio.Event, ready: Callable[[Any, str], None]) -> None:
+            await serve_estimation(settings, stop, model=model, clock=clock, ready=ready)
 
-    def start(self) -> EstimationCoordinator:
-        self._thread = threading.Thread(target=self._run, name="estimation-service", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._timeout_s):
-            self.stop()
-            raise TimeoutError(f"the estimation service did not start within {self._timeout_s} s")
-        if self._error is not None:
-            raise self._error
-        if self.coordinator is None:
-            raise RuntimeError("the estimation service reported ready without a coordinator")
-        return self.coordinator
+        super().__init__(serve, name="the estimation service", startup_timeout_s=startup_timeout_s)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-
-            def ready(coordinator: EstimationCoordinator, url: str) -> None:
-                self.coordinator, self.url = coordinator, url
-                self._ready.set()
-
-            await serve_estimation(
-                self._settings, self._stop, model=self._model, clock=self._clock, ready=ready
-            )
-
-        try:
-            asyncio.run(main())
-        except BaseException as err:  # handed to start()
-            self._error = err
-            self._ready.set()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    @property
+    def coordinator(self) -> EstimationCoordinator | None:
+        return self._handle

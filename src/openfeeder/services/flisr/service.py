@@ -12,12 +12,9 @@ HTTPS against ``ca_file`` and serves its own REST API over HTTPS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import uuid
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
+from typing import Any
 
 from openfeeder.config import Settings
 from openfeeder.iot.protection import protection_from_settings
@@ -28,7 +25,7 @@ from openfeeder.services.flisr.api import create_app
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident, Step
 from openfeeder.services.platform_clients import catalog_client, model_from_catalog, own_tls
-from openfeeder.services.runtime import HttpServer
+from openfeeder.services.runtime import HttpServer, ServiceThread
 from openfeeder.sim.clock import Clock, RealClock
 
 __all__ = ["FlisrThread", "serve_flisr"]
@@ -98,7 +95,7 @@ async def serve_flisr(
         catalog.close()
 
 
-class FlisrThread:
+class FlisrThread(ServiceThread[FlisrCoordinator]):
     """The coordinator served from a background thread (the demo, tests); a context manager."""
 
     def __init__(
@@ -110,71 +107,13 @@ class FlisrThread:
         on_step: Callable[[Incident, Step], None] | None = None,
         startup_timeout_s: float = 30.0,
     ) -> None:
-        self._settings = settings
-        self._model = model
-        self._clock = clock
-        self._on_step = on_step
-        self._timeout_s = startup_timeout_s
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.coordinator: FlisrCoordinator | None = None
-        self.url: str | None = None
-
-    def start(self) -> FlisrCoordinator:
-        self._thread = threading.Thread(target=self._run, name="flisr-service", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(self._timeout_s):
-            self.stop()
-            raise TimeoutError(f"the FLISR coordinator did not start within {self._timeout_s} s")
-        if self._error is not None:
-            raise self._error
-        assert self.coordinator is not None
-        return self.coordinator
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-
-            def ready(coordinator: FlisrCoordinator, url: str) -> None:
-                self.coordinator, self.url = coordinator, url
-                self._ready.set()
-
+        async def serve(stop: asyncio.Event, ready: Callable[[Any, str], None]) -> None:
             await serve_flisr(
-                self._settings,
-                self._stop,
-                model=self._model,
-                clock=self._clock,
-                on_step=self._on_step,
-                ready=ready,
+                settings, stop, model=model, clock=clock, on_step=on_step, ready=ready
             )
 
-        try:
-            asyncio.run(main())
-        except BaseException as err:  # handed to start()
-            self._error = err
-            self._ready.set()
+        super().__init__(serve, name="the FLISR coordinator", startup_timeout_s=startup_timeout_s)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    @property
+    def coordinator(self) -> FlisrCoordinator | None:
+        return self._handle
