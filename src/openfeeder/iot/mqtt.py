@@ -142,6 +142,7 @@ class MqttLink:
         # SUBACKs by message id (a small lock of its own: never held while calling paho)
         self._suback_lock = threading.Lock()
         self._sent_subscribes: dict[int, list[str]] = {}
+        self._answered = threading.Event()  # every SUBSCRIBE sent on this connection answered
         self._early_subacks: dict[int, list[ReasonCode]] = {}
         self._subscribe_retry_s: dict[str, float] = {}
         self.refused_subscriptions = 0
@@ -200,6 +201,15 @@ class MqttLink:
 
     def wait_connected(self, timeout_s: float | None = None) -> bool:
         return self._connected.wait(timeout_s if timeout_s is not None else self._timeout())
+
+    def wait_subscribed(self, timeout_s: float | None = None) -> bool:
+        """Connected, and the broker answered every SUBSCRIBE sent since (``wait_connected``
+        returns before the SUBACKs: a message published at once may find no subscription)."""
+        timeout = timeout_s if timeout_s is not None else self._timeout()
+        deadline = time.monotonic() + timeout
+        return self.wait_connected(timeout) and self._answered.wait(
+            max(0.0, deadline - time.monotonic())
+        )
 
     def _timeout(self) -> float:
         return self._settings.connect_timeout_s
@@ -294,8 +304,11 @@ class MqttLink:
         with self._lock:
             subscriptions = list(self._subscriptions)
         if subscriptions:
+            self._answered.clear()
             _, mid = client.subscribe([(str(s.topic_filter), int(s.qos)) for s in subscriptions])
             self._track_subscribe(mid, [str(s.topic_filter) for s in subscriptions])
+        else:
+            self._answered.set()
         self.connects += 1
         self._reconnect_delay_s = _RECONNECT_MIN_S
         self._connected.set()
@@ -358,7 +371,10 @@ class MqttLink:
             early = self._early_subacks.pop(mid, None)
             if early is None:
                 self._sent_subscribes[mid] = filters
+                self._answered.clear()
                 return
+            if not self._sent_subscribes:
+                self._answered.set()
         self._check_suback(filters, early)
 
     def _handle_subscribe(
@@ -374,6 +390,8 @@ class MqttLink:
             if filters is None:  # before _track_subscribe ran
                 self._early_subacks[mid] = list(reason_codes)
                 return
+            if not self._sent_subscribes:
+                self._answered.set()
         self._check_suback(filters, reason_codes)
 
     def _check_suback(self, filters: list[str], codes: list[ReasonCode]) -> None:
@@ -830,6 +848,10 @@ class Messenger:
 
     def wait_connected(self, timeout_s: float) -> bool:
         return all(link.wait_connected(timeout_s) for link in self.links.values())
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Both links connected and their subscriptions answered (:meth:`MqttLink.wait_subscribed`)."""
+        return all(link.wait_subscribed(timeout_s) for link in self.links.values())
 
     def stop(self) -> None:
         for link in self.links.values():

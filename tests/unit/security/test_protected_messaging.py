@@ -105,9 +105,9 @@ def scene(mqtt_url: str, tmp_path: Path) -> Iterator[Scene]:
     for party in (platform, field_device, sniffer):
         party.start()
     try:
-        assert platform.wait_connected(10)
-        assert field_device.wait_connected(10)
-        assert sniffer.wait_connected(10)
+        assert platform.wait_subscribed(10)
+        assert field_device.wait_subscribed(10)
+        assert sniffer.wait_subscribed(10)
         yield Scene(
             device,
             platform,
