@@ -65,6 +65,7 @@ from openfeeder.analysis.engine_input import to_engine_input
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
 from openfeeder.analysis.estimation.model_cache import model_memo, next_free_id
+from openfeeder.analysis.estimation.table_rows import join_rows, take_rows
 from openfeeder.errors import AnalysisError, NotConvergedError, NotObservableError
 from openfeeder.model.grid import GridModel, lookup
 
@@ -393,14 +394,14 @@ def _measured_switches_as_lines(
     switch_rows = rows[located.branches.kind[rows] == 2] - model.line.size - model.transformer.size
     if switch_rows.size == 0:
         return
-    switch = model.switch[switch_rows]
+    switch = take_rows(model.switch, switch_rows)
     links = engine_input[ComponentType.link]
-    engine_input[ComponentType.link] = links[~np.isin(links["id"], switch["id"])]
+    engine_input[ComponentType.link] = take_rows(links, ~np.isin(links["id"], switch["id"]))
     if engine_input[ComponentType.link].size == 0:
         del engine_input[ComponentType.link]
     u_rated_kv = model.bus["u_rated_kv"][lookup(model.bus["id"], switch["from_bus"])]
     z_base_ohm = u_rated_kv**2
-    line = initialize_array(DatasetType.input, ComponentType.line, switch.size)
+    line = _input_array(ComponentType.line, switch.size, _LINE_WRITTEN)
     line["id"] = switch["id"]
     line["from_node"] = switch["from_bus"]
     line["to_node"] = switch["to_bus"]
@@ -412,9 +413,7 @@ def _measured_switches_as_lines(
     line["tan1"] = line["tan0"] = 0.0
     line["i_n"] = np.where(np.isfinite(switch["i_rated_ka"]), switch["i_rated_ka"] * 1e3, 1e6)
     existing = engine_input.get(ComponentType.line)
-    engine_input[ComponentType.line] = (
-        line if existing is None else np.concatenate([existing, line])
-    )
+    engine_input[ComponentType.line] = line if existing is None else join_rows([existing, line])
 
 
 def _output_filter(
@@ -503,7 +502,7 @@ def _sensors(
 
     power = np.flatnonzero(located.of_quantity(Quantity.PQ))
     if power.size:
-        sensor = initialize_array(DatasetType.input, ComponentType.sym_power_sensor, power.size)
+        sensor = _input_array(ComponentType.sym_power_sensor, power.size, _POWER_SENSOR_WRITTEN)
         sensor["id"] = next_id + power
         sensor["measured_object"] = element_or_bus[power]
         sensor["measured_terminal_type"] = _terminal(located, power)
@@ -568,8 +567,16 @@ def voltage_sensors(
         w_extra = weight[b] / share[b]
         u_kv[phasor] = (u_kv[phasor] * w_phasor + weighted[b] / share[b]) / (w_phasor + w_extra)
         sigma_kv[phasor] = 1.0 / np.sqrt(w_phasor + w_extra)
-    rows = np.concatenate([np.setdiff1d(magnitude, merged), phasor])
-    sensor = initialize_array(DatasetType.input, ComponentType.sym_voltage_sensor, rows.size)
+    if merged.size:
+        kept = np.ones(table.size, dtype=bool)
+        kept[merged] = False
+        magnitude = magnitude[kept[magnitude]]
+    rows = np.concatenate([magnitude, phasor]) if phasor.size else magnitude
+    sensor = _input_array(
+        ComponentType.sym_voltage_sensor,
+        rows.size,
+        ("id", "measured_object", "u_sigma", "u_measured", "u_angle_measured"),
+    )
     sensor["id"] = next_id + rows
     sensor["measured_object"] = model.bus["id"][located.bus_row[rows]]
     sensor["u_sigma"] = sigma_kv[rows] * 1e3
@@ -578,12 +585,57 @@ def voltage_sensors(
     return sensor
 
 
+_POWER_SENSOR_WRITTEN: Final = (
+    "id",
+    "measured_object",
+    "measured_terminal_type",
+    "p_measured",
+    "q_measured",
+    "p_sigma",
+    "q_sigma",
+)
+_LINE_WRITTEN: Final = (
+    "id",
+    "from_node",
+    "to_node",
+    "from_status",
+    "to_status",
+    "r1",
+    "x1",
+    "c1",
+    "tan1",
+    "r0",
+    "x0",
+    "c0",
+    "tan0",
+    "i_n",
+)
+
+
+def _input_array(kind: ComponentType, size: int, written: tuple[str, ...]) -> npt.NDArray[np.void]:
+    """An engine input array of ``kind`` for a caller that writes every attribute in ``written``:
+    the others hold the engine's null value, as :func:`initialize_array` fills them (filling
+    every attribute first would cost as much as writing them)."""
+    out: npt.NDArray[np.void] = initialize_array(DatasetType.input, kind, size, empty=True)
+    null = initialize_array(DatasetType.input, kind, 1)
+    for name in out.dtype.names or ():
+        if name not in written:
+            out[name] = null[name][0]
+    return out
+
+
 def _terminal(located: LocatedMeasurements, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int8]:
     target = located.target[rows]
-    end = located.measurements.table["end"][rows]
-    out = np.where(
-        end == END_TO, MeasuredTerminalType.branch_to, MeasuredTerminalType.branch_from
-    ).astype(np.int8)
-    for kind, terminal in _TERMINAL.items():
-        out[target == kind] = terminal
+    out: npt.NDArray[np.int8] = _TERMINAL_OF_TARGET[target]
+    branch = target == Target.BRANCH
+    if branch.any():
+        to = located.measurements.table["end"][rows[branch]] == END_TO
+        out[branch] = np.where(to, MeasuredTerminalType.branch_to, MeasuredTerminalType.branch_from)
     return out
+
+
+_TERMINAL_OF_TARGET: Final = np.array(
+    [_TERMINAL.get(target, MeasuredTerminalType.branch_from) for target in Target], dtype=np.int8
+)
+"""The engine's terminal type of a measurement by its :class:`~.locate.Target` (branches: the
+``from`` end, the ``to`` end set by :func:`_terminal`)."""

@@ -121,11 +121,7 @@ class LocatedMeasurements:
         """Which measurements are of one of ``quantities`` (kept in :attr:`memo`; do not write)."""
         out: BoolArray | None = self.memo.get(quantities)
         if out is None:
-            quantity = self.measurements.quantity
-            out = quantity == QUANTITIES.index(quantities[0])
-            for other in quantities[1:]:
-                out |= quantity == QUANTITIES.index(other)
-            self.memo[quantities] = out
+            out = self.memo[quantities] = _is_quantity(self.measurements.quantity, *quantities)
         return out
 
 
@@ -169,9 +165,7 @@ def locate_measurements(
     found_bus = _find_where(model, "bus", bus, has_bus)
     fail(has_bus & (found_bus < 0), "bus", "no bus with this id in the model", bus)
     has_element = element != NO_ID
-    on_bus_only = np.isin(
-        quantity, [QUANTITIES.index(Quantity.U), QUANTITIES.index(Quantity.U_PHASOR)]
-    )
+    on_bus_only = _is_quantity(quantity, Quantity.U, Quantity.U_PHASOR)
     fail(
         on_bus_only & has_element,
         "element",
@@ -207,9 +201,7 @@ def locate_measurements(
         "no line, transformer, switch, load, generator or source with this id in the model",
         element,
     )
-    on_branch_only = np.isin(
-        quantity, [QUANTITIES.index(Quantity.I), QUANTITIES.index(Quantity.I_PHASOR)]
-    )
+    on_branch_only = _is_quantity(quantity, Quantity.I, Quantity.I_PHASOR)
     fail(
         on_branch_only & has_element & ~is_branch,
         "element",
@@ -242,6 +234,13 @@ def appliance_bus_rows(model: GridModel, name: str) -> IntArray:
     return model_memo(
         model, ("appliance_bus_rows", name), lambda: find(model, "bus", model.table(name)["bus"])
     )
+
+
+def _is_quantity(codes: npt.NDArray[np.int8], *quantities: Quantity) -> BoolArray:
+    out: BoolArray = codes == QUANTITIES.index(quantities[0])
+    for other in quantities[1:]:
+        out |= codes == QUANTITIES.index(other)
+    return out
 
 
 def _find_where(model: GridModel, table: str, wanted: IntArray, where: BoolArray) -> IntArray:

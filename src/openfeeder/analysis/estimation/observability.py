@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -48,14 +48,24 @@ from openfeeder.analysis.estimation.locate import (
     appliance_bus_rows,
     branch_table,
 )
-from openfeeder.analysis.estimation.measurement_set import MeasurementSet, Quantity, concat_tables
+from openfeeder.analysis.estimation.measurement_set import (
+    QUANTITIES,
+    MeasurementSet,
+    Quantity,
+    concat_tables,
+    empty_rows,
+)
 from openfeeder.analysis.estimation.model_cache import find, ids_unique, model_memo
+from openfeeder.analysis.estimation.table_rows import take_rows
+from openfeeder.errors import MeasurementError
 from openfeeder.model.grid import GridModel
 
 __all__ = [
+    "ApplianceCounts",
     "Observability",
     "PseudoOptions",
     "PseudoPolicy",
+    "appliance_counts",
     "check_observability",
     "located_pseudo_measurements",
     "pseudo_measurements",
@@ -235,15 +245,15 @@ def _pseudo_parts(
     """Append the pseudo-measurements per table to ``parts`` with their target rows and bus rows."""
     islands = _islands(model, located)
     if options.policy is PseudoPolicy.ALL:
-        chosen = np.unique(islands.island[islands.energized])
+        wanted = islands.fed  # every island has a bus: the energized buses' islands are the fed
     else:
         if observability is None:
             raise ValueError("the policy 'needed' needs the observability of the measurements")
         chosen = np.unique(
             observability.island[observability.energized & ~observability.observable]
         )
-    wanted = np.zeros(islands.fed.size, dtype=bool)
-    wanted[chosen] = True
+        wanted = np.zeros(islands.fed.size, dtype=bool)
+        wanted[chosen] = True
     island_of_bus, energized_bus = islands.island, islands.energized
     measured = _measured_appliances(located)
     bus_id = model.bus["id"]
@@ -257,10 +267,12 @@ def _pseudo_parts(
     )
     if p.shape != (load.size,) or q.shape != (load.size,):
         raise ValueError(f"pseudo load forecasts need shape ({load.size},)")
-    for name, kind, values_p, values_q, sign in (
-        ("load", Target.LOAD, p, q, "load"),
-        ("generator", Target.GENERATOR, model.generator["p_mw"], model.generator["q_mvar"], "gen"),
-    ):
+    forecast = options.load_p_mw is not None or options.load_q_mvar is not None
+    for name, kind, values_p, values_q, sign, own_values in (
+        ("load", Target.LOAD, p, q, "load", not forecast),
+        ("generator", Target.GENERATOR, model.generator["p_mw"], model.generator["q_mvar"],
+         "gen", True),
+    ):  # fmt: skip
         table = model.table(name)
         if table.size == 0:
             continue
@@ -271,18 +283,17 @@ def _pseudo_parts(
         rows = np.flatnonzero(pick)
         if rows.size == 0:
             continue
-        s_mva = np.hypot(values_p[rows], values_q[rows])
-        sigma = np.maximum(options.sigma_fraction * s_mva, options.sigma_floor_mw)
-        pq = MeasurementSet.from_columns(
-            _pseudo_ids(model, name, sign, rows),
-            Quantity.PQ,
-            element=table["id"][rows],
-            p_mw=values_p[rows],
-            q_mvar=values_q[rows],
-            p_sigma_mw=sigma,
-            q_sigma_mvar=sigma,
-            pseudo=True,
-        )
+        ids = _pseudo_ids(model, name, sign, rows)
+        if own_values:  # every row's pseudo-measurement made once per model, rows taken
+            every, valid = _every_pseudo_pq(model, name, values_p, values_q, options)
+            pq = MeasurementSet(ids, take_rows(every, rows))
+            if not valid:
+                pq.check()  # the first bad row of those picked, as for a forecast
+        else:
+            pq = MeasurementSet(
+                ids, _pq_rows(table["id"][rows], values_p[rows], values_q[rows], options)
+            )
+            pq.check()
         parts.append((pq, kind, rows, bus_rows[rows]))
 
     no_reference = wanted & ~islands.voltage_reference
@@ -304,6 +315,44 @@ def _pseudo_parts(
             pseudo=True,
         )
         parts.append((u, Target.BUS, rows, rows))
+
+
+def _every_pseudo_pq(
+    model: GridModel, name: str, p_mw: FloatArray, q_mvar: FloatArray, options: PseudoOptions
+) -> tuple[npt.NDArray[np.void], bool]:
+    """The pseudo ``pq`` rows of every appliance of ``model.<name>`` (valued with the model's own
+    ``p_mw`` and ``q_mvar``), kept per model and options, and whether they all pass
+    :meth:`MeasurementSet.check`."""
+
+    def build() -> tuple[npt.NDArray[np.void], bool]:
+        element = model.table(name)["id"]
+        every = MeasurementSet(
+            tuple(map(str, range(element.size))), _pq_rows(element, p_mw, q_mvar, options)
+        )
+        try:
+            every.check()
+        except MeasurementError:
+            return every.table, False
+        return every.table, True
+
+    key = ("pseudo_pq", name, options.sigma_fraction, options.sigma_floor_mw)
+    return model_memo(model, key, build)
+
+
+def _pq_rows(
+    element: IntArray, p_mw: FloatArray, q_mvar: FloatArray, options: PseudoOptions
+) -> npt.NDArray[np.void]:
+    """Pseudo ``pq`` rows of appliances ``element`` with these values (not checked)."""
+    sigma = np.maximum(options.sigma_fraction * np.hypot(p_mw, q_mvar), options.sigma_floor_mw)
+    table = empty_rows(element.size)
+    table["quantity"] = QUANTITIES.index(Quantity.PQ)
+    table["element"] = element
+    table["p_mw"] = p_mw
+    table["q_mvar"] = q_mvar
+    table["p_sigma_mw"] = sigma
+    table["q_sigma_mvar"] = sigma
+    table["pseudo"] = True
+    return table
 
 
 # -- internals -------------------------------------------------------------------------------
@@ -400,27 +449,51 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
     """Buses with a known injection: a bus ``pq``, all appliances measured, or none at all."""
     n = model.bus.size
     measured = _measured_appliances(located)
-    appliances = np.zeros(n, dtype=np.int64)
+    counts = appliance_counts(model)
     covered = np.zeros(n, dtype=np.int64)
-    for kind, name in (
-        (Target.LOAD, "load"),
-        (Target.GENERATOR, "generator"),
-        (Target.SOURCE, "source"),
-    ):
-        table = model.table(name)
-        on = np.asarray(table["in_service"], dtype=bool)
-        bus_rows = appliance_bus_rows(model, name)
-        appliances += np.bincount(bus_rows[on], minlength=n)
-        hit = np.zeros(table.size, dtype=bool)
-        hit[measured[kind]] = True
-        covered += np.bincount(bus_rows[on & hit], minlength=n)
-    shunt = model.shunt
-    shunt_rows = find(model, "bus", shunt["bus"][np.asarray(shunt["in_service"], dtype=bool)])
-    has_shunt = np.bincount(shunt_rows, minlength=n) > 0  # the engine takes no shunt sensor here
-    known = (covered >= appliances) & ~has_shunt
+    for kind, name in _APPLIANCE_TABLES:
+        rows = measured[kind]
+        if rows.size == 0:
+            continue
+        on = np.asarray(model.table(name)["in_service"], dtype=bool)[rows]
+        covered += np.bincount(appliance_bus_rows(model, name)[rows[on]], minlength=n)
+    # the engine takes no shunt sensor here
+    known = (covered >= counts.appliances) & (counts.shunts == 0)
     bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
     known[located.bus_row[bus_pq]] = True
     return known
+
+
+_APPLIANCE_TABLES: Final = (
+    (Target.LOAD, "load"),
+    (Target.GENERATOR, "generator"),
+    (Target.SOURCE, "source"),
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ApplianceCounts:
+    """Per bus of a model: its in-service appliances (a model property: kept per model object)."""
+
+    appliances: IntArray
+    """Loads, generators and sources."""
+    shunts: IntArray
+
+
+def appliance_counts(model: GridModel) -> ApplianceCounts:
+    """The :class:`ApplianceCounts` of ``model``."""
+
+    def build() -> ApplianceCounts:
+        n = model.bus.size
+        appliances = np.zeros(n, dtype=np.int64)
+        for _, name in _APPLIANCE_TABLES:
+            on = np.asarray(model.table(name)["in_service"], dtype=bool)
+            appliances += np.bincount(appliance_bus_rows(model, name)[on], minlength=n)
+        shunt = model.shunt
+        shunt_rows = find(model, "bus", shunt["bus"][np.asarray(shunt["in_service"], dtype=bool)])
+        return ApplianceCounts(appliances, np.bincount(shunt_rows, minlength=n))
+
+    return model_memo(model, "appliance_counts", build)
 
 
 def _propagate(

@@ -35,9 +35,10 @@ from openfeeder.analysis.estimation.engine_wls import (
     prepare_engine,
     run_engine,
 )
-from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
+from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target, appliance_bus_rows
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
-from openfeeder.analysis.estimation.prepared import Placement, model_index
+from openfeeder.analysis.estimation.observability import appliance_counts
+from openfeeder.analysis.estimation.prepared import Placement
 from openfeeder.analysis.estimation.residuals import ZERO_INJECTION_SIGMA_PU
 from openfeeder.model.grid import GridModel
 
@@ -78,12 +79,29 @@ class _Pq:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class _AppliancePart:
+    """One appliance table's measured appliances and where their values go."""
+
+    k: IntArray
+    """Measurement rows."""
+    appliance: IntArray
+    """Per measurement row: its appliance (compact index)."""
+    size: int
+    """Measured appliances."""
+    keep: BoolArray
+    """Per measured appliance: it is at a bus whose sum is a row."""
+    at: IntArray
+    """Per kept appliance: the index of its bus among those (:attr:`_ApplianceSums.full`)."""
+    sign: float
+    single_k: IntArray | None
+    """With one measurement per appliance: the measurement row of each kept appliance."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class _ApplianceSums:
     """Per appliance table with measurements: rows, their appliance (compact) and sign."""
 
-    parts: tuple[tuple[IntArray, IntArray, int, IntArray, float], ...]
-    """(measurement rows, compact appliance index, appliances, full-bus index per appliance or
-    -1, sign)."""
+    parts: tuple[_AppliancePart, ...]
     full: IntArray
     """Buses whose every in-service appliance is measured (their sums are rows)."""
     factor_at: IntArray
@@ -115,6 +133,8 @@ class ReadingPlan:
     """Buses with a voltage sensor (compact index of the power factor)."""
     voltage_inverse: IntArray
     voltage_rated_v: FloatArray
+    voltage_phasors: bool
+    """Some voltage sensors have an angle (PMUs)."""
     u_rated_kv: FloatArray
     u_rows: tuple[IntArray, IntArray]
     angle_rows: tuple[IntArray, IntArray]
@@ -202,19 +222,20 @@ class ReadingPlan:
         rows, rated = self.voltage_inverse, self.voltage_rated_v
         weight = 1.0 / (sensor["u_sigma"] / rated) ** 2
         magnitude = sensor["u_measured"] / rated
-        measured_angle = sensor["u_angle_measured"]
-        no_angle = np.bincount(rows, np.isnan(measured_angle), n) > 0
         total = np.bincount(rows, weight, n)
         mean_magnitude = np.bincount(rows, weight * magnitude, n)
-        phasor = magnitude * np.exp(1j * np.nan_to_num(measured_angle))
-        mean_re = np.bincount(rows, weight * phasor.real, n)
-        mean_im = np.bincount(rows, weight * phasor.imag, n)
         u, a = voltage(self.voltage_bus)
-        estimated = u * np.exp(1j * a)
+        turn = np.exp(1j * a)
+        estimated = u * turn
         with np.errstate(divide="ignore", invalid="ignore"):
-            linearized = np.where(
-                no_angle, mean_magnitude / total * np.exp(1j * a), (mean_re + 1j * mean_im) / total
-            )
+            linearized = mean_magnitude / total * turn
+            if self.voltage_phasors:  # buses with phasors only: their weighted mean phasor
+                measured_angle = sensor["u_angle_measured"]
+                no_angle = np.bincount(rows, np.isnan(measured_angle), n) > 0
+                phasor = magnitude * np.exp(1j * np.nan_to_num(measured_angle))
+                mean_re = np.bincount(rows, weight * phasor.real, n)
+                mean_im = np.bincount(rows, weight * phasor.imag, n)
+                linearized = np.where(no_angle, linearized, (mean_re + 1j * mean_im) / total)
             ratio = estimated / linearized
         out: npt.NDArray[np.complex128] = np.where(np.isfinite(ratio), ratio, 1.0 + 0.0j)
         return out
@@ -267,29 +288,32 @@ class ReadingPlan:
             return []
         col = self.columns
         p_sum, q_sum, p_var, q_var = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
-        for k, appliance, size, at, sign in sums.parts:
-            if size == k.size:  # one measurement per appliance: nothing to merge
-                order = np.empty(size, dtype=np.int64)
-                order[appliance] = np.arange(size)
-                ks = k[order]
+        for part in sums.parts:
+            k, b, sign = part.k, part.at, part.sign
+            if part.single_k is not None:  # one measurement per appliance: nothing to merge
+                ks = part.single_k
                 p, q = col["p_mw"][ks], col["q_mvar"][ks]
                 vp, vq = col["p_sigma_mw"][ks] ** 2, col["q_sigma_mvar"][ks] ** 2
             else:
+                appliance, size, keep = part.appliance, part.size, part.keep
                 wp = np.bincount(appliance, 1.0 / col["p_sigma_mw"][k] ** 2, size)
                 wq = np.bincount(appliance, 1.0 / col["q_sigma_mvar"][k] ** 2, size)
                 zp = np.bincount(appliance, col["p_mw"][k] / col["p_sigma_mw"][k] ** 2, size)
                 zq = np.bincount(appliance, col["q_mvar"][k] / col["q_sigma_mvar"][k] ** 2, size)
-                p, q, vp, vq = zp / wp, zq / wq, 1.0 / wp, 1.0 / wq
-            keep = at >= 0
-            b = at[keep]
+                p, q, vp, vq = (
+                    zp[keep] / wp[keep],
+                    zq[keep] / wq[keep],
+                    1.0 / wp[keep],
+                    1.0 / wq[keep],
+                )
             if sums.single:  # one appliance per summed bus: a scatter, not a sum
-                p_sum[b], q_sum[b] = sign * p[keep], sign * q[keep]
-                p_var[b], q_var[b] = vp[keep], vq[keep]
+                p_sum[b], q_sum[b] = sign * p, sign * q
+                p_var[b], q_var[b] = vp, vq
                 continue
-            p_sum += np.bincount(b, sign * p[keep], n)
-            q_sum += np.bincount(b, sign * q[keep], n)
-            p_var += np.bincount(b, vp[keep], n)
-            q_var += np.bincount(b, vq[keep], n)
+            p_sum += np.bincount(b, sign * p, n)
+            q_sum += np.bincount(b, sign * q, n)
+            p_var += np.bincount(b, vp, n)
+            q_var += np.bincount(b, vq, n)
         s = (p_sum + 1j * q_sum) * self._factor_at(factor, sums.factor_at)
         return [
             (s.real - node["p"][sums.full] * 1e-6) / np.sqrt(p_var),
@@ -403,6 +427,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         voltage_bus=voltage_bus.astype(np.int64),
         voltage_inverse=voltage_inverse.astype(np.int64).ravel(),
         voltage_rated_v=u_rated_kv[voltage_bus_rows] * 1e3,
+        voltage_phasors=bool(phasor.size),
         u_rated_kv=u_rated_kv,
         u_rows=(u_k, located.bus_row[u_k]),
         angle_rows=(angle_k, located.bus_row[angle_k]),
@@ -447,46 +472,50 @@ def _appliance_sums(
 ) -> tuple[_ApplianceSums, IntArray]:
     """The appliance sums of :func:`.residuals.scalar_rows` by index; the zero-injection buses."""
     n = model.bus.size
-    index = model_index(model)
+    counts = appliance_counts(model)
+    appliances = counts.appliances + counts.shunts
     pq = located.of_quantity(Quantity.PQ)
-    appliances = np.zeros(n, dtype=np.int64)
     covered = np.zeros(n, dtype=np.int64)
     measured_parts = []
     for target, name, sign in _APPLIANCES:
-        element = model.table(name)
-        on = np.asarray(element["in_service"], dtype=bool)
-        bus_rows = index.bus_row[name]
-        appliances += np.bincount(bus_rows[on], minlength=n)
         k = np.flatnonzero(pq & (located.target == target))
         if k.size == 0:
             continue
-        unique, compact = np.unique(located.target_row[k], return_inverse=True)
+        on = np.asarray(model.table(name)["in_service"], dtype=bool)
+        bus_rows = appliance_bus_rows(model, name)
+        unique, compact = _unique_rows(located.target_row[k], on.size)
         measured = on[unique]
         covered += np.bincount(bus_rows[unique[measured]], minlength=n)
-        measured_parts.append(
-            (k, compact.ravel().astype(np.int64), unique, measured, bus_rows, sign)
-        )
-    shunt_on = np.asarray(model.shunt["in_service"], dtype=bool)
-    appliances += np.bincount(index.bus_row["shunt"][shunt_on], minlength=n)
+        measured_parts.append((k, compact, unique, measured, bus_rows, sign))
     full = np.flatnonzero(estimated & (appliances > 0) & (covered >= appliances))
     full_position = np.full(n, -1, dtype=np.int64)
     full_position[full] = np.arange(full.size)
-    parts = tuple(
-        (
-            k,
-            compact,
-            int(unique.size),
-            np.where(measured, full_position[bus_rows[unique]], -1),
-            sign,
-        )
-        for k, compact, unique, measured, bus_rows, sign in measured_parts
-    )
+    parts = []
+    for k, compact, unique, measured, bus_rows, sign in measured_parts:
+        at = np.where(measured, full_position[bus_rows[unique]], -1)
+        keep = at >= 0
+        single_k = None
+        if unique.size == k.size:
+            order = np.empty(unique.size, dtype=np.int64)
+            order[compact] = np.arange(unique.size)
+            single_k = k[order][keep]
+        parts.append(_AppliancePart(k, compact, int(unique.size), keep, at[keep], sign, single_k))
     empty = np.flatnonzero(estimated & (appliances == 0))
     summed = np.zeros(full.size, dtype=np.int64)
     for part in parts:
-        summed += np.bincount(part[3][part[3] >= 0], minlength=full.size)
+        summed += np.bincount(part.at, minlength=full.size)
     single = bool((summed == 1).all())
-    return _ApplianceSums(parts, full, factor_position[full], single), empty
+    return _ApplianceSums(tuple(parts), full, factor_position[full], single), empty
+
+
+def _unique_rows(rows: IntArray, size: int) -> tuple[IntArray, IntArray]:
+    """``np.unique(rows, return_inverse=True)`` of rows of a table of ``size`` rows, by a mask
+    over the table instead of a sort."""
+    hit = np.zeros(size, dtype=bool)
+    hit[rows] = True
+    unique = np.flatnonzero(hit)
+    rank = np.cumsum(hit, dtype=np.int64) - 1
+    return unique.astype(np.int64), rank[rows]
 
 
 def _wrap(angle_rad: FloatArray) -> FloatArray:

@@ -12,7 +12,7 @@ from openfeeder.analysis.estimation.measurement_set import (
     END_NONE,
     MEASUREMENT_DTYPE,
     Quantity,
-    _empty,
+    empty_rows,
 )
 from openfeeder.analysis.estimation.observability import (
     PseudoOptions,
@@ -64,7 +64,7 @@ def test_concat_and_empty_rows_are_what_numpy_field_by_field_gives() -> None:
     with pytest.raises(MeasurementError, match="id used twice"):
         given.concat(given.select([0]))
 
-    table = _empty(5)
+    table = empty_rows(5)
     assert table.flags.writeable
     assert table.shape == (5,)
     for name in MEASUREMENT_DTYPE.names or ():
@@ -75,9 +75,9 @@ def test_concat_and_empty_rows_are_what_numpy_field_by_field_gives() -> None:
     assert (table["end"] == END_NONE).all()
     assert not table["pseudo"].any()
     assert (table["quantity"] == 0).all()
-    assert _empty(0).shape == (0,)
+    assert empty_rows(0).shape == (0,)
     table["u_kv"][0] = 1.0  # its own memory: the next empty table is untouched
-    assert np.isnan(_empty(5)["u_kv"]).all()
+    assert np.isnan(empty_rows(5)["u_kv"]).all()
     one = MeasurementSet.from_columns(["a"], Quantity.U, bus=1, u_kv=20.0, u_sigma_kv=0.1)
     assert one.table["u_kv"][0] == 20.0
     assert np.isnan(one.table["p_mw"][0])
