@@ -182,10 +182,10 @@ class EstimationCoordinator:
         self._messenger.subscribe(topology_filter(), self._on_message, context=ops)
         self._messenger.subscribe(event_filter(), self._on_message, context=ops)
         self._messenger.start()
-        if not self._messenger.wait_connected(connect_timeout_s):
+        if not self._messenger.wait_subscribed(connect_timeout_s):
             self._messenger.stop()
             raise OpenFeederError(
-                f"estimation service: no broker connection within {connect_timeout_s} s "
+                f"estimation service: not connected and subscribed within {connect_timeout_s} s "
                 f"({self._settings.brokers.monitoring.url})"
             )
         self._thread.start()

@@ -205,10 +205,10 @@ class FlisrCoordinator:
             algorithm_filter(algorithm=FLOC_ALGORITHM), self._on_message, context=link
         )
         self._messenger.start()
-        if not self._messenger.wait_connected(connect_timeout_s):
+        if not self._messenger.wait_subscribed(connect_timeout_s):
             self._messenger.stop()
             raise OpenFeederError(
-                f"FLISR coordinator: no broker connection within {connect_timeout_s} s "
+                f"FLISR coordinator: not connected and subscribed within {connect_timeout_s} s "
                 f"({self._settings.brokers.grid_ops.url})"
             )
         self._thread.start()
