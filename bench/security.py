@@ -4,20 +4,23 @@ through the embedded broker on loopback.
 
 ``python -m bench.security [--messages N] [--burst N] [--rounds N] [--json FILE]``
 
-Each column is one way of carrying the messages (:data:`COLUMNS`; a column is one function from a
-throwaway PKI to the broker and client settings, so another can be added). The payload column
-seals and opens through :class:`~openfeeder.iot.protection.MessageProtection` under the default
-policy: control (``cmd``) AES-256-GCM, protection (``event``) SM4-GCM, monitoring (``meas``) TLS
-only (it still passes the protection's checks, unsealed).
+Each column is one way of carrying the messages: plain MQTT on one broker; TLS 1.3 + ACL and
+TLS 1.3 + ACL + payload encryption on another (:data:`SETUPS`). The payload column seals and opens
+through :class:`~openfeeder.iot.protection.MessageProtection` under the default policy: control
+(``cmd``) AES-256-GCM, protection (``event``) SM4-GCM, monitoring (``meas``) TLS only (it still
+passes the protection's checks, unsealed, so its row is the noise floor of the comparison).
 
 Per traffic class a publisher sends ``--messages`` QoS 1 messages one at a time to a subscriber
-on the other connection and the round publish -> delivery is timed (median, p99); then a burst of
-``--burst`` messages measures throughput. The columns run interleaved, ``--rounds`` times, the
-order rotating each round, so drifting load on a shared machine hits them alike; the table gives
-the median over rounds, and the cost of encryption over TLS alone is the median of the per-round
-ratios (paired, so a slow round does not count against one column only). Seed 000 reports 8 ms
-end to end unencrypted and 22 ms encrypted; the issue's targets are encryption adding under 10 %
-to p50 latency and under 15 % to throughput cost.
+on the other connection and the round publish -> delivery is timed (median, p99); then bursts of
+``--burst`` messages measure throughput (median of :data:`BURSTS`). TLS alone and TLS + payload
+use the same broker and connections and alternate message by message (and burst by burst), the
+order flipping every pair, so they are paired at the finest grain: the only difference between
+the two is the sealing and opening. The setups run ``--rounds`` times, the order rotating each
+round; the table gives the median over rounds, and the cost of encryption over TLS alone is the
+median of the per-round ratios. Seed 000 reports 8 ms end to end unencrypted and 22 ms
+encrypted; the issue's targets are encryption adding under 10 % to p50 latency and under 15 % to
+throughput cost. Beside the end-to-end figures the benchmark times the seal and the open of one
+message per traffic class in a tight loop (``crypto_us``): the CPU the protection itself costs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -68,7 +71,7 @@ Results = dict[str, dict[str, dict[str, float]]]  # column -> traffic class -> m
 
 @dataclass(frozen=True)
 class Setup:
-    """One column: how the broker listens, how each client connects, and (for the payload
+    """One setup: how the broker listens, how each client connects, and (for the payload
     column) the protection each client seals and opens with."""
 
     broker: BrokerThread
@@ -91,25 +94,34 @@ def _tls(ca: CertificateAuthority) -> Setup:
     return Setup(broker, contexts)
 
 
-def _tls_payload(ca: CertificateAuthority) -> Setup:
-    """TLS + ACL, and payloads sealed end to end under the default policy (per-device keys)."""
+def _tls_payload_protections() -> dict[str, MessageProtection]:
+    """The device's and the service's protections under the default policy (per-device keys)."""
     ring = KeyRing.of(
         SymmetricKey(f"control/{DEVICE}@1", Algorithm.AES_256_GCM, secrets.token_bytes(32), DEVICE),
         SymmetricKey(f"protection/{DEVICE}@1", Algorithm.SM4_GCM, secrets.token_bytes(16), DEVICE),
     )
-    protections = {
+    return {
         name: MessageProtection(PayloadProtector(ring, sender_id=name), event_device_id=name)
         for name in (DEVICE, SERVICE)
     }
+
+
+def _tls_payload(ca: CertificateAuthority) -> Setup:
+    """TLS + ACL, and the protections that seal payloads end to end for the payload mode."""
     tls = _tls(ca)
-    return Setup(tls.broker, tls.contexts, protections)
+    return Setup(tls.broker, tls.contexts, _tls_payload_protections())
 
 
-COLUMNS: dict[str, Callable[[CertificateAuthority], Setup]] = {
-    PLAIN: _plain,
-    TLS: _tls,
-    TLS_PAYLOAD: _tls_payload,
+#: The columns of the table, in order.
+COLUMNS: Final = (PLAIN, TLS, TLS_PAYLOAD)
+
+#: Each setup (a broker and its client settings) with the columns measured on it: TLS alone and
+#: TLS + payload share one broker and one pair of connections, message by message.
+SETUPS: dict[str, tuple[Callable[[CertificateAuthority], Setup], tuple[str, ...]]] = {
+    PLAIN: (_plain, (PLAIN,)),
+    TLS: (_tls_payload, (TLS, TLS_PAYLOAD)),
 }
+BURSTS: Final = 4  # bursts per mode and traffic class in a round, alternating between the modes
 
 
 class _Receiver:
@@ -148,49 +160,69 @@ def _client(port: int, name: str, context: ssl.SSLContext | None) -> mqtt.Client
     return client
 
 
-def _measure(setup: Setup, *, messages: int, burst: int) -> dict[str, dict[str, float]]:
+def _measure(
+    setup: Setup, modes: tuple[str, ...], *, messages: int, burst: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{mode: {traffic class: {metric: value}}} for the modes sharing ``setup``'s broker and
+    connections. With two modes (TLS alone and TLS + payload) the messages alternate between
+    them one by one, the order flipping every pair, and so do the bursts: the two see the same
+    broker, connections and moment, and differ only in the sealing."""
     port = setup.broker.port
     receiver = _Receiver()
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
     for traffic, message_class in CLASSES.items():
         device_sends = message_class != "cmd"
         sender_name, receiver_name = (DEVICE, SERVICE) if device_sends else (SERVICE, DEVICE)
         topic = f"openfeeder/v1/{message_class}/{DEVICE}"
         sealer = setup.protections.get(sender_name)
         opener = setup.protections.get(receiver_name)
-        handler = opener.guard(receiver.arrived) if opener is not None else receiver.arrived
+        # per mode: how the sender makes the payload and who the receiver hands it to
+        plain: tuple[Callable[[str, bytes], bytes] | None, Callable[[str, bytes], None]] = (
+            None,
+            receiver.arrived,
+        )
+        ways = dict.fromkeys(modes, plain)
+        if TLS_PAYLOAD in modes and sealer is not None and opener is not None:
+            ways[TLS_PAYLOAD] = (sealer.seal, opener.guard(receiver.arrived))
+        deliver = [receiver.arrived]
         sink = _client(port, receiver_name, setup.contexts[receiver_name])
         subscribed = threading.Event()
         sink.on_subscribe = lambda *_args, done=subscribed: done.set()
-        sink.on_message = lambda _c, _u, message, deliver=handler: deliver(
+        sink.on_message = lambda _c, _u, message, slot=deliver: slot[0](
             message.topic, message.payload
         )
         sink.subscribe(topic, qos=1)
         subscribed.wait(10)
         source = _client(port, sender_name, setup.contexts[sender_name])
-        seal = sealer.seal if sealer is not None else None
         payload = b"x" * 200
-        latencies_ms: list[float] = []
-        for _ in range(messages):
-            receiver.expect(1)
-            start = time.perf_counter()
-            source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
-            if not receiver.event.wait(10):
-                raise RuntimeError(f"{traffic}: a message was not delivered")
-            latencies_ms.append((time.perf_counter() - start) * 1000)
-        receiver.expect(burst)
-        start = time.perf_counter()
-        for _ in range(burst):
-            source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
-        if not receiver.event.wait(60):
-            raise RuntimeError(f"{traffic}: the burst was not delivered")
-        elapsed_s = time.perf_counter() - start
-        latencies_ms.sort()
-        results[traffic] = {
-            "latency_median_ms": statistics.median(latencies_ms),
-            "latency_p99_ms": latencies_ms[int(0.99 * (len(latencies_ms) - 1))],
-            "throughput_msg_s": burst / elapsed_s,
-        }
+        latencies_ms: dict[str, list[float]] = {mode: [] for mode in modes}
+        for number in range(messages):
+            for mode in modes if number % 2 == 0 else modes[::-1]:
+                seal, deliver[0] = ways[mode]
+                receiver.expect(1)
+                start = time.perf_counter()
+                source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
+                if not receiver.event.wait(10):
+                    raise RuntimeError(f"{traffic}/{mode}: a message was not delivered")
+                latencies_ms[mode].append((time.perf_counter() - start) * 1000)
+        throughputs: dict[str, list[float]] = {mode: [] for mode in modes}
+        for number in range(BURSTS):
+            for mode in modes if number % 2 == 0 else modes[::-1]:
+                seal, deliver[0] = ways[mode]
+                receiver.expect(burst)
+                start = time.perf_counter()
+                for _ in range(burst):
+                    source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
+                if not receiver.event.wait(60):
+                    raise RuntimeError(f"{traffic}/{mode}: the burst was not delivered")
+                throughputs[mode].append(burst / (time.perf_counter() - start))
+        for mode in modes:
+            latencies = sorted(latencies_ms[mode])
+            results[mode][traffic] = {
+                "latency_median_ms": statistics.median(latencies),
+                "latency_p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
+                "throughput_msg_s": statistics.median(throughputs[mode]),
+            }
         for client in (source, sink):
             client.disconnect()
             client.loop_stop()
@@ -200,9 +232,9 @@ def _measure(setup: Setup, *, messages: int, burst: int) -> dict[str, dict[str, 
 
 
 def run(*, messages: int, burst: int, rounds: int = 1) -> list[Results]:
-    """One {column: {traffic class: {metric: value}}} per round; the columns interleaved, the
-    first column rotating from round to round."""
-    names = list(COLUMNS)
+    """One {column: {traffic class: {metric: value}}} per round; the setups interleaved, the
+    first one rotating from round to round."""
+    names = list(SETUPS)
     out: list[Results] = []
     with tempfile.TemporaryDirectory() as directory:
         ca = CertificateAuthority.init(Path(directory) / "pki")
@@ -211,14 +243,46 @@ def run(*, messages: int, burst: int, rounds: int = 1) -> list[Results]:
         ca.issue(SERVICE, role="operator")
         for number in range(rounds):
             this_round: Results = {}
-            for column in names[number % len(names) :] + names[: number % len(names)]:
-                setup = COLUMNS[column](ca)
+            for name in names[number % len(names) :] + names[: number % len(names)]:
+                make, modes = SETUPS[name]
+                setup = make(ca)
                 setup.broker.start()
                 try:
-                    this_round[column] = _measure(setup, messages=messages, burst=burst)
+                    this_round.update(_measure(setup, modes, messages=messages, burst=burst))
                 finally:
                     setup.broker.stop()
-            out.append({column: this_round[column] for column in names})
+            out.append({column: this_round[column] for column in COLUMNS})
+    return out
+
+
+def crypto_cost(*, messages: int = 20_000) -> dict[str, dict[str, float]]:
+    """Per traffic class, the seal and the open of one ~200-byte message in microseconds (mean of
+    ``messages`` in a tight loop, no network): what the protection itself costs the sender and the
+    receiver, through the same calls as the end-to-end column."""
+    setup = _tls_payload_protections()
+    out: dict[str, dict[str, float]] = {}
+    payload = b"x" * 200
+    for traffic, message_class in CLASSES.items():
+        sender, receiver = (DEVICE, SERVICE) if message_class != "cmd" else (SERVICE, DEVICE)
+        topic = f"openfeeder/v1/{message_class}/{DEVICE}"
+        seal = setup[sender].seal
+        opened = 0
+
+        def count(_topic: str, _data: bytes) -> None:
+            nonlocal opened
+            opened += 1
+
+        guarded = setup[receiver].guard(count)
+        start = time.perf_counter()
+        sealed = [seal(topic, payload) for _ in range(messages)]
+        seal_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for data in sealed:
+            guarded(topic, data)
+        open_s = time.perf_counter() - start
+        if opened != messages:
+            raise RuntimeError(f"{traffic}: opened {opened} of {messages} sealed messages")
+        out[traffic] = {"seal_us": seal_s / messages * 1e6, "open_us": open_s / messages * 1e6}
     return out
 
 
@@ -280,19 +344,23 @@ def _table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _verdict(cost: dict[str, dict[str, Any]], *, rounds: int) -> str:
+def _verdict(
+    cost: dict[str, dict[str, Any]], crypto: dict[str, dict[str, float]], *, rounds: int
+) -> str:
     lines = [
         f"payload encryption over TLS 1.3 + ACL alone (median of {rounds} paired rounds; "
-        f"targets: p50 < +{P50_TARGET:.0%}, throughput lost < {THROUGHPUT_TARGET:.0%})",
-        f"{'traffic class':<14}{'algorithm':<13}{'p50 added':>10}{'us':>8}{'':>6}"
-        f"{'throughput lost':>16}{'':>6}",
+        f"targets: p50 < +{P50_TARGET:.0%}, throughput lost < {THROUGHPUT_TARGET:.0%}); "
+        "seal / open: CPU per message, no network",
+        f"{'traffic class':<14}{'algorithm':<13}{'p50 added':>10}{'us':>8}{'':>7}"
+        f"{'throughput lost':>16}{'':>7}{'seal / open us':>16}",
     ]
     for traffic, row in cost.items():
         lines.append(
             f"{traffic:<14}{_algorithm(traffic):<13}{row['p50_added']:>+10.1%}"
-            f"{row['p50_added_us']:>+8.1f}{'met' if row['meets_p50_target'] else 'MISSED':>6}"
+            f"{row['p50_added_us']:>+8.1f}{'met' if row['meets_p50_target'] else 'MISSED':>7}"
             f"{row['throughput_lost']:>+16.1%}"
-            f"{'met' if row['meets_throughput_target'] else 'MISSED':>6}"
+            f"{'met' if row['meets_throughput_target'] else 'MISSED':>7}"
+            f"{crypto[traffic]['seal_us']:>9.1f} / {crypto[traffic]['open_us']:.1f}"
         )
     return "\n".join(lines)
 
@@ -308,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = medians(rounds)
     tls_cost = added_cost(rounds, over=PLAIN, column=TLS)
     payload_cost = added_cost(rounds, over=TLS, column=TLS_PAYLOAD)
+    crypto = crypto_cost()
     print(_table(summary))
     print()
-    print(_verdict(payload_cost, rounds=args.rounds))
+    print(_verdict(payload_cost, crypto, rounds=args.rounds))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "messages": args.messages,
@@ -320,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "medians": summary,
         "tls_over_plain": tls_cost,
         "payload_over_tls": payload_cost,
+        "crypto_us": crypto,
         "per_round": rounds,
     }
     args.json.write_text(json.dumps(document, indent=1) + "\n")
