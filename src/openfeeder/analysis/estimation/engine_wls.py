@@ -310,14 +310,14 @@ def engine_estimate(
 
 def engine_layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> bytes:
     """What the converted model depends on besides the model: where each measurement is."""
-    table = located.measurements.table
+    measurements = located.measurements
     return b"".join(
         (
             located.target.tobytes(),
             located.target_row.tobytes(),
             located.bus_row.tobytes(),
-            table["quantity"].tobytes(),
-            table["end"].tobytes(),
+            measurements.column("quantity").tobytes(),
+            measurements.column("end").tobytes(),
             np.packbits(excluded_bus).tobytes(),
         )
     )
@@ -488,11 +488,11 @@ _TABLE_OF: Final = {Target.LOAD: "load", Target.GENERATOR: "generator", Target.S
 def _sensors(
     model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray, next_id: int
 ) -> dict[ComponentType, npt.NDArray[np.void]]:
-    table = located.measurements.table
+    column = located.measurements.column
     element_or_bus = np.where(
         located.target == Target.BUS,
         model.bus["id"][np.maximum(located.bus_row, 0)] if model.bus.size else -1,
-        table["element"],
+        column("element"),
     )
     out: dict[ComponentType, npt.NDArray[np.void]] = {}
 
@@ -506,10 +506,10 @@ def _sensors(
         sensor["id"] = next_id + power
         sensor["measured_object"] = element_or_bus[power]
         sensor["measured_terminal_type"] = _terminal(located, power)
-        sensor["p_measured"] = table["p_mw"][power] * 1e6
-        sensor["q_measured"] = table["q_mvar"][power] * 1e6
-        sensor["p_sigma"] = table["p_sigma_mw"][power] * 1e6
-        sensor["q_sigma"] = table["q_sigma_mvar"][power] * 1e6
+        sensor["p_measured"] = column("p_mw")[power] * 1e6
+        sensor["q_measured"] = column("q_mvar")[power] * 1e6
+        sensor["p_sigma"] = column("p_sigma_mw")[power] * 1e6
+        sensor["q_sigma"] = column("q_sigma_mvar")[power] * 1e6
         out[ComponentType.sym_power_sensor] = sensor
 
     current = np.flatnonzero(located.of_quantity(Quantity.I, Quantity.I_PHASOR))
@@ -517,21 +517,21 @@ def _sensors(
         phasor = located.of_quantity(Quantity.I_PHASOR)[current]
         sensor = initialize_array(DatasetType.input, ComponentType.sym_current_sensor, current.size)
         sensor["id"] = next_id + current
-        sensor["measured_object"] = table["element"][current]
+        sensor["measured_object"] = column("element")[current]
         sensor["measured_terminal_type"] = _terminal(located, current)
         sensor["angle_measurement_type"] = np.where(
             phasor, AngleMeasurementType.global_angle, AngleMeasurementType.local_angle
         )
-        i_a = table["i_ka"][current] * 1e3
-        sigma_a = table["i_sigma_ka"][current] * 1e3
+        i_a = column("i_ka")[current] * 1e3
+        sigma_a = column("i_sigma_ka")[current] * 1e3
         sensor["i_measured"] = i_a
         sensor["i_sigma"] = sigma_a
         sensor["i_angle_measured"] = np.where(
-            phasor, np.deg2rad(table["i_angle_deg"][current]), local_angle_rad[current]
+            phasor, np.deg2rad(column("i_angle_deg")[current]), local_angle_rad[current]
         )
         pinned_sigma = sigma_a / np.maximum(i_a, sigma_a)
         sensor["i_angle_sigma"] = np.where(
-            phasor, np.deg2rad(table["angle_sigma_deg"][current]), pinned_sigma
+            phasor, np.deg2rad(column("angle_sigma_deg")[current]), pinned_sigma
         )
         out[ComponentType.sym_current_sensor] = sensor
     return out
@@ -551,8 +551,8 @@ def voltage_sensors(
     if magnitude.size + phasor.size == 0:
         return None
     n = model.bus.size
-    u_kv = table["u_kv"].copy()
-    sigma_kv = table["u_sigma_kv"].copy()
+    u_kv = located.measurements.column("u_kv").copy()
+    sigma_kv = located.measurements.column("u_sigma_kv").copy()
     phasor_buses = np.zeros(n, dtype=bool)
     phasor_buses[located.bus_row[phasor]] = True
     merged = magnitude[phasor_buses[located.bus_row[magnitude]]]
@@ -581,7 +581,7 @@ def voltage_sensors(
     sensor["measured_object"] = model.bus["id"][located.bus_row[rows]]
     sensor["u_sigma"] = sigma_kv[rows] * 1e3
     sensor["u_measured"] = u_kv[rows] * 1e3
-    sensor["u_angle_measured"] = np.deg2rad(table["u_angle_deg"][rows])
+    sensor["u_angle_measured"] = np.deg2rad(located.measurements.column("u_angle_deg")[rows])
     return sensor
 
 
@@ -629,7 +629,7 @@ def _terminal(located: LocatedMeasurements, rows: npt.NDArray[np.int64]) -> npt.
     out: npt.NDArray[np.int8] = _TERMINAL_OF_TARGET[target]
     branch = target == Target.BRANCH
     if branch.any():
-        to = located.measurements.table["end"][rows[branch]] == END_TO
+        to = located.measurements.column("end")[rows[branch]] == END_TO
         out[branch] = np.where(to, MeasuredTerminalType.branch_to, MeasuredTerminalType.branch_from)
     return out
 

@@ -336,9 +336,11 @@ def _place(
     first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
     located_added = located_pseudo_measurements(model, given, first, options)
     added = located_added.measurements
-    if len(added) and not ids_unique(model):
+    unique = ids_unique(model)
+    if len(added) and not unique:
         located_added = locate_measurements(model, added)  # as it was: branch ids first
-    located = given.concat(located_added) if len(added) else given
+    # pseudo-measurement names (pseudo-<load|gen|u>-<id>) are distinct when the model's ids are
+    located = given.concat(located_added, other_distinct=unique) if len(added) else given
     observability = (
         first if first is not None and not len(added) else check_observability(model, located)
     )

@@ -107,22 +107,70 @@ class LocatedMeasurements:
         object.__setattr__(self, "memo", other.memo)
         return self
 
-    def concat(self, other: LocatedMeasurements) -> LocatedMeasurements:
-        """Both sets located on the same model, in this order (no second lookup)."""
-        return LocatedMeasurements(
-            measurements=self.measurements.concat(other.measurements),
+    def concat(
+        self, other: LocatedMeasurements, *, other_distinct: bool = False
+    ) -> LocatedMeasurements:
+        """Both sets located on the same model, in this order (no second lookup).
+
+        ``other_distinct``: the caller vouches that ``other``'s ids differ from each other (the
+        pseudo-measurement names of a model whose ids are unique), so only this set's ids and
+        the two sets against each other are checked for an id used twice."""
+        if other_distinct:
+            measurements = _join_distinct(self.measurements, other.measurements)
+        else:
+            measurements = self.measurements.concat(other.measurements)
+        out = LocatedMeasurements(
+            measurements=measurements,
             branches=self.branches,
             target=np.concatenate([self.target, other.target]),
             target_row=np.concatenate([self.target_row, other.target_row]),
             bus_row=np.concatenate([self.bus_row, other.bus_row]),
         )
+        mine, theirs = self.memo.get(_MEASURED), other.memo.get(_MEASURED)
+        if mine is not None and theirs is not None:
+            out.memo[_MEASURED] = {kind: _union(mine[kind], theirs[kind]) for kind in mine}
+        return out
 
     def of_quantity(self, *quantities: Quantity) -> BoolArray:
         """Which measurements are of one of ``quantities`` (kept in :attr:`memo`; do not write)."""
         out: BoolArray | None = self.memo.get(quantities)
         if out is None:
-            out = self.memo[quantities] = _is_quantity(self.measurements.quantity, *quantities)
+            out = self.memo[quantities] = _is_quantity(
+                self.measurements.column("quantity"), *quantities
+            )
         return out
+
+    def measured_appliances(self) -> dict[Target, IntArray]:
+        """Rows of the appliances with a ``pq`` measurement, per appliance table (sorted; kept,
+        do not write)."""
+        out: dict[Target, IntArray] | None = self.memo.get(_MEASURED)
+        if out is None:
+            pq = self.of_quantity(Quantity.PQ)
+            out = {}
+            for kind in (Target.LOAD, Target.GENERATOR, Target.SOURCE):
+                rows = self.target_row[pq & (self.target == kind)]
+                out[kind] = _union(rows, np.zeros(0, dtype=np.int64))
+            self.memo[_MEASURED] = out
+        return out
+
+
+_MEASURED: Final = "measured_appliances"
+
+
+def _union(a: IntArray, b: IntArray) -> IntArray:
+    """The sorted distinct rows of both (non-negative row numbers)."""
+    hit = np.zeros(int(max(a.max(initial=-1), b.max(initial=-1))) + 1, dtype=bool)
+    hit[a] = True
+    hit[b] = True
+    return np.flatnonzero(hit).astype(np.int64)
+
+
+def _join_distinct(first: MeasurementSet, second: MeasurementSet) -> MeasurementSet:
+    """``first.concat(second)`` for a ``second`` whose ids are distinct among themselves."""
+    seen = set(first.ids)
+    if len(seen) != len(first.ids) or not seen.isdisjoint(second.ids):
+        return first.concat(second)  # raises, naming the first id used twice
+    return MeasurementSet.joined((first, second))
 
 
 _APPLIANCES: Final = (
@@ -136,13 +184,12 @@ def locate_measurements(
     model: GridModel, measurements: MeasurementSet, *, file: str | None = None
 ) -> LocatedMeasurements:
     """Resolve ``measurements`` against ``model`` (see the module docstring)."""
-    table = measurements.table
     n = len(measurements)
     branches = branch_table(model)
-    quantity = measurements.quantity
-    bus = table["bus"]
-    element = table["element"]
-    end = table["end"]
+    quantity = measurements.column("quantity")
+    bus = measurements.column("bus")
+    element = measurements.column("element")
+    end = measurements.column("end")
 
     def fail(bad: BoolArray, field: str, message: str, ids: IntArray) -> None:
         if bad.any():

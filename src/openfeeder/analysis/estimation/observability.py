@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import chain
 from operator import itemgetter
 from typing import Any, Final
 
@@ -52,11 +51,9 @@ from openfeeder.analysis.estimation.measurement_set import (
     QUANTITIES,
     MeasurementSet,
     Quantity,
-    concat_tables,
     empty_rows,
 )
 from openfeeder.analysis.estimation.model_cache import find, ids_unique, model_memo
-from openfeeder.analysis.estimation.table_rows import take_rows
 from openfeeder.errors import MeasurementError
 from openfeeder.model.grid import GridModel
 
@@ -202,18 +199,22 @@ def located_pseudo_measurements(
     if not parts:
         return _located(located, MeasurementSet.empty(), [], [], [])
     sets = [part[0] for part in parts]
-    if ids_unique(model):  # pseudo-<load|gen|u>-<id>: distinct names, no check needed
-        ids = tuple(chain.from_iterable(m.ids for m in sets))
-        added = MeasurementSet(ids, concat_tables([m.table for m in sets]))
-    else:
-        added = sets[0].concat(*sets[1:])
-    return _located(
+    # pseudo-<load|gen|u>-<id>: distinct names when the model's ids are, no check needed
+    added = MeasurementSet.joined(sets) if ids_unique(model) else sets[0].concat(*sets[1:])
+    out = _located(
         located,
         added,
         [np.full(len(m), kind, dtype=np.int8) for m, kind, _, _ in parts],
         [rows for _, _, rows, _ in parts],
         [bus_rows for *_, bus_rows in parts],
     )
+    # what LocatedMeasurements.measured_appliances() finds: the appliances given a pq (sorted)
+    measured = dict.fromkeys(
+        (Target.LOAD, Target.GENERATOR, Target.SOURCE), np.zeros(0, dtype=np.int64)
+    )
+    measured.update({kind: rows for _, kind, rows, _ in parts if kind is not Target.BUS})
+    out.memo["measured_appliances"] = measured
+    return out
 
 
 def _located(
@@ -286,7 +287,7 @@ def _pseudo_parts(
         ids = _pseudo_ids(model, name, sign, rows)
         if own_values:  # every row's pseudo-measurement made once per model, rows taken
             every, valid = _every_pseudo_pq(model, name, values_p, values_q, options)
-            pq = MeasurementSet(ids, take_rows(every, rows))
+            pq = every.take(rows, ids)
             if not valid:
                 pq.check()  # the first bad row of those picked, as for a forecast
         else:
@@ -319,12 +320,12 @@ def _pseudo_parts(
 
 def _every_pseudo_pq(
     model: GridModel, name: str, p_mw: FloatArray, q_mvar: FloatArray, options: PseudoOptions
-) -> tuple[npt.NDArray[np.void], bool]:
+) -> tuple[MeasurementSet, bool]:
     """The pseudo ``pq`` rows of every appliance of ``model.<name>`` (valued with the model's own
     ``p_mw`` and ``q_mvar``), kept per model and options, and whether they all pass
     :meth:`MeasurementSet.check`."""
 
-    def build() -> tuple[npt.NDArray[np.void], bool]:
+    def build() -> tuple[MeasurementSet, bool]:
         element = model.table(name)["id"]
         every = MeasurementSet(
             tuple(map(str, range(element.size))), _pq_rows(element, p_mw, q_mvar, options)
@@ -332,8 +333,8 @@ def _every_pseudo_pq(
         try:
             every.check()
         except MeasurementError:
-            return every.table, False
-        return every.table, True
+            return every, False
+        return every, True
 
     key = ("pseudo_pq", name, options.sigma_fraction, options.sigma_floor_mw)
     return model_memo(model, key, build)
@@ -432,17 +433,7 @@ def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
 
 def _measured_appliances(located: LocatedMeasurements) -> dict[Target, IntArray]:
     """Rows of the appliances with a ``pq`` measurement, per appliance table (sorted)."""
-    out: dict[Target, IntArray] | None = located.memo.get("measured_appliances")
-    if out is None:
-        pq = located.of_quantity(Quantity.PQ)
-        out = {}
-        for kind in (Target.LOAD, Target.GENERATOR, Target.SOURCE):
-            rows = located.target_row[pq & (located.target == kind)]
-            hit = np.zeros(int(rows.max(initial=-1)) + 1, dtype=bool)
-            hit[rows] = True
-            out[kind] = np.flatnonzero(hit).astype(np.int64)
-        located.memo["measured_appliances"] = out
-    return out
+    return located.measured_appliances()
 
 
 def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArray:

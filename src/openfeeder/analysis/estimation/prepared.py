@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from openfeeder.analysis.estimation.locate import LocatedMeasurements
-from openfeeder.analysis.estimation.measurement_set import MeasurementSet
+from openfeeder.analysis.estimation.measurement_set import MeasurementSet, concat_tables
 from openfeeder.analysis.estimation.observability import Observability, PseudoOptions
 from openfeeder.model.grid import GridModel, lookup
 
@@ -60,7 +60,7 @@ class Placement:
         """The located set with the readings of ``measurements`` (same placement) instead."""
         if measurements.ids == self.given_ids:
             ids = self.located.measurements.ids
-            full = MeasurementSet(ids, np.concatenate([measurements.table, self.pseudo.table]))
+            full = MeasurementSet(ids, concat_tables([measurements.table, self.pseudo.table]))
         else:
             full = measurements.concat(self.pseudo)
         old = self.located
@@ -75,15 +75,15 @@ class Placement:
 
 def placement_key(measurements: MeasurementSet, options: PseudoOptions) -> bytes:
     """The placement of ``measurements`` and the pseudo-measurement options, as bytes."""
-    table = measurements.table
+    column = measurements.column
     parts = [
         str((options.policy.value, options.sigma_fraction, options.sigma_floor_mw)).encode(),
         str(options.voltage_sigma_pu).encode(),
-        table["quantity"].tobytes(),
-        table["bus"].tobytes(),
-        table["element"].tobytes(),
-        table["end"].tobytes(),
-        table["pseudo"].tobytes(),
+        column("quantity").tobytes(),
+        column("bus").tobytes(),
+        column("element").tobytes(),
+        column("end").tobytes(),
+        column("pseudo").tobytes(),
     ]
     parts.extend(
         b"-" if forecast is None else np.asarray(forecast, np.float64).tobytes()

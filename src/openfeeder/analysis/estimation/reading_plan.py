@@ -137,6 +137,8 @@ class ReadingPlan:
     """Some voltage sensors have an angle (PMUs)."""
     u_rated_kv: FloatArray
     u_rows: tuple[IntArray, IntArray]
+    u_rated_at: FloatArray
+    """Rated voltage (kV) of each :attr:`u_rows` bus."""
     angle_rows: tuple[IntArray, IntArray]
     branch_pq: _Pq
     branch_position: IntArray | None
@@ -168,6 +170,9 @@ class ReadingPlan:
                         np.deg2rad(self.columns[sensor.column][sensor.rows], out=out)
                     else:
                         np.multiply(self.columns[sensor.column][sensor.rows], sensor.scale, out=out)
+            # the readings' side of the objective while they are in cache (the engine's run
+            # evicts them on a large grid), the estimate's side after
+            terms = self._reading_terms()
             output = run_engine(
                 self.prepared,
                 None if fresh else self.update,
@@ -175,67 +180,95 @@ class ReadingPlan:
                 error_tolerance=error_tolerance,
                 max_iterations=max_iterations,
             )
-            objective = self._objective(output)
+            objective = self._objective(output, terms)
         return ReadingRun(output=output, objective=objective, rows=self.rows)
 
-    def _objective(self, output: Output) -> float:
+    def _reading_terms(self) -> _Terms:
+        """What the objective takes from the readings alone (scaled values and sigmas)."""
+        col = self.columns
+        k, rated = self.u_rows[0], self.u_rated_at
+        u = (col["u_kv"][k] / rated, col["u_sigma_kv"][k] / rated)
+        k = self.angle_rows[0]
+        angle = (_NONE, _NONE)
+        if k.size:
+            angle = (np.deg2rad(col["u_angle_deg"][k]), np.deg2rad(col["angle_sigma_deg"][k]))
+        return _Terms(
+            u=u,
+            angle=angle,
+            voltage=self._voltage_means(),
+            branch=self._pq_terms(self.branch_pq),
+            bus=self._pq_terms(self.bus_pq),
+            appliances=self._appliance_terms(),
+            current=self._current_terms(),
+        )
+
+    def _objective(self, output: Output, terms: _Terms) -> float:
         node = output[ComponentType.node]
         energized = node["energized"].astype(bool)
         u_pu, angle = node["u_pu"], node["u_angle"]
-        col = self.columns
 
         def voltage(b: IntArray) -> tuple[FloatArray, FloatArray]:
             on = energized[b]
             return np.where(on, u_pu[b], np.nan), np.where(on, angle[b], np.nan)
 
         parts: list[FloatArray] = []
-        k, b = self.u_rows
-        u, _ = voltage(b)
-        rated = self.u_rated_kv[b]
-        parts.append((col["u_kv"][k] / rated - u) / (col["u_sigma_kv"][k] / rated))
-        k, b = self.angle_rows
-        if k.size:
+        u, _ = voltage(self.u_rows[1])
+        parts.append((terms.u[0] - u) / terms.u[1])
+        b = self.angle_rows[1]
+        if b.size:
             _, a = voltage(b)
-            difference = _wrap(np.deg2rad(col["u_angle_deg"][k]) - a)
-            parts.append(difference / np.deg2rad(col["angle_sigma_deg"][k]))
+            parts.append(_wrap(terms.angle[0] - a) / terms.angle[1])
 
-        factor = self._power_factor(voltage)
+        factor = self._power_factor(voltage, terms.voltage)
         p_end, q_end = self._branch_ends(output, self.branch_position, self.branch_to)
-        parts.extend(self._pq(self.branch_pq, factor, p_end, q_end))
+        parts.extend(self._pq(self.branch_pq, terms.branch, factor, p_end, q_end))
         p_bus = node["p"][self.bus_pq_bus] * 1e-6
         q_bus = node["q"][self.bus_pq_bus] * 1e-6
-        parts.extend(self._pq(self.bus_pq, factor, p_bus, q_bus))
-        parts.extend(self._appliance_parts(node, factor))
+        parts.extend(self._pq(self.bus_pq, terms.bus, factor, p_bus, q_bus))
+        parts.extend(self._appliance_parts(node, terms.appliances, factor))
         empty = self.empty
         parts.append(node["p"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
         parts.append(node["q"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
-        parts.extend(self._current_parts(output, voltage))
+        parts.extend(self._current_parts(output, terms.current, voltage))
         # element-wise, not np.dot: a threaded BLAS would spin on cores the engine needs
         return float(sum(float(np.square(z).sum()) for z in parts))
 
-    def _power_factor(self, voltage: Any) -> npt.NDArray[np.complex128]:
-        """:attr:`.engine_wls.EngineEstimate.power_factor` at the voltage-sensor buses."""
+    def _voltage_means(self) -> _VoltageMeans | None:
+        """Per voltage-sensor bus: the inverse-variance mean of its measured magnitudes (pu) and,
+        with PMUs, of its phasors (as the engine combines them)."""
         n = self.voltage_bus.size
         if n == 0:
-            return np.ones(0, dtype=np.complex128)
+            return None
         sensor = self.update[ComponentType.sym_voltage_sensor]
         rows, rated = self.voltage_inverse, self.voltage_rated_v
         weight = 1.0 / (sensor["u_sigma"] / rated) ** 2
         magnitude = sensor["u_measured"] / rated
         total = np.bincount(rows, weight, n)
         mean_magnitude = np.bincount(rows, weight * magnitude, n)
-        u, a = voltage(self.voltage_bus)
-        turn = np.exp(1j * a)
-        estimated = u * turn
         with np.errstate(divide="ignore", invalid="ignore"):
-            linearized = mean_magnitude / total * turn
+            means = _VoltageMeans(mean_magnitude / total)
             if self.voltage_phasors:  # buses with phasors only: their weighted mean phasor
                 measured_angle = sensor["u_angle_measured"]
                 no_angle = np.bincount(rows, np.isnan(measured_angle), n) > 0
                 phasor = magnitude * np.exp(1j * np.nan_to_num(measured_angle))
                 mean_re = np.bincount(rows, weight * phasor.real, n)
                 mean_im = np.bincount(rows, weight * phasor.imag, n)
-                linearized = np.where(no_angle, linearized, (mean_re + 1j * mean_im) / total)
+                means = _VoltageMeans(means.magnitude, no_angle, (mean_re + 1j * mean_im) / total)
+        return means
+
+    def _power_factor(
+        self, voltage: Any, means: _VoltageMeans | None
+    ) -> npt.NDArray[np.complex128]:
+        """:attr:`.engine_wls.EngineEstimate.power_factor` at the voltage-sensor buses."""
+        if means is None:
+            return np.ones(0, dtype=np.complex128)
+        u, a = voltage(self.voltage_bus)
+        turn = np.exp(1j * a)
+        estimated = u * turn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            linearized = means.magnitude * turn
+            if means.no_angle is not None:
+                linearized = np.where(means.no_angle, linearized, means.phasor)
             ratio = estimated / linearized
         out: npt.NDArray[np.complex128] = np.where(np.isfinite(ratio), ratio, 1.0 + 0.0j)
         return out
@@ -265,27 +298,33 @@ class ReadingPlan:
             return np.ones(at.size, dtype=np.complex128)
         return np.where(at >= 0, factor[np.maximum(at, 0)], 1.0 + 0.0j)
 
+    def _pq_terms(self, rows: _Pq) -> _PowerTerms:
+        col = self.columns
+        k = rows.k
+        if k.size == 0:
+            return _PowerTerms(np.zeros(0, dtype=np.complex128), _NONE, _NONE)
+        s = col["p_mw"][k] + 1j * col["q_mvar"][k]
+        return _PowerTerms(s, col["p_sigma_mw"][k], col["q_sigma_mvar"][k])
+
     def _pq(
-        self, rows: _Pq, factor: npt.NDArray[np.complex128], p_est: FloatArray, q_est: FloatArray
+        self,
+        rows: _Pq,
+        terms: _PowerTerms,
+        factor: npt.NDArray[np.complex128],
+        p_est: FloatArray,
+        q_est: FloatArray,
     ) -> list[FloatArray]:
         if rows.k.size == 0:
             return []
-        col = self.columns
-        s = (col["p_mw"][rows.k] + 1j * col["q_mvar"][rows.k]) * self._factor_at(
-            factor, rows.factor_at
-        )
-        return [
-            (s.real - p_est) / col["p_sigma_mw"][rows.k],
-            (s.imag - q_est) / col["q_sigma_mvar"][rows.k],
-        ]
+        s = terms.s * self._factor_at(factor, rows.factor_at)
+        return [(s.real - p_est) / terms.p_sigma, (s.imag - q_est) / terms.q_sigma]
 
-    def _appliance_parts(
-        self, node: dict[str, Any], factor: npt.NDArray[np.complex128]
-    ) -> list[FloatArray]:
+    def _appliance_terms(self) -> _PowerTerms | None:
+        """Per summed bus: the measured appliances' summed power and its standard deviations."""
         sums = self.appliances
         n = sums.full.size
         if n == 0:
-            return []
+            return None
         col = self.columns
         p_sum, q_sum, p_var, q_var = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
         for part in sums.parts:
@@ -314,29 +353,86 @@ class ReadingPlan:
             q_sum += np.bincount(b, sign * q, n)
             p_var += np.bincount(b, vp, n)
             q_var += np.bincount(b, vq, n)
-        s = (p_sum + 1j * q_sum) * self._factor_at(factor, sums.factor_at)
+        return _PowerTerms(p_sum + 1j * q_sum, np.sqrt(p_var), np.sqrt(q_var))
+
+    def _appliance_parts(
+        self,
+        node: dict[str, Any],
+        terms: _PowerTerms | None,
+        factor: npt.NDArray[np.complex128],
+    ) -> list[FloatArray]:
+        if terms is None:
+            return []
+        sums = self.appliances
+        s = terms.s * self._factor_at(factor, sums.factor_at)
         return [
-            (s.real - node["p"][sums.full] * 1e-6) / np.sqrt(p_var),
-            (s.imag - node["q"][sums.full] * 1e-6) / np.sqrt(q_var),
+            (s.real - node["p"][sums.full] * 1e-6) / terms.p_sigma,
+            (s.imag - node["q"][sums.full] * 1e-6) / terms.q_sigma,
         ]
 
-    def _current_parts(self, output: Output, voltage: Any) -> list[FloatArray]:
-        k, position, to, end_bus = self.current
+    def _current_terms(self) -> tuple[FloatArray, ...] | None:
+        k, _, _, end_bus = self.current
         if k.size == 0:
-            return []
+            return None
         col = self.columns
+        i_base_ka = 1.0 / (math.sqrt(3.0) * self.u_rated_kv[end_bus])
+        return (
+            col["i_ka"][k] / i_base_ka,
+            col["i_sigma_ka"][k] / i_base_ka,
+            np.deg2rad(col["i_angle_deg"][k]),
+            np.deg2rad(col["angle_sigma_deg"][k]),
+        )
+
+    def _current_parts(
+        self, output: Output, terms: tuple[FloatArray, ...] | None, voltage: Any
+    ) -> list[FloatArray]:
+        if terms is None:
+            return []
+        _, position, to, end_bus = self.current
         p, q = self._branch_ends(output, position, to)
         u, a = voltage(end_bus)
         v = u * np.exp(1j * a)
         with np.errstate(divide="ignore", invalid="ignore"):
             current = np.where(v != 0, np.conj((p + 1j * q) / v), 0.0)
         magnitude = np.abs(current)
-        i_base_ka = 1.0 / (math.sqrt(3.0) * self.u_rated_kv[end_bus])
+        i_pu, sigma_pu, angle_rad, angle_sigma_rad = terms
         return [
-            (col["i_ka"][k] / i_base_ka - magnitude) / (col["i_sigma_ka"][k] / i_base_ka),
-            _wrap(np.deg2rad(col["i_angle_deg"][k]) - np.angle(current))
-            / np.deg2rad(col["angle_sigma_deg"][k]),
+            (i_pu - magnitude) / sigma_pu,
+            _wrap(angle_rad - np.angle(current)) / angle_sigma_rad,
         ]
+
+
+_NONE: Final = np.zeros(0)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _PowerTerms:
+    """Measured complex powers (MW, Mvar) and their standard deviations."""
+
+    s: npt.NDArray[np.complex128]
+    p_sigma: FloatArray
+    q_sigma: FloatArray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _VoltageMeans:
+    magnitude: FloatArray
+    no_angle: BoolArray | None = None
+    """With PMUs: the buses with a magnitude-only sensor (they take :attr:`magnitude`)."""
+    phasor: npt.NDArray[np.complex128] | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Terms:
+    """The readings' side of one run's objective (:meth:`ReadingPlan._reading_terms`)."""
+
+    u: tuple[FloatArray, FloatArray]
+    angle: tuple[FloatArray, FloatArray]
+    voltage: _VoltageMeans | None
+    branch: _PowerTerms
+    bus: _PowerTerms
+    appliances: _PowerTerms | None
+    current: tuple[FloatArray, ...] | None
 
 
 def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
@@ -358,7 +454,6 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         excluded_bus=~estimated,
         local_angle_rad=np.zeros(len(located.measurements)),
     )
-    table = located.measurements.table
     given = len(placement.given_ids)
 
     voltage_rows = np.concatenate([magnitude, phasor])
@@ -396,7 +491,8 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
             first[spec.kind][spec.attribute], dtype=np.float64
         )
     names = {spec.column for spec in specs} | ({"angle_sigma_deg"} if phasor.size else set())
-    columns = {name: np.array(table[name], dtype=np.float64) for name in sorted(names)}
+    column = located.measurements.column
+    columns = {name: np.array(column(name), dtype=np.float64) for name in sorted(names)}
 
     n = model.bus.size
     u_rated_kv = np.asarray(model.bus["u_rated_kv"], dtype=np.float64)
@@ -430,10 +526,11 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         voltage_phasors=bool(phasor.size),
         u_rated_kv=u_rated_kv,
         u_rows=(u_k, located.bus_row[u_k]),
+        u_rated_at=u_rated_kv[located.bus_row[u_k]],
         angle_rows=(angle_k, located.bus_row[angle_k]),
         branch_pq=_Pq(branch_k, factor_position[located.bus_row[branch_k]]),
         branch_position=position[: branch_k.size],
-        branch_to=table["end"][branch_k] == END_TO,
+        branch_to=located.measurements.column("end")[branch_k] == END_TO,
         bus_pq=_Pq(bus_k, factor_position[located.bus_row[bus_k]]),
         bus_pq_bus=located.bus_row[bus_k],
         appliances=appliances,
@@ -441,7 +538,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         current=(
             current_k,
             position[branch_k.size :],
-            table["end"][current_k] == END_TO,
+            located.measurements.column("end")[current_k] == END_TO,
             located.bus_row[current_k],
         ),
         rows=0,
