@@ -3,15 +3,21 @@
 
 Each area's results travel on the ``algo`` topic of the device that runs its level,
 ``openfeeder/v1/algo/<device>/<algorithm>`` (monitoring broker); the service's ``se_cycle`` output
-(channel ``cycle``) starts a cycle. One message per step, its ``pass_code`` says which:
+(channel ``cycle``) starts a cycle. A step sends one upward message or one final estimate of one
+or more parts; ``pass_code`` says which:
 
 - ``pass_code`` 1, upward (:func:`up_readings`, read with :func:`read_up`): the area's
   :class:`~openfeeder.analysis.estimation.Equivalent`, ``p`` (W), ``q`` (var), ``p_sigma``,
   ``q_sigma``, ``u`` (pu), ``u_sigma`` (pu) and the correlations ``r_pq``, ``r_up``, ``r_uq``
   (``u`` and its correlations invalid when the area measures no voltage);
-- ``pass_code`` 2, final (:func:`final_readings`, :func:`read_final`): the voltage of each bus of
-  the area (``u_<k>``, ``a_<k>`` in the order of the area's buses) and, for each child area ``j``
-  (in the area's order of children), its boundary state ``cu_<j> ca_<j> cp_<j> cq_<j>``.
+- ``pass_code`` 2, final (:func:`final_parts`, read part by part with :func:`read_final_part`
+  and put together by :class:`FinalAssembly`): the voltage of each bus of the area (``u_<k>``,
+  ``a_<k>`` in the order of the area's buses) and, for each child area ``j`` (in the area's order
+  of children), its boundary state ``cu_<j> ca_<j> cp_<j> cq_<j>``. A message carries at most
+  :data:`PART_BUSES` buses (a message holds at most 1,024 readings), so a larger area sends its
+  final estimate in ``parts`` messages: part ``part`` holds the buses from ``offset`` on, ``u_<k>``
+  being bus ``offset + k``; part 0 also holds the children's boundary states, which is all a child
+  level needs of its parent's estimate.
 
 Both carry ``cycle``, ``topology_version``, ``objective`` and ``removed`` (bad data removed).
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from openfeeder.analysis.estimation import AreaEstimate, BoundaryState, Equivalent, Level
 from openfeeder.analysis.estimation.device_readings import DeviceSite
@@ -32,15 +38,17 @@ __all__ = [
     "CYCLE_ALGORITHM",
     "LEVEL_ALGORITHMS",
     "LEVEL_VERSION",
-    "MAX_AREA_BUSES",
     "MAX_CHILDREN",
+    "PART_BUSES",
     "PASS_FINAL",
     "PASS_UP",
+    "FinalAssembly",
     "FinalMessage",
-    "final_readings",
+    "FinalPart",
+    "final_parts",
     "manifest_outputs",
     "message_values",
-    "read_final",
+    "read_final_part",
     "read_up",
     "sites_parameter",
     "up_readings",
@@ -52,10 +60,10 @@ LEVEL_ALGORITHMS: Final = {
     Level.LV: "se_lv",
     Level.MV: "se_mv",
 }
-LEVEL_VERSION: Final = "1.1.0"
+LEVEL_VERSION: Final = "1.2.0"
 """The version of the level plug-ins that speak these messages (their manifests say it)."""
-MAX_AREA_BUSES: Final = 200
-"""Buses an area's final estimate can carry (two channels each; a message has at most 1024)."""
+PART_BUSES: Final = 200
+"""Buses one part of a final estimate carries (two channels each; a message has at most 1024)."""
 MAX_CHILDREN: Final = 64
 PASS_UP: Final = 1
 PASS_FINAL: Final = 2
@@ -74,13 +82,16 @@ _SCALARS: Final = (
     ("r_uq", Unit.ONE),
     ("objective", Unit.ONE),
     ("removed", Unit.ONE),
+    ("part", Unit.ONE),
+    ("parts", Unit.ONE),
+    ("offset", Unit.ONE),
 )
 
 
 def manifest_outputs() -> list[dict[str, str]]:
     """The output channels every level declares in its manifest."""
     out = [{"channel": c, "unit": u.value} for c, u in _SCALARS]
-    for k in range(MAX_AREA_BUSES):
+    for k in range(PART_BUSES):
         out += [{"channel": f"u_{k}", "unit": "pu"}, {"channel": f"a_{k}", "unit": "deg"}]
     for j in range(MAX_CHILDREN):
         out += [
@@ -127,33 +138,63 @@ def up_readings(cycle: int, topology_version: int, result: AreaEstimate) -> tupl
     )
 
 
-def final_readings(cycle: int, topology_version: int, result: AreaEstimate) -> tuple[Reading, ...]:
-    """The final message of an area's estimate made with its parent's boundary state."""
+def final_parts(
+    cycle: int, topology_version: int, result: AreaEstimate
+) -> tuple[tuple[Reading, ...], ...]:
+    """The final estimate of an area, made with its parent's boundary state: one message per
+    :data:`PART_BUSES` buses (at least one); the first also holds the children's states."""
     area = result.area
-    out = _head(cycle, PASS_FINAL, topology_version)
-    out += [
-        _r("objective", result.objective, Unit.ONE),
-        _r("removed", float(len(result.estimate.removed)), Unit.ONE),
-    ]
-    for k in range(area.bus_ids.size):
+    buses = area.bus_ids.size
+    count = max(1, -(-buses // PART_BUSES))
+    parts: list[tuple[Reading, ...]] = []
+    for part in range(count):
+        offset = part * PART_BUSES
+        out = _head(cycle, PASS_FINAL, topology_version)
         out += [
-            _r(f"u_{k}", float(result.u_pu[k]), Unit.PU),
-            _r(f"a_{k}", float(result.u_angle_deg[k]), Unit.DEG),
+            _r("part", float(part), Unit.ONE),
+            _r("parts", float(count), Unit.ONE),
+            _r("offset", float(offset), Unit.ONE),
+            _r("objective", result.objective, Unit.ONE),
+            _r("removed", float(len(result.estimate.removed)), Unit.ONE),
         ]
-    for j, child in enumerate(area.children):
-        state = result.children[child]
-        out += [
-            _r(f"cu_{j}", state.u_pu, Unit.PU),
-            _r(f"ca_{j}", state.u_angle_deg, Unit.DEG),
-            _r(f"cp_{j}", state.p_mw * 1e6, Unit.W),
-            _r(f"cq_{j}", state.q_mvar * 1e6, Unit.VAR),
-        ]
-    return tuple(out)
+        for k in range(min(PART_BUSES, buses - offset)):
+            out += [
+                _r(f"u_{k}", float(result.u_pu[offset + k]), Unit.PU),
+                _r(f"a_{k}", float(result.u_angle_deg[offset + k]), Unit.DEG),
+            ]
+        if part == 0:
+            for j, child in enumerate(area.children):
+                state = result.children[child]
+                out += [
+                    _r(f"cu_{j}", state.u_pu, Unit.PU),
+                    _r(f"ca_{j}", state.u_angle_deg, Unit.DEG),
+                    _r(f"cp_{j}", state.p_mw * 1e6, Unit.W),
+                    _r(f"cq_{j}", state.q_mvar * 1e6, Unit.VAR),
+                ]
+        parts.append(tuple(out))
+    return tuple(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class FinalPart:
+    """One message of an area's final estimate (``pass_code`` 2)."""
+
+    cycle: int
+    topology_version: int
+    part: int
+    parts: int
+    offset: int
+    u_pu: tuple[float, ...]
+    u_angle_deg: tuple[float, ...]
+    children: tuple[BoundaryState, ...]
+    """The children's boundary states (part 0 only; empty in the others)."""
+    objective: float
+    removed: int
 
 
 @dataclass(frozen=True, slots=True)
 class FinalMessage:
-    """An area's final estimate as read from its ``pass_code`` 2 output."""
+    """An area's final estimate, every part of it put together."""
 
     cycle: int
     topology_version: int
@@ -172,17 +213,34 @@ def message_values(message: AlgorithmOutput) -> dict[str, float]:
     }
 
 
-def read_final(message: AlgorithmOutput, *, buses: int, children: int) -> FinalMessage | None:
-    """The final estimate in ``message``, None when it is an upward one."""
+def read_final_part(message: AlgorithmOutput, *, buses: int, children: int) -> FinalPart | None:
+    """The part of a final estimate in ``message`` of an area of ``buses`` buses and ``children``
+    child areas; None when it is an upward message. A part that does not fit the area (another
+    partition, or made-up numbers) is a :class:`MessagingError` naming the topic."""
     values = message_values(message)
     if values.get("pass_code") != PASS_FINAL:
         return None
+    where = f"openfeeder/v1/algo/{message.device_id}/{message.algorithm}"
     try:
-        return FinalMessage(
+        part, parts, offset = int(values["part"]), int(values["parts"]), int(values["offset"])
+        expected = max(1, -(-buses // PART_BUSES))
+        if parts != expected or not 0 <= part < parts or offset != part * PART_BUSES:
+            raise MessagingError(
+                f"{where}: final estimate part {part} of {parts} at offset {offset} does not fit "
+                f"an area of {buses} buses ({expected} parts of {PART_BUSES})",
+                topic=where,
+                reason="bad_part",
+                field="part",
+            )
+        count = min(PART_BUSES, buses - offset)
+        return FinalPart(
             cycle=int(values["cycle"]),
             topology_version=int(values["topology_version"]),
-            u_pu=tuple(values[f"u_{k}"] for k in range(buses)),
-            u_angle_deg=tuple(values[f"a_{k}"] for k in range(buses)),
+            part=part,
+            parts=parts,
+            offset=offset,
+            u_pu=tuple(values[f"u_{k}"] for k in range(count)),
+            u_angle_deg=tuple(values[f"a_{k}"] for k in range(count)),
             children=tuple(
                 BoundaryState(
                     u_pu=values[f"cu_{j}"],
@@ -190,19 +248,55 @@ def read_final(message: AlgorithmOutput, *, buses: int, children: int) -> FinalM
                     p_mw=values[f"cp_{j}"] / 1e6,
                     q_mvar=values[f"cq_{j}"] / 1e6,
                 )
-                for j in range(children)
+                for j in range(children if part == 0 else 0)
             ),
             objective=values.get("objective", math.nan),
             removed=int(values.get("removed", 0.0)),
         )
     except KeyError as err:
-        where = f"openfeeder/v1/algo/{message.device_id}/{message.algorithm}"
         raise MessagingError(
             f"{where}: final estimate without channel {err}",
             topic=where,
             reason="missing_channel",
             field=str(err.args[0]),
         ) from err
+
+
+class FinalAssembly:
+    """Puts an area's final estimate together from its parts, in any order of arrival.
+
+    :meth:`add` returns the whole estimate when the last part of a (cycle, topology version) is
+    in. Parts of the last few estimates are kept apart, so a late part of an older cycle neither
+    mixes into nor throws away the one being put together.
+    """
+
+    KEPT: ClassVar[int] = 4
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, int], dict[int, FinalPart]] = {}
+
+    def add(self, part: FinalPart) -> FinalMessage | None:
+        key = (part.cycle, part.topology_version)
+        parts = self._pending.get(key)
+        if parts is None:
+            if len(self._pending) >= self.KEPT:
+                del self._pending[next(iter(self._pending))]  # the one begun longest ago
+            parts = self._pending[key] = {}
+        parts[part.part] = part
+        if len(parts) < part.parts:
+            return None
+        del self._pending[key]
+        ordered = [parts[k] for k in range(part.parts)]
+        first = ordered[0]
+        return FinalMessage(
+            cycle=part.cycle,
+            topology_version=part.topology_version,
+            u_pu=tuple(u for p in ordered for u in p.u_pu),
+            u_angle_deg=tuple(a for p in ordered for a in p.u_angle_deg),
+            children=first.children,
+            objective=first.objective,
+            removed=first.removed,
+        )
 
 
 def read_up(area: str, boundary_bus_id: int, message: AlgorithmOutput) -> Equivalent | None:

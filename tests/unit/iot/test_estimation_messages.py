@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from openfeeder.analysis.estimation import (
@@ -23,9 +25,12 @@ from openfeeder.iot import agent
 from openfeeder.iot.estimation_messages import (
     LEVEL_ALGORITHMS,
     LEVEL_VERSION,
-    final_readings,
+    PART_BUSES,
+    FinalAssembly,
+    FinalPart,
+    final_parts,
     manifest_outputs,
-    read_final,
+    read_final_part,
     read_up,
     up_readings,
 )
@@ -97,18 +102,82 @@ def test_equivalent_and_final_state_survive_the_codec() -> None:
         assert getattr(received, name) == pytest.approx(getattr(sent, name), rel=1e-9)
     for name in ("rho_pq", "rho_up", "rho_uq"):
         assert getattr(received, name) == pytest.approx(getattr(sent, name), abs=1e-12)
-    assert read_final(_sent(up_readings(3, 2, child)), buses=2, children=0) is None
+    assert read_final_part(_sent(up_readings(3, 2, child)), buses=2, children=0) is None
 
     area = parent.area
-    final = read_final(
-        _sent(final_readings(3, 2, parent)), buses=area.bus_ids.size, children=len(area.children)
-    )
+    (only,) = final_parts(3, 2, parent)
+    part = read_final_part(_sent(only), buses=area.bus_ids.size, children=len(area.children))
+    assert part is not None
+    assert (part.cycle, part.topology_version, part.part, part.parts) == (3, 2, 0, 1)
+    final = FinalAssembly().add(part)
     assert final is not None
-    assert (final.cycle, final.topology_version) == (3, 2)
     assert final.u_pu == pytest.approx(parent.u_pu.tolist())
     state = final.children[area.children.index("lv-201")]
     assert state.p_mw == pytest.approx(parent.children["lv-201"].p_mw)
-    assert read_up("lv-201", 5, _sent(final_readings(3, 2, parent))) is None
+    assert read_up("lv-201", 5, _sent(only)) is None
+
+
+def _large_area(buses: int) -> AreaEstimate:
+    """An MV area of ``buses`` buses with two children (its estimate's numbers made up: only
+    their transport is under test)."""
+    _, parent = _lv_201()
+    area = dataclasses.replace(
+        parent.area,
+        bus_ids=np.arange(1000, 1000 + buses),
+        children=("lv-201", "lv-202"),
+    )
+    child = parent.children["lv-201"]
+    return dataclasses.replace(
+        parent,
+        area=area,
+        u_pu=np.linspace(0.95, 1.05, buses),
+        u_angle_deg=np.linspace(-3.0, 0.0, buses),
+        u_sigma_pu=np.full(buses, 0.001),
+        children={"lv-201": child, "lv-202": dataclasses.replace(child, p_mw=0.25)},
+    )
+
+
+def _part(readings: tuple[Reading, ...], *, buses: int) -> FinalPart:
+    part = read_final_part(_sent(readings), buses=buses, children=2)
+    assert part is not None
+    return part
+
+
+@pytest.mark.parametrize("buses", [PART_BUSES, PART_BUSES + 1, 3 * PART_BUSES + 37])
+def test_a_large_area_sends_its_final_state_in_parts(buses: int) -> None:
+    result = _large_area(buses)
+    parts = final_parts(7, 4, result)
+    assert len(parts) == -(-buses // PART_BUSES)
+    assert all(len(readings) <= 1024 for readings in parts)
+    read = [_part(p, buses=buses) for p in parts]
+    assert [p.offset for p in read] == list(range(0, buses, PART_BUSES))
+    assembly = FinalAssembly()
+    finals = [assembly.add(p) for p in reversed(read)]  # in any order
+    assert finals[:-1] == [None] * (len(read) - 1)
+    final = finals[-1]
+    assert final is not None
+    assert final.u_pu == pytest.approx(result.u_pu.tolist(), rel=1e-12)
+    assert final.u_angle_deg == pytest.approx(result.u_angle_deg.tolist(), rel=1e-12)
+    assert [c.p_mw for c in final.children] == pytest.approx([result.children["lv-201"].p_mw, 0.25])
+
+
+def test_parts_of_two_cycles_are_kept_apart() -> None:
+    result = _large_area(450)
+    old, new = ([_part(p, buses=450) for p in final_parts(cycle, 0, result)] for cycle in (1, 2))
+    assembly = FinalAssembly()
+    assert assembly.add(new[0]) is None
+    assert assembly.add(old[0]) is None  # a late part of cycle 1
+    assert assembly.add(new[1]) is None
+    final = assembly.add(new[2])
+    assert final is not None
+    assert final.cycle == 2
+    assert final.u_pu == pytest.approx(result.u_pu.tolist())
+
+
+def test_a_part_that_does_not_fit_the_area_is_named() -> None:
+    parts = final_parts(1, 0, _large_area(450))
+    with pytest.raises(MessagingError, match=r"part 1 of 3 .* area of 300 buses"):
+        read_final_part(_sent(parts[1]), buses=300, children=2)
 
 
 def test_a_missing_channel_is_named() -> None:

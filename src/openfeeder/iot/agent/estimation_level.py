@@ -16,9 +16,10 @@ A cycle (messages in :mod:`openfeeder.iot.estimation_messages`):
    children's equivalents of that cycle are in (at once without children; after
    ``child_timeout_s`` with those that came, the others as pseudo values) and publishes its
    equivalent upward;
-3. the MV level publishes its final estimate;
-4. each child estimates again with its boundary state from it and publishes its final estimate
-   the same way, down to the concentrators. The service assembles the grid's state.
+3. the MV level publishes its final estimate (in parts of at most 200 buses);
+4. each child estimates again with its boundary state from its parent's first part and publishes
+   its final estimate the same way, down to the concentrators. The service assembles the grid's
+   state.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from openfeeder.errors import MessagingError, OpenFeederError
 from openfeeder.iot.estimation_messages import (
     CYCLE_ALGORITHM,
     LEVEL_ALGORITHMS,
-    final_readings,
+    final_parts,
     message_values,
-    read_final,
+    read_final_part,
     read_up,
     up_readings,
 )
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from openfeeder.model.grid import GridModel
 
 __all__ = ["LevelAlgorithm"]
+
+Outputs = tuple[Reading, ...] | tuple[tuple[Reading, ...], ...]
+"""What a step publishes: one message, or a final estimate's parts (one message each)."""
 
 _MODELS: dict[str, GridModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -91,7 +95,7 @@ class LevelAlgorithm:
     def stop(self) -> None:
         self.readings.clear()
 
-    def on_measurement(self, readings: Sequence[Reading], t_ns: int) -> tuple[Reading, ...] | None:
+    def on_measurement(self, readings: Sequence[Reading], t_ns: int) -> Outputs | None:
         """Once per own reporting interval: a cycle waiting too long for children goes on."""
         del readings, t_ns
         waited = time.monotonic() - self.started_s
@@ -99,7 +103,7 @@ class LevelAlgorithm:
             return self._run_up()
         return None
 
-    def on_message(self, topic: str, payload: bytes) -> tuple[Reading, ...] | None:
+    def on_message(self, topic: str, payload: bytes) -> Outputs | None:
         if not payload:
             return None
         try:
@@ -188,7 +192,7 @@ class LevelAlgorithm:
         self.equivalents: dict[str, Equivalent] = {}
         self.sent_up = False
 
-    def _from_area(self, message: AlgorithmOutput) -> tuple[Reading, ...] | None:
+    def _from_area(self, message: AlgorithmOutput) -> Outputs | None:
         child = self.child_of_device.get(message.device_id)
         if child is not None and message.algorithm == LEVEL_ALGORITHMS[self.LEVEL_BELOW]:
             boundary = self.partition.area(child).boundary_bus_id
@@ -226,7 +230,7 @@ class LevelAlgorithm:
             uncertainty=False,  # nothing published needs the buses' sigmas
         )
 
-    def _run_up(self) -> tuple[Reading, ...] | None:
+    def _run_up(self) -> Outputs | None:
         self.sent_up = True
         try:
             result = self._estimate(None)
@@ -236,17 +240,20 @@ class LevelAlgorithm:
         self.first = result
         self._alarm(result)
         if self.area.parent is None:  # the MV level: its estimate is final
-            return final_readings(self.cycle, self.topology_version, result)
+            return final_parts(self.cycle, self.topology_version, result)
         return up_readings(self.cycle, self.topology_version, result)
 
-    def _run_down(self, message: AlgorithmOutput) -> tuple[Reading, ...] | None:
+    def _run_down(self, message: AlgorithmOutput) -> Outputs | None:
         parent = self.partition.area(str(self.area.parent))
         try:
-            final = read_final(message, buses=parent.bus_ids.size, children=len(parent.children))
+            final = read_final_part(
+                message, buses=parent.bus_ids.size, children=len(parent.children)
+            )
         except MessagingError as err:
             self._report(str(err))
             return None
-        if final is None or final.cycle != self.cycle or not self.sent_up:
+        # the children's boundary states are all in the first part
+        if final is None or final.part != 0 or final.cycle != self.cycle or not self.sent_up:
             return None
         state = final.children[parent.children.index(self.area.name)]
         try:
@@ -254,7 +261,7 @@ class LevelAlgorithm:
         except OpenFeederError as err:
             self._report(f"area {self.area.name}: final estimate failed: {err}")
             return None
-        return final_readings(self.cycle, self.topology_version, result)
+        return final_parts(self.cycle, self.topology_version, result)
 
     def _alarm(self, result: AreaEstimate) -> None:
         removed = result.estimate.removed

@@ -10,7 +10,9 @@ the manifest's ``entry`` is instantiated without arguments, then:
   parameters, the grid part the device monitors, a private state folder, ``emit_event`` and a
   logger); sets up its state;
 - ``on_measurement(readings, t_ns)``: called once per measurement message with the readings of its
-  input channels; returns the readings to publish (or None / an empty sequence);
+  input channels; returns the readings to publish as one message (or None / an empty sequence),
+  or a sequence of reading sequences to publish several messages in order (an output too large
+  for one message, whose readings are limited to 1,024);
 - ``on_message(topic, payload)`` (optional): called for each message on its input topics (raw bytes:
   decode them with :func:`openfeeder.iot.schema.decode`); returns readings to publish, like above;
 - ``reconfigure(context)`` (optional): the device's grid part or the algorithm's parameters changed
@@ -382,16 +384,19 @@ class PluginRunner:
         """Handle a call's outcome; True when the worker is finished."""
         if error is None and call.kind in ("measurement", "message") and result:
             try:
-                readings = self._checked_outputs(result)
+                messages = self._checked_messages(result)
             except TypeError as err:
                 error = err
             else:
                 t_ns = call.args[1] if call.kind == "measurement" else None
-                self.outputs += 1
-                try:
-                    self._on_outputs(self, readings, t_ns)
-                except Exception:  # publishing is the agent's job; its failure is not the plug-in's
-                    _LOG.exception("cannot publish outputs of algorithm %s", self.name)
+                for readings in messages:
+                    self.outputs += 1
+                    try:
+                        self._on_outputs(self, readings, t_ns)
+                    except (
+                        Exception
+                    ):  # publishing is the agent's job, its failure not the plug-in's
+                        _LOG.exception("cannot publish outputs of algorithm %s", self.name)
         if error is not None:
             self._fail(call.kind, error)
             return True
@@ -405,7 +410,19 @@ class PluginRunner:
             return True
         return False
 
+    def _checked_messages(self, result: Any) -> list[tuple[Reading, ...]]:
+        """The output messages of a call: its readings (one message), or a sequence of reading
+        sequences (one message each, published in order)."""
+        items = tuple(result)
+        if not items:
+            return []
+        if isinstance(items[0], Reading):
+            return [self._checked_outputs(items)]
+        return [self._checked_outputs(message) for message in items if message]
+
     def _checked_outputs(self, result: Any) -> tuple[Reading, ...]:
+        if isinstance(result, str | bytes) or not isinstance(result, Sequence):
+            raise TypeError(f"returned {type(result).__name__}, not a sequence of Reading")
         readings = tuple(result)
         for reading in readings:
             if not isinstance(reading, Reading):

@@ -64,8 +64,9 @@ from openfeeder.iot.estimation_messages import (
     CYCLE_ALGORITHM,
     LEVEL_ALGORITHMS,
     LEVEL_VERSION,
+    FinalAssembly,
     FinalMessage,
-    read_final,
+    read_final_part,
     sites_parameter,
 )
 from openfeeder.iot.mqtt import Messenger
@@ -150,6 +151,7 @@ class EstimationCoordinator:
         self._cycles = itertools.count(1)
         self._readings: dict[str, dict[str, float]] = {}
         self._finals: dict[str, FinalMessage] = {}
+        self._assemblies: dict[str, FinalAssembly] = {}  # area -> its final estimate's parts
         self._cycle = 0
         self.positions = {
             int(s): bool(c) for s, c in zip(model.switch["id"], model.switch["closed"], strict=True)
@@ -375,6 +377,7 @@ class EstimationCoordinator:
             cycle = next(self._cycles)
             self._cycle = cycle
             self._finals = {}
+            self._assemblies = {}
             partition = self.partition
             hosted = set(self.hosts)
         self._messenger.publish(
@@ -585,11 +588,14 @@ class EstimationCoordinator:
             area = self.partition.area(area_name)
             if message.algorithm != LEVEL_ALGORITHMS[area.level]:
                 return
-        final = read_final(message, buses=area.bus_ids.size, children=len(area.children))
-        if final is None:
+        part = read_final_part(message, buses=area.bus_ids.size, children=len(area.children))
+        if part is None:
             return
         with self._arrived:
-            if final.cycle == self._cycle and final.topology_version == self.topology_version:
+            if part.cycle != self._cycle or part.topology_version != self.topology_version:
+                return
+            final = self._assemblies.setdefault(area_name, FinalAssembly()).add(part)
+            if final is not None:
                 self._finals[area_name] = final
                 self._arrived.notify_all()
 

@@ -271,6 +271,46 @@ def test_outputs_outside_the_manifest_are_a_failure(
     assert recorder.outputs.empty()
 
 
+def test_a_list_of_messages_is_published_in_order_and_checked_whole(
+    tmp_path: Path, loaded_modules: list[LoadedAlgorithm]
+) -> None:
+    source = """
+        from openfeeder.iot.schema import Reading
+
+
+        def n(value):
+            return Reading(channel="n", value=value, unit="1", quality="good")
+
+
+        class Plugin:
+            def start(self, context):
+                self.calls = 0
+
+            def on_measurement(self, readings, t_ns):
+                self.calls += 1
+                if self.calls == 1:
+                    return [[n(1.0)], (n(2.0),), [], [n(3.0)]]
+                # a message with an undeclared channel: nothing of this call goes out
+                bad = Reading(channel="undeclared", value=0.0, unit="1", quality="good")
+                return [[n(4.0)], [bad]]
+
+            def stop(self):
+                pass
+    """
+    recorder = Recorder()
+    runner = _runner(_load(tmp_path, "parts", source, loaded_modules), recorder, tmp_path)
+    assert runner.start()
+    runner.submit_measurement((_reading("p", 1.0),), 1)
+    published = [recorder.outputs.get(timeout=5)[1] for _ in range(3)]
+    assert [r[0].value for r in published] == [1.0, 2.0, 3.0]
+    assert runner.stats().outputs == 3
+    runner.submit_measurement((_reading("p", 1.0),), 2)
+    kind, message = recorder.problems.get(timeout=5)
+    assert kind == "algorithm_failed"
+    assert "undeclared" in message
+    assert recorder.outputs.empty()
+
+
 def test_builtin_energy_integrates_power(
     tmp_path: Path, loaded_modules: list[LoadedAlgorithm]
 ) -> None:
