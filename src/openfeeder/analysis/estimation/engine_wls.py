@@ -62,9 +62,15 @@ from power_grid_model.errors import (  # type: ignore[attr-defined]  # re-export
 )
 
 from openfeeder.analysis.engine_input import to_engine_input
-from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target
+from openfeeder.analysis.estimation.locate import BranchTable, LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
-from openfeeder.analysis.estimation.model_cache import model_memo, next_free_id
+from openfeeder.analysis.estimation.model_cache import (
+    find,
+    find_ids,
+    ids_unique,
+    model_memo,
+    next_free_id,
+)
 from openfeeder.analysis.estimation.table_rows import join_rows, take_rows
 from openfeeder.errors import AnalysisError, NotConvergedError, NotObservableError
 from openfeeder.model.grid import GridModel, lookup
@@ -329,7 +335,7 @@ def _engine_input(
     engine_input = dict(model_memo(model, "engine_input", lambda: to_engine_input(model)))
     if excluded_bus.any() and ComponentType.source in engine_input:
         sources = engine_input[ComponentType.source].copy()
-        rows = lookup(model.bus["id"], sources["node"])
+        rows = find(model, "bus", sources["node"])
         sources["status"] = np.where(excluded_bus[rows], 0, sources["status"])
         engine_input[ComponentType.source] = sources
     _measured_switches_as_lines(model, located, engine_input)
@@ -399,7 +405,7 @@ def _measured_switches_as_lines(
     engine_input[ComponentType.link] = take_rows(links, ~np.isin(links["id"], switch["id"]))
     if engine_input[ComponentType.link].size == 0:
         del engine_input[ComponentType.link]
-    u_rated_kv = model.bus["u_rated_kv"][lookup(model.bus["id"], switch["from_bus"])]
+    u_rated_kv = model.bus["u_rated_kv"][find(model, "bus", switch["from_bus"])]
     z_base_ohm = u_rated_kv**2
     line = _input_array(ComponentType.line, switch.size, _LINE_WRITTEN)
     line["id"] = switch["id"]
@@ -478,7 +484,19 @@ def branch_order(prepared: PreparedEngine, located: LocatedMeasurements) -> npt.
     """Per branch of ``located.branches``: its position in the engine's branch outputs."""
     order = prepared.branch_order
     if order is None:
-        order = prepared.branch_order = lookup(prepared.branch_ids, located.branches.id)
+        order = prepared.branch_order = _branch_positions(prepared, located.branches)
+    return order
+
+
+def _branch_positions(prepared: PreparedEngine, branches: BranchTable) -> npt.NDArray[np.int64]:
+    """``lookup(prepared.branch_ids, branches.id)``; with unique ids by the model's kept sort
+    of its branch ids (each engine branch's branch-table row, inverted)."""
+    if not ids_unique(prepared.model):
+        return lookup(prepared.branch_ids, branches.id)
+    rows = find_ids(prepared.model, "branch_table", lambda: branches.id, prepared.branch_ids)
+    found = rows >= 0
+    order = np.full(branches.id.size, -1, dtype=np.int64)
+    order[rows[found]] = np.flatnonzero(found)
     return order
 
 
@@ -489,11 +507,6 @@ def _sensors(
     model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray, next_id: int
 ) -> dict[ComponentType, npt.NDArray[np.void]]:
     column = located.measurements.column
-    element_or_bus = np.where(
-        located.target == Target.BUS,
-        model.bus["id"][np.maximum(located.bus_row, 0)] if model.bus.size else -1,
-        column("element"),
-    )
     out: dict[ComponentType, npt.NDArray[np.void]] = {}
 
     voltage = voltage_sensors(model, located, next_id)
@@ -504,7 +517,11 @@ def _sensors(
     if power.size:
         sensor = _input_array(ComponentType.sym_power_sensor, power.size, _POWER_SENSOR_WRITTEN)
         sensor["id"] = next_id + power
-        sensor["measured_object"] = element_or_bus[power]
+        sensor["measured_object"] = np.where(
+            located.target[power] == Target.BUS,
+            model.bus["id"][np.maximum(located.bus_row[power], 0)] if model.bus.size else -1,
+            column("element")[power],
+        )
         sensor["measured_terminal_type"] = _terminal(located, power)
         sensor["p_measured"] = column("p_mw")[power] * 1e6
         sensor["q_measured"] = column("q_mvar")[power] * 1e6

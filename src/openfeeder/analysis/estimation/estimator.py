@@ -155,7 +155,7 @@ def estimate_state(
     key = placement_key(measurements, options)
     placement = _PLACEMENTS.get(model, key)
     if placement is None:
-        placement = _place(model, measurements, options, file)
+        placement = _place(model, measurements, options, file, key=key)
         _PLACEMENTS.put(key, placement)
         readings = Once.of(placement.located)
     else:
@@ -328,9 +328,15 @@ def clear_caches(*, models: bool = True) -> None:
 
 
 def _place(
-    model: GridModel, measurements: MeasurementSet, options: PseudoOptions, file: str | None
+    model: GridModel,
+    measurements: MeasurementSet,
+    options: PseudoOptions,
+    file: str | None,
+    *,
+    key: bytes | None = None,
 ) -> Placement:
-    """Locate, add pseudo-measurements, check observability (what depends on placement only)."""
+    """Locate, add pseudo-measurements, check observability (what depends on placement only);
+    ``key`` is :func:`.prepared.placement_key` if known."""
     given = locate_measurements(model, measurements, file=file)
     # the policy "all" does not need to know what was observable before (and skips that check)
     first = check_observability(model, given) if options.policy is not PseudoPolicy.ALL else None
@@ -354,6 +360,7 @@ def _place(
         observability=observability,
         estimated=estimated,
         columns=_state_columns(model, located, estimated),
+        key=placement_key(measurements, options) if key is None else key,
     )
 
 

@@ -53,6 +53,8 @@ class Placement:
     observability: Observability
     estimated: npt.NDArray[np.bool_]
     columns: npt.NDArray[np.int64]
+    key: bytes
+    """:func:`placement_key` of the measurements and options it was made for."""
     memo: dict[str, Any] = field(default_factory=dict, repr=False)
     """Per-placement work made on first use (the estimator's reading plan)."""
 

@@ -127,8 +127,13 @@ class ReadingPlan:
     """The engine holds the first estimate's readings already (no update for it)."""
     given: int
     columns: dict[str, FloatArray]
+    """The readings by measurement column (given measurements first). Until the first run
+    with new readings these are the placement's own, read only (:meth:`_own_buffers`)."""
     sensors: tuple[_Sensor, ...]
     update: dict[ComponentType, dict[str, FloatArray]]
+    """The sensor values handed to the engine, by attribute (until then: views of the sensors
+    the engine was converted with)."""
+    own_buffers: bool
     voltage_bus: IntArray
     """Buses with a voltage sensor (compact index of the power factor)."""
     voltage_inverse: IntArray
@@ -162,6 +167,7 @@ class ReadingPlan:
         with self.prepared.lock:
             fresh, self.fresh = self.fresh, False
             if not fresh:
+                self._own_buffers()
                 for name, column in self.columns.items():
                     column[: self.given] = table[name]
                 for sensor in self.sensors:
@@ -182,6 +188,18 @@ class ReadingPlan:
             )
             objective = self._objective(output, terms)
         return ReadingRun(output=output, objective=objective, rows=self.rows)
+
+    def _own_buffers(self) -> None:
+        """Copies of :attr:`columns` and :attr:`update` that runs can write readings into
+        (made by the first run that needs them: an estimate of a new placement does not)."""
+        if self.own_buffers:
+            return
+        self.columns = {name: np.array(c, dtype=np.float64) for name, c in self.columns.items()}
+        self.update = {
+            kind: {name: np.array(v, dtype=np.float64) for name, v in values.items()}
+            for kind, values in self.update.items()
+        }
+        self.own_buffers = True
 
     def _reading_terms(self) -> _Terms:
         """What the objective takes from the readings alone (scaled values and sigmas)."""
@@ -453,6 +471,8 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         located,
         excluded_bus=~estimated,
         local_angle_rad=np.zeros(len(located.measurements)),
+        # the placement determines where every sensor goes: its key is the engine layout's
+        layout=b"placement|" + placement.key,
     )
     given = len(placement.given_ids)
 
@@ -487,12 +507,9 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         ]
     update: dict[ComponentType, dict[str, FloatArray]] = {}
     for spec in specs:
-        update.setdefault(spec.kind, {})[spec.attribute] = np.array(
-            first[spec.kind][spec.attribute], dtype=np.float64
-        )
+        update.setdefault(spec.kind, {})[spec.attribute] = first[spec.kind][spec.attribute]
     names = {spec.column for spec in specs} | ({"angle_sigma_deg"} if phasor.size else set())
-    column = located.measurements.column
-    columns = {name: np.array(column(name), dtype=np.float64) for name in sorted(names)}
+    columns = {name: located.measurements.column(name) for name in sorted(names)}
 
     n = model.bus.size
     u_rated_kv = np.asarray(model.bus["u_rated_kv"], dtype=np.float64)
@@ -520,6 +537,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         columns=columns,
         sensors=tuple(specs),
         update=update,
+        own_buffers=False,
         voltage_bus=voltage_bus.astype(np.int64),
         voltage_inverse=voltage_inverse.astype(np.int64).ravel(),
         voltage_rated_v=u_rated_kv[voltage_bus_rows] * 1e3,
