@@ -1,54 +1,74 @@
 """What security costs on the wire: end-to-end latency per traffic class and throughput, plain MQTT
 against mutual TLS 1.3 with topic ACLs, and against TLS 1.3 + ACL + end-to-end payload encryption,
-through the embedded broker on loopback.
+with the broker, the sender and the receiver each in its own process, as the platform runs.
 
-``python -m bench.security [--messages N] [--burst N] [--rounds N] [--json FILE]``
+``python -m bench.security [--broker {embedded,mosquitto}] [--messages N] [--burst N]
+[--rounds N] [--json FILE]``
+
+The broker runs as its own process (:mod:`bench._security_procs`): ``openfeeder broker`` (the
+embedded broker, ``--broker embedded``, the default) or the machine's Mosquitto with a generated
+configuration (``--broker mosquitto``); under TLS both require a client certificate of a
+throwaway CA, take the identity from it and enforce the same topic ACL. This process sends; a
+second one (:mod:`bench._security_receiver`) receives with its own certificate and the same key
+ring, opening messages through ``MessageProtection.guard`` as a service or a device does.
 
 Each column is one way of carrying the messages: plain MQTT on one broker; TLS 1.3 + ACL and
-TLS 1.3 + ACL + payload encryption on another (:data:`SETUPS`). The payload column seals and opens
-through :class:`~openfeeder.iot.protection.MessageProtection` under the default policy: control
-(``cmd``) AES-256-GCM, protection (``event``) SM4-GCM, monitoring (``meas``) TLS only (it still
-passes the protection's checks, unsealed, so its row is the noise floor of the comparison).
+TLS 1.3 + ACL + payload encryption on another (:data:`SETUPS`). The payload column seals through
+:class:`~openfeeder.iot.protection.MessageProtection` under the default policy: control (``cmd``)
+AES-256-GCM, protection (``event``) SM4-GCM, monitoring (``meas``) TLS only (it still passes the
+receiver's protection checks, unsealed, so its row is the noise floor of the comparison).
 
-Per traffic class a publisher sends ``--messages`` QoS 1 messages one at a time to a subscriber
-on the other connection and the round publish -> delivery is timed (median, p99); then bursts of
-``--burst`` messages measure throughput (median of :data:`BURSTS`). TLS alone and TLS + payload
-use the same broker and connections and alternate message by message (and burst by burst), the
-order flipping every pair, so they are paired at the finest grain: the only difference between
-the two is the sealing and opening. The setups run ``--rounds`` times, the order rotating each
-round; the table gives the median over rounds, and the cost of encryption over TLS alone is the
-median of the per-round ratios. Seed 000 reports 8 ms end to end unencrypted and 22 ms
-encrypted; the issue's targets are encryption adding under 10 % to p50 latency and under 15 % to
-throughput cost. Beside the end-to-end figures the benchmark times the seal and the open of one
-message per traffic class in a tight loop (``crypto_us``): the CPU the protection itself costs.
+Latency is one way: the sender puts its send time (``CLOCK_MONOTONIC``, one clock for every
+process on Linux) in the plaintext before sealing, the receiver takes the arrival time after
+opening. Per traffic class the sender sends ``--messages`` QoS 1 messages one at a time, each
+after the receiver said (on its stdout pipe, not over MQTT) that the one before arrived (median,
+p99); then bursts of ``--burst`` messages measure throughput, ``burst / (last arrival - first
+send)`` (median of :data:`BURSTS`). TLS alone and TLS + payload use the same broker and
+connections and alternate message by message (and burst by burst), the order flipping every
+pair, so they are paired at the finest grain: the only difference between the two is the sealing
+and opening. The receiver tells them apart by the envelope's magic bytes. The setups run
+``--rounds`` times, the order rotating each round; the table gives the median over rounds, and
+the cost of encryption over TLS alone is the median of the per-round ratios. Seed 000 reports
+8 ms end to end unencrypted and 22 ms encrypted; the issue's targets are encryption adding under
+10 % to p50 latency and under 15 % to throughput cost. Beside the end-to-end figures the
+benchmark times the seal and the open of one message per traffic class in a tight loop
+(``crypto_us``): the CPU the protection itself costs.
+
+Progress goes to stderr, the table to stdout, everything to ``--json`` (default
+``bench/results/security.json``, ``security-mosquitto.json`` for Mosquitto).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import ssl
 import statistics
+import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from bench._security_procs import BROKERS, BrokerTls, ReceiverProcess, broker
+from bench._security_receiver import (
+    MODES,
+    PLAINTEXT,
+    mqtt_client,
+    now_ns,
+    protection,
+    write_keys,
+)
 from openfeeder.iot.access import build_access_table
-from openfeeder.iot.broker import BrokerThread
 from openfeeder.iot.protection import MessageProtection
-from openfeeder.security.keys import KeyRing
 from openfeeder.security.payload import (
     DEFAULT_ALGORITHMS,
     Algorithm,
-    PayloadProtector,
     SymmetricKey,
     TrafficClass,
 )
@@ -58,200 +78,219 @@ from openfeeder.security.tls import issued_files
 CLASSES = {"control": "cmd", "protection": "event", "monitoring": "meas"}
 DEVICE = "bench-meter"
 SERVICE = "bench-ops"
-PLAIN = "plain"
-TLS = "tls1.3+acl"
-TLS_PAYLOAD = "tls1.3+acl+payload"
+PLAIN, TLS, TLS_PAYLOAD = MODES
 P50_TARGET = 0.10  # encryption may add under 10 % to p50 latency ...
 THROUGHPUT_TARGET = 0.15  # ... and cost under 15 % of throughput
 METRICS = ("latency_median_ms", "latency_p99_ms", "throughput_msg_s")
 RESULTS = Path(__file__).parent / "results"
+MESSAGE_BYTES: Final = 200
+_PADDING: Final = b"x" * (MESSAGE_BYTES - PLAINTEXT.size)
 
 Results = dict[str, dict[str, dict[str, float]]]  # column -> traffic class -> metric -> value
 
 
-@dataclass(frozen=True)
-class Setup:
-    """One setup: how the broker listens, how each client connects, and (for the payload
-    column) the protection each client seals and opens with."""
-
-    broker: BrokerThread
-    contexts: dict[str, ssl.SSLContext | None]
-    protections: dict[str, MessageProtection] = field(default_factory=dict)
-
-
-def _plain(_ca: CertificateAuthority) -> Setup:
-    return Setup(BrokerThread(port=0), {DEVICE: None, SERVICE: None})
-
-
-def _tls(ca: CertificateAuthority) -> Setup:
-    table = build_access_table(devices={DEVICE: ()}, services={SERVICE: "operator"})
-    broker = BrokerThread(
-        port=0, ssl_context=issued_files(ca, "broker").server_context(), access=table
-    )
-    contexts: dict[str, ssl.SSLContext | None] = {
-        name: issued_files(ca, name).client_context() for name in (DEVICE, SERVICE)
-    }
-    return Setup(broker, contexts)
-
-
-def _tls_payload_protections() -> dict[str, MessageProtection]:
-    """The device's and the service's protections under the default policy (per-device keys)."""
-    ring = KeyRing.of(
+def bench_keys() -> list[SymmetricKey]:
+    """Throwaway per-device keys under the default policy: control AES-256-GCM, protection
+    SM4-GCM."""
+    return [
         SymmetricKey(f"control/{DEVICE}@1", Algorithm.AES_256_GCM, secrets.token_bytes(32), DEVICE),
         SymmetricKey(f"protection/{DEVICE}@1", Algorithm.SM4_GCM, secrets.token_bytes(16), DEVICE),
-    )
-    return {
-        name: MessageProtection(PayloadProtector(ring, sender_id=name), event_device_id=name)
-        for name in (DEVICE, SERVICE)
-    }
+    ]
 
 
-def _tls_payload(ca: CertificateAuthority) -> Setup:
-    """TLS + ACL, and the protections that seal payloads end to end for the payload mode."""
-    tls = _tls(ca)
-    return Setup(tls.broker, tls.contexts, _tls_payload_protections())
+def protections(keys: list[SymmetricKey]) -> dict[str, MessageProtection]:
+    """The device's and the service's protections over ``keys`` (each its own end)."""
+    return {name: protection(keys, name) for name in (DEVICE, SERVICE)}
+
+
+@dataclass(frozen=True)
+class Material:
+    """What a run makes once: the CA and identities, the ACL file and the key-ring file."""
+
+    directory: Path
+    ca: CertificateAuthority
+    acl_file: Path
+    keys_file: Path
+    keys: list[SymmetricKey]
+
+    @classmethod
+    def make(cls, directory: Path) -> Material:
+        ca = CertificateAuthority.init(directory / "pki")
+        ca.issue("broker", role="broker", hosts=["127.0.0.1"])
+        ca.issue(DEVICE, role="device")
+        ca.issue(SERVICE, role="operator")
+        table = build_access_table(devices={DEVICE: ()}, services={SERVICE: "operator"})
+        acl_file = directory / "acl"
+        acl_file.write_text(table.mosquitto_acl())
+        keys = bench_keys()
+        keys_file = directory / "keys.json"
+        write_keys(keys_file, keys)
+        return cls(directory, ca, acl_file, keys_file, keys)
+
+    def broker_tls(self) -> BrokerTls:
+        files = issued_files(self.ca, "broker")
+        assert files.cert_file is not None
+        assert files.key_file is not None
+        return BrokerTls(self.ca.cert_file, files.cert_file, files.key_file, self.acl_file)
+
+    def client_tls(self, name: str) -> dict[str, str]:
+        files = issued_files(self.ca, name)
+        return {"ca": str(files.ca_file), "cert": str(files.cert_file), "key": str(files.key_file)}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One setup: whether it is TLS, and the columns measured on it (TLS alone and TLS +
+    payload share one broker and one pair of connections, message by message)."""
+
+    tls: bool
+    modes: tuple[str, ...]
 
 
 #: The columns of the table, in order.
 COLUMNS: Final = (PLAIN, TLS, TLS_PAYLOAD)
 
-#: Each setup (a broker and its client settings) with the columns measured on it: TLS alone and
-#: TLS + payload share one broker and one pair of connections, message by message.
-SETUPS: dict[str, tuple[Callable[[CertificateAuthority], Setup], tuple[str, ...]]] = {
-    PLAIN: (_plain, (PLAIN,)),
-    TLS: (_tls_payload, (TLS, TLS_PAYLOAD)),
-}
+#: Each setup (a broker and its client settings) with the columns measured on it.
+SETUPS: Final = {PLAIN: Setup(False, (PLAIN,)), TLS: Setup(True, (TLS, TLS_PAYLOAD))}
 BURSTS: Final = 4  # bursts per mode and traffic class in a round, alternating between the modes
 
 
-class _Receiver:
-    def __init__(self) -> None:
-        self.count = 0
-        self.event = threading.Event()
-        self.target = 1
-        self.lock = threading.Lock()
-
-    def arrived(self, _topic: str, _data: bytes) -> None:
-        with self.lock:
-            self.count += 1
-            if self.count >= self.target:
-                self.event.set()
-
-    def expect(self, target: int) -> None:
-        with self.lock:
-            self.count = 0
-            self.target = target
-            self.event.clear()
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def _client(port: int, name: str, context: ssl.SSLContext | None) -> mqtt.Client:
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"{name}.bench", protocol=mqtt.MQTTv5
+@dataclass(frozen=True)
+class _Link:
+    """One traffic class on one setup: the sender's client and how it makes a payload."""
+
+    client: Any
+    topic: str
+    seal: Callable[[str, bytes], bytes] | None
+
+    def payload(self, mode: str) -> bytes:
+        """The message for ``mode``: the send time taken first, then sealed for the payload
+        mode; the time it takes to seal is part of the latency."""
+        plaintext = PLAINTEXT.pack(MODES.index(mode), now_ns()) + _PADDING
+        if mode == TLS_PAYLOAD and self.seal is not None:
+            return self.seal(self.topic, plaintext)
+        return plaintext
+
+
+@contextmanager
+def _link(
+    receiver: ReceiverProcess, material: Material, *, port: int, setup: Setup, traffic: str
+) -> Iterator[_Link]:
+    """The receiver subscribed and the sender connected for ``traffic``; both closed after."""
+    message_class = CLASSES[traffic]
+    sender, receiving = (DEVICE, SERVICE) if message_class != "cmd" else (SERVICE, DEVICE)
+    topic = f"openfeeder/v1/{message_class}/{DEVICE}"
+    payload = TLS_PAYLOAD in setup.modes
+    receiver.open(
+        port=port,
+        name=receiving,
+        tls=material.client_tls(receiving) if setup.tls else None,
+        keys=str(material.keys_file) if payload else None,
+        topic=topic,
     )
-    client.max_inflight_messages_set(1000)
-    if context is not None:
-        client.tls_set_context(context)
-    connected = threading.Event()
-    client.on_connect = lambda *_args: connected.set()
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    if not connected.wait(10):
-        raise RuntimeError(f"{name} did not connect")
-    return client
+    context: ssl.SSLContext | None = None
+    if setup.tls:
+        context = issued_files(material.ca, sender).client_context()
+    client = mqtt_client(port, sender, context, suffix="bench-tx")
+    seal = protection(material.keys, sender).seal if payload else None
+    try:
+        yield _Link(client, topic, seal)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _summary(latencies_ns: list[int], throughputs: list[float]) -> dict[str, float]:
+    latencies = sorted(latencies_ns)
+    return {
+        "latency_median_ms": statistics.median(latencies) / 1e6,
+        "latency_p99_ms": latencies[int(0.99 * (len(latencies) - 1))] / 1e6,
+        "throughput_msg_s": statistics.median(throughputs),
+    }
 
 
 def _measure(
-    setup: Setup, modes: tuple[str, ...], *, messages: int, burst: int
+    receiver: ReceiverProcess,
+    material: Material,
+    *,
+    port: int,
+    setup: Setup,
+    messages: int,
+    burst: int,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{mode: {traffic class: {metric: value}}} for the modes sharing ``setup``'s broker and
-    connections. With two modes (TLS alone and TLS + payload) the messages alternate between
+    """{mode: {traffic class: {metric: value}}} for the modes sharing one broker and one pair
+    of connections. With two modes (TLS alone and TLS + payload) the messages alternate between
     them one by one, the order flipping every pair, and so do the bursts: the two see the same
-    broker, connections and moment, and differ only in the sealing."""
-    port = setup.broker.port
-    receiver = _Receiver()
+    broker, connections and moment, and differ only in the sealing and opening."""
+    modes = setup.modes
     results: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
     for traffic, message_class in CLASSES.items():
-        device_sends = message_class != "cmd"
-        sender_name, receiver_name = (DEVICE, SERVICE) if device_sends else (SERVICE, DEVICE)
-        topic = f"openfeeder/v1/{message_class}/{DEVICE}"
-        sealer = setup.protections.get(sender_name)
-        opener = setup.protections.get(receiver_name)
-        # per mode: how the sender makes the payload and who the receiver hands it to
-        plain: tuple[Callable[[str, bytes], bytes] | None, Callable[[str, bytes], None]] = (
-            None,
-            receiver.arrived,
-        )
-        ways = dict.fromkeys(modes, plain)
-        if TLS_PAYLOAD in modes and sealer is not None and opener is not None:
-            ways[TLS_PAYLOAD] = (sealer.seal, opener.guard(receiver.arrived))
-        deliver = [receiver.arrived]
-        sink = _client(port, receiver_name, setup.contexts[receiver_name])
-        subscribed = threading.Event()
-        sink.on_subscribe = lambda *_args, done=subscribed: done.set()
-        sink.on_message = lambda _c, _u, message, slot=deliver: slot[0](
-            message.topic, message.payload
-        )
-        sink.subscribe(topic, qos=1)
-        subscribed.wait(10)
-        source = _client(port, sender_name, setup.contexts[sender_name])
-        payload = b"x" * 200
-        latencies_ms: dict[str, list[float]] = {mode: [] for mode in modes}
-        for number in range(messages):
-            for mode in modes if number % 2 == 0 else modes[::-1]:
-                seal, deliver[0] = ways[mode]
-                receiver.expect(1)
-                start = time.perf_counter()
-                source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
-                if not receiver.event.wait(10):
-                    raise RuntimeError(f"{traffic}/{mode}: a message was not delivered")
-                latencies_ms[mode].append((time.perf_counter() - start) * 1000)
-        throughputs: dict[str, list[float]] = {mode: [] for mode in modes}
-        for number in range(BURSTS):
-            for mode in modes if number % 2 == 0 else modes[::-1]:
-                seal, deliver[0] = ways[mode]
-                receiver.expect(burst)
-                start = time.perf_counter()
-                for _ in range(burst):
-                    source.publish(topic, seal(topic, payload) if seal else payload, qos=1)
-                if not receiver.event.wait(60):
-                    raise RuntimeError(f"{traffic}/{mode}: the burst was not delivered")
-                throughputs[mode].append(burst / (time.perf_counter() - start))
+        with _link(receiver, material, port=port, setup=setup, traffic=traffic) as link:
+            for number in range(messages):
+                for mode in modes if number % 2 == 0 else modes[::-1]:
+                    link.client.publish(link.topic, link.payload(mode), qos=1)
+                    receiver.arrived()
+            for number in range(BURSTS):
+                for mode in modes if number % 2 == 0 else modes[::-1]:
+                    receiver.expect_burst(mode, burst)
+                    for _ in range(burst):
+                        link.client.publish(link.topic, link.payload(mode), qos=1)
+                    receiver.burst_arrived()
+        got = receiver.close()
+        if got["errors"] or got["rejected"]:
+            raise RuntimeError(f"{traffic}: {got['errors'][:5]} rejected: {got['rejected']}")
+        sealed = TLS_PAYLOAD in modes and message_class != "meas"
+        expected_opened = messages + BURSTS * burst if sealed else 0
+        if got["opened_sealed"] != expected_opened:
+            raise RuntimeError(
+                f"{traffic}: the receiver opened {got['opened_sealed']} sealed messages, "
+                f"not {expected_opened}"
+            )
         for mode in modes:
-            latencies = sorted(latencies_ms[mode])
-            results[mode][traffic] = {
-                "latency_median_ms": statistics.median(latencies),
-                "latency_p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
-                "throughput_msg_s": statistics.median(throughputs[mode]),
-            }
-        for client in (source, sink):
-            client.disconnect()
-            client.loop_stop()
-        if opener is not None and opener.rejected:
-            raise RuntimeError(f"{traffic}: the receiver rejected messages: {opener.rejected}")
+            results[mode][traffic] = _summary(got["latencies_ns"][mode], got["throughputs"][mode])
     return results
 
 
-def run(*, messages: int, burst: int, rounds: int = 1) -> list[Results]:
+def run(
+    *, messages: int, burst: int, rounds: int = 1, broker_kind: str = "embedded"
+) -> list[Results]:
     """One {column: {traffic class: {metric: value}}} per round; the setups interleaved, the
-    first one rotating from round to round."""
+    first one rotating from round to round, each on a fresh broker process."""
     names = list(SETUPS)
     out: list[Results] = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as directory:
-        ca = CertificateAuthority.init(Path(directory) / "pki")
-        ca.issue("broker", role="broker", hosts=["127.0.0.1"])
-        ca.issue(DEVICE, role="device")
-        ca.issue(SERVICE, role="operator")
-        for number in range(rounds):
-            this_round: Results = {}
-            for name in names[number % len(names) :] + names[: number % len(names)]:
-                make, modes = SETUPS[name]
-                setup = make(ca)
-                setup.broker.start()
-                try:
-                    this_round.update(_measure(setup, modes, messages=messages, burst=burst))
-                finally:
-                    setup.broker.stop()
-            out.append({column: this_round[column] for column in COLUMNS})
+        material = Material.make(Path(directory))
+        receiver = ReceiverProcess()
+        try:
+            for number in range(rounds):
+                this_round: Results = {}
+                for name in names[number % len(names) :] + names[: number % len(names)]:
+                    setup = SETUPS[name]
+                    tls = material.broker_tls() if setup.tls else None
+                    where = Path(directory) / f"broker-{number}-{name}"
+                    with broker(broker_kind, where, tls) as port:
+                        this_round.update(
+                            _measure(
+                                receiver,
+                                material,
+                                port=port,
+                                setup=setup,
+                                messages=messages,
+                                burst=burst,
+                            )
+                        )
+                    _progress(
+                        f"round {number + 1}/{rounds}: {broker_kind} {name} done "
+                        f"({time.monotonic() - started:.0f} s, load {os.getloadavg()[0]:.2f})"
+                    )
+                out.append({column: this_round[column] for column in COLUMNS})
+        finally:
+            receiver.stop()
     return out
 
 
@@ -259,7 +298,7 @@ def crypto_cost(*, messages: int = 20_000) -> dict[str, dict[str, float]]:
     """Per traffic class, the seal and the open of one ~200-byte message in microseconds (mean of
     ``messages`` in a tight loop, no network): what the protection itself costs the sender and the
     receiver, through the same calls as the end-to-end column."""
-    setup = _tls_payload_protections()
+    setup = protections(bench_keys())
     out: dict[str, dict[str, float]] = {}
     payload = b"x" * 200
     for traffic, message_class in CLASSES.items():
@@ -303,27 +342,23 @@ def medians(rounds: list[Results]) -> Results:
 def added_cost(rounds: list[Results], *, over: str, column: str) -> dict[str, dict[str, Any]]:
     """What ``column`` adds to ``over`` per traffic class: the medians over rounds of the paired
     per-round p50 ratio (``p50_added``), difference (``p50_added_us``) and share of throughput
-    lost (``throughput_lost``: 1 - msg/s with / msg/s without), and whether the targets are met."""
+    lost (``throughput_lost``: 1 - msg/s with / msg/s without), each round's ratio and share
+    (the spread), and whether the targets are met."""
     out: dict[str, dict[str, Any]] = {}
     for traffic in CLASSES:
-        base = [r[over][traffic] for r in rounds]
-        with_it = [r[column][traffic] for r in rounds]
-        p50_added = statistics.median(
-            w["latency_median_ms"] / b["latency_median_ms"] - 1
-            for b, w in zip(base, with_it, strict=True)
-        )
-        p50_added_us = statistics.median(
-            (w["latency_median_ms"] - b["latency_median_ms"]) * 1e3
-            for b, w in zip(base, with_it, strict=True)
-        )
-        throughput_lost = statistics.median(
-            1 - w["throughput_msg_s"] / b["throughput_msg_s"]
-            for b, w in zip(base, with_it, strict=True)
-        )
+        pairs = [(r[over][traffic], r[column][traffic]) for r in rounds]
+        p50_rounds = [w["latency_median_ms"] / b["latency_median_ms"] - 1 for b, w in pairs]
+        lost_rounds = [1 - w["throughput_msg_s"] / b["throughput_msg_s"] for b, w in pairs]
+        p50_added = statistics.median(p50_rounds)
+        throughput_lost = statistics.median(lost_rounds)
         out[traffic] = {
             "p50_added": p50_added,
-            "p50_added_us": p50_added_us,
+            "p50_added_us": statistics.median(
+                (w["latency_median_ms"] - b["latency_median_ms"]) * 1e3 for b, w in pairs
+            ),
             "throughput_lost": throughput_lost,
+            "p50_added_per_round": p50_rounds,
+            "throughput_lost_per_round": lost_rounds,
             "meets_p50_target": p50_added < P50_TARGET,
             "meets_throughput_target": throughput_lost < THROUGHPUT_TARGET,
         }
@@ -345,10 +380,15 @@ def _table(results: Results) -> str:
 
 
 def _verdict(
-    cost: dict[str, dict[str, Any]], crypto: dict[str, dict[str, float]], *, rounds: int
+    cost: dict[str, dict[str, Any]],
+    crypto: dict[str, dict[str, float]],
+    *,
+    rounds: int,
+    broker_kind: str,
 ) -> str:
     lines = [
-        f"payload encryption over TLS 1.3 + ACL alone (median of {rounds} paired rounds; "
+        f"payload encryption over TLS 1.3 + ACL alone ({broker_kind} broker, broker, sender and "
+        f"receiver in separate processes; median of {rounds} paired rounds; "
         f"targets: p50 < +{P50_TARGET:.0%}, throughput lost < {THROUGHPUT_TARGET:.0%}); "
         "seal / open: CPU per message, no network",
         f"{'traffic class':<14}{'algorithm':<13}{'p50 added':>10}{'us':>8}{'':>7}"
@@ -367,24 +407,36 @@ def _verdict(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--broker", choices=BROKERS, default="embedded")
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--burst", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=RESULTS / "security.json")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    rounds = run(messages=args.messages, burst=args.burst, rounds=args.rounds)
+    load_before = os.getloadavg()
+    if args.json is None:
+        suffix = "" if args.broker == "embedded" else f"-{args.broker}"
+        args.json = RESULTS / f"security{suffix}.json"
+    rounds = run(
+        messages=args.messages, burst=args.burst, rounds=args.rounds, broker_kind=args.broker
+    )
     summary = medians(rounds)
     tls_cost = added_cost(rounds, over=PLAIN, column=TLS)
     payload_cost = added_cost(rounds, over=TLS, column=TLS_PAYLOAD)
     crypto = crypto_cost()
+    load_after = os.getloadavg()
+    _progress(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(_table(summary))
     print()
-    print(_verdict(payload_cost, crypto, rounds=args.rounds))
+    print(_verdict(payload_cost, crypto, rounds=args.rounds, broker_kind=args.broker))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     document = {
+        "broker": args.broker,
+        "processes": "broker, sender and receiver each in its own process",
         "messages": args.messages,
         "burst": args.burst,
         "rounds": args.rounds,
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
         "algorithms": {traffic: _algorithm(traffic) for traffic in CLASSES},
         "medians": summary,
         "tls_over_plain": tls_cost,

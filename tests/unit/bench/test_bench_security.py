@@ -1,11 +1,15 @@
-"""Smoke test of ``bench.security``: every column measures every traffic class, and the payload
-column really seals what the policy says."""
+"""Smoke test of ``bench.security``: every column measures every traffic class with the broker,
+the sender and the receiver in separate processes (the embedded broker, and Mosquitto where it is
+installed), and the payload column really seals what the policy says."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 from bench.security import (
     CLASSES,
     COLUMNS,
@@ -13,14 +17,14 @@ from bench.security import (
     SERVICE,
     TLS,
     TLS_PAYLOAD,
-    _tls_payload,
     added_cost,
+    bench_keys,
     main,
+    protections,
     run,
 )
 
 from openfeeder.security.payload import Algorithm, parse_header
-from openfeeder.security.pki import CertificateAuthority
 
 
 def test_every_column_measures_every_class_in_every_round() -> None:
@@ -40,13 +44,24 @@ def test_every_column_measures_every_class_in_every_round() -> None:
         assert row["meets_throughput_target"] == (row["throughput_lost"] < 0.15)
 
 
-def test_payload_column_seals_control_and_protection_only(tmp_path: Path) -> None:
-    ca = CertificateAuthority.init(tmp_path / "pki")
-    ca.issue("broker", role="broker", hosts=["127.0.0.1"])
-    for name, role in ((DEVICE, "device"), (SERVICE, "operator")):
-        ca.issue(name, role=role)
-    setup = _tls_payload(ca)
-    service, device = setup.protections[SERVICE], setup.protections[DEVICE]
+def test_mosquitto_measures_every_class() -> None:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        message = "the mosquitto binary is not installed"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
+        pytest.skip(message)
+    (results,) = run(messages=5, burst=20, rounds=1, broker_kind="mosquitto")
+    assert list(results) == list(COLUMNS)
+    for column in results.values():
+        assert set(column) == set(CLASSES)
+        for metrics in column.values():
+            assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
+            assert metrics["throughput_msg_s"] > 0
+
+
+def test_payload_column_seals_control_and_protection_only() -> None:
+    sides = protections(bench_keys())
+    service, device = sides[SERVICE], sides[DEVICE]
     command = service.seal("openfeeder/v1/cmd/bench-meter", b"x" * 200)
     event = device.seal("openfeeder/v1/event/bench-meter", b"x" * 200)
     reading = device.seal("openfeeder/v1/meas/bench-meter", b"x" * 200)
@@ -60,6 +75,7 @@ def test_main_writes_the_verdict(tmp_path: Path) -> None:
     args = ["--messages", "3", "--burst", "10", "--rounds", "1", "--json", str(out)]
     assert main(args) == 0
     document = json.loads(out.read_text())
+    assert document["broker"] == "embedded"
     assert set(document["medians"]) == set(COLUMNS)
     assert document["algorithms"] == {
         "control": "aes-256-gcm",
