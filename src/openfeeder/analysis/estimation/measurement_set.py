@@ -149,38 +149,64 @@ def sigmas_from_accuracy_class(
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, init=False)
 class MeasurementSet:
     """Measurements for one estimate: ``ids`` (unique strings) and ``table`` rows in the same order.
 
     The table must not be written by callers; :meth:`select` and :meth:`concat` return new sets.
+    A set joined from others (:meth:`joined`, :meth:`concat`) or taken from one by rows
+    (:meth:`take`) copies its table's records from theirs when :attr:`table` is first read, and
+    makes its :meth:`column` arrays from theirs (an estimate of a new placement reads columns only).
     """
 
     ids: tuple[str, ...]
-    table: npt.NDArray[np.void]
-    _columns: dict[str, npt.NDArray[Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    _joined: tuple[MeasurementSet, ...] = field(default=(), init=False, repr=False, compare=False)
-    """The sets this one's table joins (:meth:`joined`), whose columns make this set's."""
-    _taken: tuple[MeasurementSet, npt.NDArray[np.int64]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-    """The set and rows this one's table was taken from (:meth:`take`)."""
+    _table: npt.NDArray[np.void] | None = field(repr=False)
+    _columns: dict[str, npt.NDArray[Any]] = field(repr=False)
+    _joined: tuple[MeasurementSet, ...] = field(repr=False)
+    """The sets this one joins, in order."""
+    _taken: tuple[MeasurementSet, npt.NDArray[np.int64]] | None = field(repr=False)
+    """The set and rows this one was taken from."""
 
-    def __post_init__(self) -> None:
-        if self.table.dtype != MEASUREMENT_DTYPE:
-            raise TypeError(f"measurement table has dtype {self.table.dtype}")
-        if len(self.ids) != self.table.size:
-            raise ValueError(f"{len(self.ids)} ids for {self.table.size} measurements")
+    def __init__(self, ids: tuple[str, ...], table: npt.NDArray[np.void]) -> None:
+        if table.dtype != MEASUREMENT_DTYPE:
+            raise TypeError(f"measurement table has dtype {table.dtype}")
+        if len(ids) != table.size:
+            raise ValueError(f"{len(ids)} ids for {table.size} measurements")
+        self._set(ids, table, (), None)
+
+    def _set(
+        self,
+        ids: tuple[str, ...],
+        table: npt.NDArray[np.void] | None,
+        joined: tuple[MeasurementSet, ...],
+        taken: tuple[MeasurementSet, npt.NDArray[np.int64]] | None,
+    ) -> None:
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "_table", table)
+        object.__setattr__(self, "_columns", {})
+        object.__setattr__(self, "_joined", joined)
+        object.__setattr__(self, "_taken", taken)
+
+    @property
+    def table(self) -> npt.NDArray[np.void]:
+        """One row per measurement (:data:`MEASUREMENT_DTYPE`)."""
+        table = self._table
+        if table is None:
+            if self._taken is not None:
+                source, rows = self._taken
+                table = take_rows(source.table, rows)
+            else:
+                table = concat_tables([m.table for m in self._joined])
+            object.__setattr__(self, "_table", table)
+        return table
 
     def __len__(self) -> int:
-        return int(self.table.size)
+        return len(self.ids)
 
     @property
     def quantity(self) -> npt.NDArray[np.int8]:
-        """Quantity codes (positions in :class:`Quantity`)."""
-        return self.table["quantity"]
+        """Quantity codes (positions in :class:`Quantity`; kept, do not write)."""
+        return self.column("quantity")
 
     def column(self, name: str) -> npt.NDArray[Any]:
         """The column ``name`` as one contiguous array, made on first use and kept (the table is
@@ -202,20 +228,34 @@ class MeasurementSet:
         return out
 
     @classmethod
-    def joined(cls, sets: Sequence[MeasurementSet]) -> MeasurementSet:
+    def joined(
+        cls, sets: Sequence[MeasurementSet], *, ids: tuple[str, ...] | None = None
+    ) -> MeasurementSet:
         """``sets`` one after the other, for a caller that vouches that no id is used twice
-        (:meth:`concat` checks)."""
-        out = cls(
-            tuple(chain.from_iterable(m.ids for m in sets)), concat_tables([m.table for m in sets])
-        )
-        object.__setattr__(out, "_joined", tuple(sets))
+        (:meth:`concat` checks); ``ids``: their ids joined, if the caller has them."""
+        out = cls.__new__(cls)
+        joined = tuple(m for m in sets if len(m)) or tuple(sets[:1])
+        if ids is None:
+            ids = tuple(chain.from_iterable(m.ids for m in joined))
+        elif len(ids) != sum(len(m) for m in joined):
+            raise ValueError(f"{len(ids)} ids for {sum(len(m) for m in joined)} measurements")
+        if not joined:
+            out._set(ids, empty_rows(0), (), None)
+        elif len(joined) == 1:
+            only = joined[0]
+            out._set(ids, only._table, only._joined, only._taken)
+            object.__setattr__(out, "_columns", only._columns)
+        else:
+            out._set(ids, None, joined, None)
         return out
 
     def take(self, rows: npt.NDArray[np.int64], ids: tuple[str, ...]) -> MeasurementSet:
         """The measurements at integer ``rows`` named ``ids`` instead, for a caller that vouches
-        that they are distinct; its columns are taken from this set's kept ones."""
-        out = MeasurementSet(ids, take_rows(self.table, rows))
-        object.__setattr__(out, "_taken", (self, rows))
+        that they are distinct."""
+        if len(ids) != rows.size:
+            raise ValueError(f"{len(ids)} ids for {rows.size} measurements")
+        out = MeasurementSet.__new__(MeasurementSet)
+        out._set(ids, None, (), (self, np.asarray(rows, dtype=np.int64)))
         return out
 
     @classmethod

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import itemgetter
 from typing import Any, Final
 
 import numpy as np
@@ -414,17 +413,14 @@ def closed_islands(model: GridModel) -> ClosedIslands:
 
 def _pseudo_ids(model: GridModel, table: str, sign: str, rows: IntArray) -> tuple[str, ...]:
     """``pseudo-<sign>-<id>`` of the ``rows`` of ``model.<table>`` (the names kept per model)."""
-    names: tuple[str, ...] = model_memo(
+    names: npt.NDArray[np.object_] = model_memo(
         model,
         ("pseudo_ids", table, sign),
-        lambda: tuple(f"pseudo-{sign}-{i}" for i in model.table(table)["id"].tolist()),
+        lambda: np.array(
+            [f"pseudo-{sign}-{i}" for i in model.table(table)["id"].tolist()], dtype=object
+        ),
     )
-    if rows.size == 0:
-        return ()
-    if rows.size == 1:
-        return (names[int(rows[0])],)
-    picked: tuple[str, ...] = itemgetter(*rows.tolist())(names)
-    return picked
+    return tuple(names[rows])
 
 
 def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:
@@ -449,7 +445,7 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
         on = np.asarray(model.table(name)["in_service"], dtype=bool)[rows]
         covered += np.bincount(appliance_bus_rows(model, name)[rows[on]], minlength=n)
     # the engine takes no shunt sensor here
-    known = (covered >= counts.appliances) & (counts.shunts == 0)
+    known: BoolArray = (covered >= counts.appliances) & (counts.shunts == 0)
     bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
     known[located.bus_row[bus_pq]] = True
     return known

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from openfeeder.analysis.estimation.locate import LocatedMeasurements
-from openfeeder.analysis.estimation.measurement_set import MeasurementSet, concat_tables
+from openfeeder.analysis.estimation.measurement_set import MeasurementSet
 from openfeeder.analysis.estimation.observability import Observability, PseudoOptions
 from openfeeder.model.grid import GridModel, lookup
 
@@ -62,7 +62,7 @@ class Placement:
         """The located set with the readings of ``measurements`` (same placement) instead."""
         if measurements.ids == self.given_ids:
             ids = self.located.measurements.ids
-            full = MeasurementSet(ids, concat_tables([measurements.table, self.pseudo.table]))
+            full = MeasurementSet.joined((measurements, self.pseudo), ids=ids)
         else:
             full = measurements.concat(self.pseudo)
         old = self.located

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -271,7 +271,8 @@ class ReadingPlan:
                 phasor = magnitude * np.exp(1j * np.nan_to_num(measured_angle))
                 mean_re = np.bincount(rows, weight * phasor.real, n)
                 mean_im = np.bincount(rows, weight * phasor.imag, n)
-                means = _VoltageMeans(means.magnitude, no_angle, (mean_re + 1j * mean_im) / total)
+                phasor_mean = cast(npt.NDArray[np.complex128], (mean_re + 1j * mean_im) / total)
+                means = _VoltageMeans(means.magnitude, no_angle, phasor_mean)
         return means
 
     def _power_factor(
