@@ -66,7 +66,6 @@ from openfeeder.analysis.estimation.locate import BranchTable, LocatedMeasuremen
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
 from openfeeder.analysis.estimation.model_cache import (
     find,
-    find_ids,
     ids_unique,
     model_memo,
     next_free_id,
@@ -158,6 +157,8 @@ class PreparedEngine:
     lock: threading.RLock
     branch_ids: npt.NDArray[np.int64]
     """Ids of the engine's branches in the order of their outputs (:data:`BRANCH_TYPES`)."""
+    switch_lines: npt.NDArray[np.int64]
+    """Rows of the switches handed over as lines (after the model's lines, in this order)."""
     branch_order: npt.NDArray[np.int64] | None = None
     voltage_bus_row: npt.NDArray[np.int64] | None = None
 
@@ -243,7 +244,7 @@ def prepare_engine(
         return prepared, _sensors(model, located, local_angle_rad, prepared.next_id), False
     next_id = next_free_id(model)
     sensors = _sensors(model, located, local_angle_rad, next_id)
-    engine_input = _engine_input(model, located, excluded_bus)
+    engine_input, switch_lines = _engine_input(model, located, excluded_bus)
     engine_input.update(sensors)
     try:
         engine = PowerGridModel(engine_input, system_frequency=model.frequency_hz)
@@ -259,6 +260,7 @@ def prepare_engine(
             [engine_input[t]["id"] for t in BRANCH_TYPES if t in engine_input]
             or [np.zeros(0, np.int64)]
         ).astype(np.int64),
+        switch_lines=switch_lines,
     )
     _ENGINES.put(key, prepared)
     return prepared, sensors, True
@@ -331,15 +333,15 @@ def engine_layout(located: LocatedMeasurements, excluded_bus: BoolArray) -> byte
 
 def _engine_input(
     model: GridModel, located: LocatedMeasurements, excluded_bus: BoolArray
-) -> dict[ComponentType, Any]:
+) -> tuple[dict[ComponentType, Any], npt.NDArray[np.int64]]:
+    """The engine input without sensors and the rows of the switches it has as lines."""
     engine_input = dict(model_memo(model, "engine_input", lambda: to_engine_input(model)))
     if excluded_bus.any() and ComponentType.source in engine_input:
         sources = engine_input[ComponentType.source].copy()
         rows = find(model, "bus", sources["node"])
         sources["status"] = np.where(excluded_bus[rows], 0, sources["status"])
         engine_input[ComponentType.source] = sources
-    _measured_switches_as_lines(model, located, engine_input)
-    return engine_input
+    return engine_input, _measured_switches_as_lines(model, located, engine_input)
 
 
 def _as_update(kind: ComponentType, values: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
@@ -392,14 +394,17 @@ def _with_power_factor(
 
 def _measured_switches_as_lines(
     model: GridModel, located: LocatedMeasurements, engine_input: dict[ComponentType, Any]
-) -> None:
-    """Replace measured switches (links) by near-zero-impedance lines (module docstring)."""
+) -> npt.NDArray[np.int64]:
+    """Replace measured switches (links) by near-zero-impedance lines (module docstring);
+    their switch rows (appended to the lines in this order)."""
     measured = np.zeros(located.branches.id.size, dtype=bool)
     measured[located.target_row[located.target == Target.BRANCH]] = True
     rows = np.flatnonzero(measured)
-    switch_rows = rows[located.branches.kind[rows] == 2] - model.line.size - model.transformer.size
+    switch_rows: npt.NDArray[np.int64] = (
+        rows[located.branches.kind[rows] == 2] - model.line.size - model.transformer.size
+    )
     if switch_rows.size == 0:
-        return
+        return switch_rows
     switch = take_rows(model.switch, switch_rows)
     links = engine_input[ComponentType.link]
     engine_input[ComponentType.link] = take_rows(links, ~np.isin(links["id"], switch["id"]))
@@ -420,6 +425,7 @@ def _measured_switches_as_lines(
     line["i_n"] = np.where(np.isfinite(switch["i_rated_ka"]), switch["i_rated_ka"] * 1e3, 1e6)
     existing = engine_input.get(ComponentType.line)
     engine_input[ComponentType.line] = line if existing is None else join_rows([existing, line])
+    return switch_rows
 
 
 def _output_filter(
@@ -489,15 +495,32 @@ def branch_order(prepared: PreparedEngine, located: LocatedMeasurements) -> npt.
 
 
 def _branch_positions(prepared: PreparedEngine, branches: BranchTable) -> npt.NDArray[np.int64]:
-    """``lookup(prepared.branch_ids, branches.id)``; with unique ids by the model's kept sort
-    of its branch ids (each engine branch's branch-table row, inverted)."""
-    if not ids_unique(prepared.model):
-        return lookup(prepared.branch_ids, branches.id)
-    rows = find_ids(prepared.model, "branch_table", lambda: branches.id, prepared.branch_ids)
-    found = rows >= 0
-    order = np.full(branches.id.size, -1, dtype=np.int64)
-    order[rows[found]] = np.flatnonzero(found)
-    return order
+    """``lookup(prepared.branch_ids, branches.id)``. The engine's branches are the model's
+    lines, the measured switches, the transformers and the other switches, in model order
+    (:func:`_engine_input`): with unique ids that order is checked against the ids and taken."""
+    model, ids = prepared.model, prepared.branch_ids
+    lines, transformers = model.line.size, model.transformer.size
+    measured = np.zeros(model.switch.size, dtype=bool)
+    measured[prepared.switch_lines] = True
+    m = prepared.switch_lines.size
+    order = np.concatenate(
+        [
+            np.arange(lines),
+            lines + m + np.arange(transformers),
+            np.where(
+                measured,
+                lines + np.cumsum(measured) - 1,
+                lines + m + transformers + np.cumsum(~measured) - 1,
+            ),
+        ]
+    ).astype(np.int64)
+    if (
+        ids.size == branches.id.size
+        and ids_unique(model)
+        and np.array_equal(ids[order], branches.id)
+    ):
+        return order
+    return lookup(ids, branches.id)
 
 
 _TABLE_OF: Final = {Target.LOAD: "load", Target.GENERATOR: "generator", Target.SOURCE: "source"}
@@ -562,18 +585,18 @@ def voltage_sensors(
     The engine merges all sensors of a bus into one and drops the angle when one of them has
     none; inverse-variance weighting of the magnitudes here keeps the angle and the information.
     """
-    table = located.measurements.table
     magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
     phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
     if magnitude.size + phasor.size == 0:
         return None
     n = model.bus.size
-    u_kv = located.measurements.column("u_kv").copy()
-    sigma_kv = located.measurements.column("u_sigma_kv").copy()
+    u_kv = located.measurements.column("u_kv")
+    sigma_kv = located.measurements.column("u_sigma_kv")
     phasor_buses = np.zeros(n, dtype=bool)
     phasor_buses[located.bus_row[phasor]] = True
     merged = magnitude[phasor_buses[located.bus_row[magnitude]]]
     if merged.size:
+        u_kv, sigma_kv = u_kv.copy(), sigma_kv.copy()
         buses = located.bus_row[merged]
         weight = np.bincount(buses, 1.0 / sigma_kv[merged] ** 2, n)
         weighted = np.bincount(buses, u_kv[merged] / sigma_kv[merged] ** 2, n)
@@ -584,8 +607,7 @@ def voltage_sensors(
         w_extra = weight[b] / share[b]
         u_kv[phasor] = (u_kv[phasor] * w_phasor + weighted[b] / share[b]) / (w_phasor + w_extra)
         sigma_kv[phasor] = 1.0 / np.sqrt(w_phasor + w_extra)
-    if merged.size:
-        kept = np.ones(table.size, dtype=bool)
+        kept = np.ones(len(located.measurements), dtype=bool)
         kept[merged] = False
         magnitude = magnitude[kept[magnitude]]
     rows = np.concatenate([magnitude, phasor]) if phasor.size else magnitude

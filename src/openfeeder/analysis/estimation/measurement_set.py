@@ -234,7 +234,9 @@ class MeasurementSet:
         """``sets`` one after the other, for a caller that vouches that no id is used twice
         (:meth:`concat` checks); ``ids``: their ids joined, if the caller has them."""
         out = cls.__new__(cls)
-        joined = tuple(m for m in sets if len(m)) or tuple(sets[:1])
+        # a joined set's parts rather than the set: its columns are theirs, joined once
+        parts = chain.from_iterable(m._joined or (m,) for m in sets if len(m))
+        joined = tuple(parts) or tuple(sets[:1])
         if ids is None:
             ids = tuple(chain.from_iterable(m.ids for m in joined))
         elif len(ids) != sum(len(m) for m in joined):
