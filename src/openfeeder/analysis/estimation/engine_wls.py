@@ -159,6 +159,8 @@ class PreparedEngine:
     """Ids of the engine's branches in the order of their outputs (:data:`BRANCH_TYPES`)."""
     switch_lines: npt.NDArray[np.int64]
     """Rows of the switches handed over as lines (after the model's lines, in this order)."""
+    branch_parts: tuple[tuple[ComponentType, int], ...]
+    """The engine's branch components in :data:`BRANCH_TYPES` order and how many of each."""
     branch_order: npt.NDArray[np.int64] | None = None
     voltage_bus_row: npt.NDArray[np.int64] | None = None
 
@@ -261,6 +263,7 @@ def prepare_engine(
             or [np.zeros(0, np.int64)]
         ).astype(np.int64),
         switch_lines=switch_lines,
+        branch_parts=tuple((t, engine_input[t].size) for t in BRANCH_TYPES if t in engine_input),
     )
     _ENGINES.put(key, prepared)
     return prepared, sensors, True

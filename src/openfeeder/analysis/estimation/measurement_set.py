@@ -237,8 +237,10 @@ class MeasurementSet:
         # a joined set's parts rather than the set: its columns are theirs, joined once
         parts = chain.from_iterable(m._joined or (m,) for m in sets if len(m))
         joined = tuple(parts) or tuple(sets[:1])
-        if ids is None:
-            ids = tuple(chain.from_iterable(m.ids for m in joined))
+        if ids is None:  # tuples joined by +: a copy of references, no iteration in Python
+            ids = ()
+            for m in joined:
+                ids += tuple(m.ids)
         elif len(ids) != sum(len(m) for m in joined):
             raise ValueError(f"{len(ids)} ids for {sum(len(m) for m in joined)} measurements")
         if not joined:

@@ -29,7 +29,6 @@ import numpy.typing as npt
 from power_grid_model import CalculationMethod, ComponentType
 
 from openfeeder.analysis.estimation.engine_wls import (
-    BRANCH_TYPES,
     PreparedEngine,
     branch_order,
     prepare_engine,
@@ -298,17 +297,25 @@ class ReadingPlan:
         """P and Q (MW, Mvar) at the measured branch ends (engine positions, ``to`` ends)."""
         if position is None or position.size == 0:
             return np.zeros(0), np.zeros(0)
-        parts = [output[t] for t in BRANCH_TYPES if t in output]
+
+        groups = []  # per engine branch component: which positions are its, its own rows
+        start = 0
+        for kind, size in self.prepared.branch_parts:
+            mine = np.flatnonzero((position >= start) & (position < start + size))
+            if mine.size:
+                groups.append((output[kind], mine, position[mine] - start))
+            start += size
 
         def column(name: str) -> FloatArray:
-            if len(parts) == 1:
-                out: FloatArray = parts[0][name]
-                return out
-            return np.concatenate([part[name] for part in parts])
+            """``name`` of the engine's branch outputs joined, at ``position``."""
+            out = np.empty(position.size)
+            for values, mine, rows in groups:
+                out[mine] = values[name][rows]
+            return out
 
         p_to, p_from, q_to, q_from = (column(c) for c in ("p_to", "p_from", "q_to", "q_from"))
-        p_mw = np.where(to, p_to[position], p_from[position]) * 1e-6
-        q_mvar = np.where(to, q_to[position], q_from[position]) * 1e-6
+        p_mw = np.where(to, p_to, p_from) * 1e-6
+        q_mvar = np.where(to, q_to, q_from) * 1e-6
         return p_mw, q_mvar
 
     @staticmethod
