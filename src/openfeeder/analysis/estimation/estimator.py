@@ -67,9 +67,13 @@ from openfeeder.analysis.estimation.jacobian import (
     branch_admittance,
     state_jacobian,
 )
-from openfeeder.analysis.estimation.locate import LocatedMeasurements, locate_measurements
+from openfeeder.analysis.estimation.locate import (
+    LocatedMeasurements,
+    appliance_bus_rows,
+    locate_measurements,
+)
 from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
-from openfeeder.analysis.estimation.model_cache import clear_model_cache, find, ids_unique
+from openfeeder.analysis.estimation.model_cache import clear_model_cache, ids_unique
 from openfeeder.analysis.estimation.observability import (
     Observability,
     PseudoOptions,
@@ -488,18 +492,21 @@ def _state_columns(
     """Angle and magnitude columns of the estimated buses, without one angle reference per
     island that has no phasor measurement (its first source's bus)."""
     n = model.bus.size
-    observability_islands = closed_islands(model).island
+    islands = closed_islands(model)
+    observability_islands = islands.island
     phasor = located.of_quantity(Quantity.U_PHASOR, Quantity.I_PHASOR)
-    with_phasor = np.unique(observability_islands[located.bus_row[phasor]])
-    source = model.source[model.source["in_service"]]
-    source_rows = find(model, "bus", source["bus"])
+    with_phasor = np.zeros(islands.fed.size, dtype=bool)
+    with_phasor[observability_islands[located.bus_row[phasor]]] = True
+    in_service = np.asarray(model.source["in_service"], dtype=bool)
+    source_rows = appliance_bus_rows(model, "source")[in_service]
     source_rows = source_rows[estimated[source_rows]]
     source_islands = observability_islands[source_rows]
     first = np.unique(source_islands, return_index=True)[1]
-    reference = source_rows[first][~np.isin(source_islands[first], with_phasor)]
+    reference = source_rows[first][~with_phasor[source_islands[first]]]
     angle = estimated.copy()
     angle[reference] = False
-    return np.concatenate([np.flatnonzero(angle), np.flatnonzero(estimated) + n]).astype(np.int64)
+    columns = np.concatenate([np.flatnonzero(angle), np.flatnonzero(estimated) + n])
+    return columns.astype(np.int64, copy=False)
 
 
 def _culprit(solved: _Solved, rows: ScalarRows, row: int) -> int:

@@ -36,20 +36,33 @@ IntArray = npt.NDArray[np.int64]
 
 _LOCK: Final = threading.Lock()
 _MODELS: Final[OrderedDict[int, tuple[GridModel, dict[Any, Any]]]] = OrderedDict()
+_MOST_RECENT: Final = [0]
+"""The id of the model last moved to the end of :data:`_MODELS`."""
 
 
 def model_memo(model: GridModel, key: Any, build: Callable[[], T]) -> T:
     """``build()`` for ``model`` and ``key``, computed once per model object (kept for the last
     :data:`MODEL_CACHE_SIZE` models); callers must not write what it returns."""
+    key_model = id(model)
+    entry = _MODELS.get(key_model)  # a kept value is read without the lock (dict reads are atomic)
+    if entry is not None and entry[0] is model and key in entry[1]:
+        if _MOST_RECENT[0] != key_model:  # the model's place in the least-recently-used order
+            with _LOCK:
+                if key_model in _MODELS:
+                    _MODELS.move_to_end(key_model)
+                _MOST_RECENT[0] = key_model
+        hit: T = entry[1][key]
+        return hit
     with _LOCK:
-        entry = _MODELS.get(id(model))
+        entry = _MODELS.get(key_model)
         if entry is None or entry[0] is not model:
             entry = (model, {})
-            _MODELS[id(model)] = entry
+            _MODELS[key_model] = entry
             while len(_MODELS) > MODEL_CACHE_SIZE:
                 _MODELS.popitem(last=False)
         else:
-            _MODELS.move_to_end(id(model))
+            _MODELS.move_to_end(key_model)
+        _MOST_RECENT[0] = key_model
         memo = entry[1]
         if key in memo:
             value: T = memo[key]
@@ -97,6 +110,7 @@ def clear_model_cache() -> None:
     """Forget every model's kept values."""
     with _LOCK:
         _MODELS.clear()
+        _MOST_RECENT[0] = 0
 
 
 def _sorted(values: npt.ArrayLike) -> tuple[IntArray, IntArray]:

@@ -236,7 +236,8 @@ class ReadingPlan:
             _, a = voltage(b)
             parts.append(_wrap(terms.angle[0] - a) / terms.angle[1])
 
-        factor = self._power_factor(voltage, terms.voltage)
+        # the factor per voltage-sensor bus, then 1 for the index -1 (a bus without one)
+        factor = np.append(self._power_factor(voltage, terms.voltage), 1.0 + 0.0j)
         p_end, q_end = self._branch_ends(output, self.branch_position, self.branch_to)
         parts.extend(self._pq(self.branch_pq, terms.branch, factor, p_end, q_end))
         p_bus = node["p"][self.bus_pq_bus] * 1e-6
@@ -320,9 +321,8 @@ class ReadingPlan:
 
     @staticmethod
     def _factor_at(factor: npt.NDArray[np.complex128], at: IntArray) -> npt.NDArray[Any]:
-        if factor.size == 0:
-            return np.ones(at.size, dtype=np.complex128)
-        return np.where(at >= 0, factor[np.maximum(at, 0)], 1.0 + 0.0j)
+        """``factor`` (ending with 1) at ``at``: 1 where ``at`` is -1."""
+        return factor[at]
 
     def _pq_terms(self, rows: _Pq) -> _PowerTerms:
         col = self.columns
@@ -522,7 +522,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
     n = model.bus.size
     u_rated_kv = np.asarray(model.bus["u_rated_kv"], dtype=np.float64)
     voltage_bus_rows = located.bus_row[voltage_rows]
-    voltage_bus, voltage_inverse = np.unique(voltage_bus_rows, return_inverse=True)
+    voltage_bus, voltage_inverse = _unique_rows(voltage_bus_rows, n)
     factor_position = np.full(n, -1, dtype=np.int64)
     factor_position[voltage_bus] = np.arange(voltage_bus.size)
 
