@@ -82,13 +82,10 @@ def find(model: GridModel, table: str, wanted: npt.ArrayLike, column: str = "id"
 def find_ids(
     model: GridModel, key: Any, ids: Callable[[], npt.ArrayLike], wanted: npt.ArrayLike
 ) -> IntArray:
-    """Rows of ``wanted`` in the id column ``ids()`` of ``model`` (named ``key``; sorted once)."""
-    order, sorted_ids = model_memo(model, ("sorted", key), lambda: _sorted(ids()))
-    wanted_arr = np.asarray(wanted, dtype=np.int64)
-    if sorted_ids.size == 0:
-        return np.full(wanted_arr.shape, -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_ids, wanted_arr), sorted_ids.size - 1)
-    return np.where(sorted_ids[pos] == wanted_arr, order[pos], -1).astype(np.int64)
+    """Rows of ``wanted`` in the id column ``ids()`` of ``model`` (named ``key``; indexed once):
+    the first row with each id, -1 where there is none."""
+    index = model_memo(model, ("ids", key), lambda: _IdIndex.of(ids()))
+    return index.rows(np.asarray(wanted, dtype=np.int64))
 
 
 def ids_unique(model: GridModel) -> bool:
@@ -113,7 +110,39 @@ def clear_model_cache() -> None:
         _MOST_RECENT[0] = 0
 
 
-def _sorted(values: npt.ArrayLike) -> tuple[IntArray, IntArray]:
-    ids = np.asarray(values, dtype=np.int64)
-    order = np.argsort(ids, kind="stable").astype(np.int64)
-    return order, ids[order]
+class _IdIndex:
+    """Row lookup of an id column: a table over the id range where the ids are distinct and
+    dense (as component tables' ids usually are: a gather per id), else the column sorted (a
+    binary search per id)."""
+
+    _DENSE_FACTOR: Final = 4
+    """Dense: the id range is at most this many times the number of ids."""
+
+    def __init__(self, lowest: int, table: IntArray | None, order: IntArray, sorted_ids: IntArray):
+        self.lowest, self.table, self.order, self.sorted_ids = lowest, table, order, sorted_ids
+
+    @classmethod
+    def of(cls, values: npt.ArrayLike) -> _IdIndex:
+        ids = np.asarray(values, dtype=np.int64)
+        order = np.argsort(ids, kind="stable").astype(np.int64)
+        sorted_ids = ids[order]
+        table = None
+        lowest = int(sorted_ids[0]) if ids.size else 0
+        span = int(sorted_ids[-1]) - lowest + 1 if ids.size else 0
+        if 0 < span <= cls._DENSE_FACTOR * ids.size and bool((np.diff(sorted_ids) > 0).all()):
+            table = np.full(span, -1, dtype=np.int64)
+            table[ids - lowest] = np.arange(ids.size)
+        return cls(lowest, table, order, sorted_ids)
+
+    def rows(self, wanted: IntArray) -> IntArray:
+        if self.sorted_ids.size == 0:
+            return np.full(wanted.shape, -1, dtype=np.int64)
+        table = self.table
+        if table is not None:
+            at = wanted - self.lowest
+            inside = (at >= 0) & (at < table.size)
+            found: IntArray = np.where(inside, table[np.where(inside, at, 0)], -1)
+            return found
+        sorted_ids = self.sorted_ids
+        pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
+        return np.where(sorted_ids[pos] == wanted, self.order[pos], -1).astype(np.int64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from power_grid_model import CalculationMethod
 from se_cases import feeder, metered
@@ -19,7 +20,7 @@ from openfeeder.analysis.estimation.estimator import (
     _solve,
     clear_caches,
 )
-from openfeeder.analysis.estimation.model_cache import find
+from openfeeder.analysis.estimation.model_cache import find, find_ids
 from openfeeder.analysis.estimation.observability import PseudoOptions
 from openfeeder.analysis.estimation.prepared import placement_key
 from openfeeder.analysis.estimation.reading_plan import reading_plan
@@ -208,3 +209,20 @@ def test_model_cache_lookups_equal_the_sorting_lookup() -> None:
     np.testing.assert_array_equal(
         find(model, "load", model.load["id"][::2]), lookup(model.load["id"], model.load["id"][::2])
     )
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.arange(100, 160)[::-1],  # dense: a table over the id range
+        np.array([5, 10**6, 7, 3 * 10**6, 11]),  # sparse: the sorted column
+        np.array([4, 9, 4, 6, 9, 5]),  # an id used twice: the first row, as lookup gives
+        np.zeros(0, dtype=np.int64),
+    ],
+    ids=["dense", "sparse", "repeated", "empty"],
+)
+def test_model_cache_id_index_equals_the_sorting_lookup(ids: npt.NDArray[np.int64]) -> None:
+    model, _ = feeder()
+    wanted = np.concatenate([ids, ids[::-2], [-5, 0, 99, 161, 10**9, 4, 9]]).astype(np.int64)
+    found = find_ids(model, ("test ids", ids.tobytes()), lambda: ids, wanted)
+    np.testing.assert_array_equal(found, lookup(ids, wanted))
