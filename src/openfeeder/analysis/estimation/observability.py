@@ -63,6 +63,7 @@ __all__ = [
     "PseudoPolicy",
     "appliance_counts",
     "check_observability",
+    "covered_appliances",
     "located_pseudo_measurements",
     "pseudo_measurements",
 ]
@@ -434,21 +435,32 @@ def _measured_appliances(located: LocatedMeasurements) -> dict[Target, IntArray]
 
 def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArray:
     """Buses with a known injection: a bus ``pq``, all appliances measured, or none at all."""
-    n = model.bus.size
-    measured = _measured_appliances(located)
     counts = appliance_counts(model)
-    covered = np.zeros(n, dtype=np.int64)
-    for kind, name in _APPLIANCE_TABLES:
-        rows = measured[kind]
-        if rows.size == 0:
-            continue
-        on = np.asarray(model.table(name)["in_service"], dtype=bool)[rows]
-        covered += np.bincount(appliance_bus_rows(model, name)[rows[on]], minlength=n)
     # the engine takes no shunt sensor here
-    known: BoolArray = (covered >= counts.appliances) & (counts.shunts == 0)
+    known: BoolArray = (covered_appliances(model, located) >= counts.appliances) & (
+        counts.shunts == 0
+    )
     bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
     known[located.bus_row[bus_pq]] = True
     return known
+
+
+def covered_appliances(model: GridModel, located: LocatedMeasurements) -> IntArray:
+    """Per bus: its in-service loads, generators and sources with a ``pq`` measurement (kept in
+    the placement's :attr:`~.locate.LocatedMeasurements.memo`; do not write)."""
+    covered: IntArray | None = located.memo.get("covered_appliances")
+    if covered is None:
+        n = model.bus.size
+        measured = _measured_appliances(located)
+        covered = np.zeros(n, dtype=np.int64)
+        for kind, name in _APPLIANCE_TABLES:
+            rows = measured[kind]
+            if rows.size == 0:
+                continue
+            on = np.asarray(model.table(name)["in_service"], dtype=bool)[rows]
+            covered += np.bincount(appliance_bus_rows(model, name)[rows[on]], minlength=n)
+        located.memo["covered_appliances"] = covered
+    return covered
 
 
 _APPLIANCE_TABLES: Final = (

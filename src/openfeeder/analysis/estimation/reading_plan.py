@@ -36,7 +36,7 @@ from openfeeder.analysis.estimation.engine_wls import (
 )
 from openfeeder.analysis.estimation.locate import LocatedMeasurements, Target, appliance_bus_rows
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
-from openfeeder.analysis.estimation.observability import appliance_counts
+from openfeeder.analysis.estimation.observability import appliance_counts, covered_appliances
 from openfeeder.analysis.estimation.prepared import Placement
 from openfeeder.analysis.estimation.residuals import ZERO_INJECTION_SIGMA_PU
 from openfeeder.model.grid import GridModel
@@ -597,19 +597,22 @@ def _appliance_sums(
     n = model.bus.size
     counts = appliance_counts(model)
     appliances = counts.appliances + counts.shunts
+    covered = covered_appliances(model, located)
+    with_pq = located.measured_appliances()
     pq = located.of_quantity(Quantity.PQ)
-    covered = np.zeros(n, dtype=np.int64)
     measured_parts = []
     for target, name, sign in _APPLIANCES:
-        k = np.flatnonzero(pq & (located.target == target))
-        if k.size == 0:
+        unique = with_pq[target]  # the appliances measured, sorted
+        if unique.size == 0:
             continue
+        k = np.flatnonzero(pq & (located.target == target))
         on = np.asarray(model.table(name)["in_service"], dtype=bool)
-        bus_rows = appliance_bus_rows(model, name)
-        unique, compact = _unique_rows(located.target_row[k], on.size)
-        measured = on[unique]
-        covered += np.bincount(bus_rows[unique[measured]], minlength=n)
-        measured_parts.append((k, compact, unique, measured, bus_rows, sign))
+        rank = np.zeros(on.size, dtype=np.int64)
+        rank[unique] = np.arange(unique.size)
+        compact = rank[located.target_row[k]]
+        measured_parts.append(
+            (k, compact, unique, on[unique], appliance_bus_rows(model, name), sign)
+        )
     full = np.flatnonzero(estimated & (appliances > 0) & (covered >= appliances))
     full_position = np.full(n, -1, dtype=np.int64)
     full_position[full] = np.arange(full.size)
