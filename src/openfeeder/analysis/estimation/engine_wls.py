@@ -149,7 +149,8 @@ class PreparedEngine:
     """One converted model with its sensors (what a repeated solve reuses)."""
 
     model: GridModel
-    engine: PowerGridModel
+    pending: dict[ComponentType, Any] | None
+    """The engine input, until :attr:`engine` converts it."""
     output_filter: dict[
         ComponentType, set[str] | list[str] | ComponentAttributeFilterOptions | None
     ]
@@ -163,6 +164,25 @@ class PreparedEngine:
     """The engine's branch components in :data:`BRANCH_TYPES` order and how many of each."""
     branch_order: npt.NDArray[np.int64] | None = None
     voltage_bus_row: npt.NDArray[np.int64] | None = None
+    converted: PowerGridModel | None = None
+
+    @property
+    def engine(self) -> PowerGridModel:
+        """The engine's model, converted from :attr:`pending` on first use: the first solve
+        converts right before it runs, with the engine's data still in the processor's cache
+        (the caller's own preparation in between would evict them on a large grid)."""
+        with self.lock:
+            if self.converted is None:
+                pending = self.pending if self.pending is not None else {}
+                try:
+                    self.converted = PowerGridModel(
+                        pending, system_frequency=self.model.frequency_hz
+                    )
+                except PowerGridError as err:
+                    message = str(err).splitlines()[0]
+                    raise AnalysisError(f"state estimation failed: {message}") from err
+                self.pending = None
+            return self.converted
 
 
 class _EngineCache:
@@ -238,8 +258,9 @@ def prepare_engine(
     local_angle_rad: FloatArray,
     layout: bytes | None = None,
 ) -> tuple[PreparedEngine, dict[ComponentType, npt.NDArray[np.void]], bool]:
-    """The converted model for this placement (kept, or converted now: then ``True``) and the
-    sensors of ``located``'s readings; ``layout`` is :func:`engine_layout` if known."""
+    """The engine model for this placement (kept, or made now with these sensors: then
+    ``True``; converted on first use, :attr:`PreparedEngine.engine`) and the sensors of
+    ``located``'s readings; ``layout`` is :func:`engine_layout` if known."""
     key = engine_layout(located, excluded_bus) if layout is None else layout
     prepared = _ENGINES.get(model, key)
     if prepared is not None:
@@ -248,13 +269,9 @@ def prepare_engine(
     sensors = _sensors(model, located, local_angle_rad, next_id)
     engine_input, switch_lines = _engine_input(model, located, excluded_bus)
     engine_input.update(sensors)
-    try:
-        engine = PowerGridModel(engine_input, system_frequency=model.frequency_hz)
-    except PowerGridError as err:
-        raise AnalysisError(f"state estimation failed: {str(err).splitlines()[0]}") from err
     prepared = PreparedEngine(
         model=model,
-        engine=engine,
+        pending=engine_input,
         output_filter=_output_filter(engine_input),
         next_id=next_id,
         lock=threading.RLock(),
