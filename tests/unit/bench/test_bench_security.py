@@ -72,8 +72,8 @@ def test_payload_column_seals_control_and_protection_only() -> None:
 
 def test_main_writes_the_verdict(tmp_path: Path) -> None:
     out = tmp_path / "security.json"
-    args = ["--messages", "3", "--burst", "10", "--rounds", "1", "--json", str(out)]
-    assert main(args) == 0
+    args = ["--messages", "3", "--burst", "10", "--rounds", "1", "--idle-samples", "5"]
+    assert main([*args, "--json", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["broker"] == "embedded"
     assert set(document["medians"]) == set(COLUMNS)
@@ -84,3 +84,10 @@ def test_main_writes_the_verdict(tmp_path: Path) -> None:
     }
     assert set(document["payload_over_tls"]) == set(CLASSES)
     assert len(document["per_round"]) == 1
+    for traffic in CLASSES:
+        assert set(document["crypto_us"][traffic]) == {
+            "seal_us",
+            "open_us",
+            "seal_idle_us",
+            "open_idle_us",
+        }
