@@ -18,9 +18,10 @@ tenth of a sigma of new noise on every value, as a periodic estimator gets them)
   residuals are built when first read (docs/estimation.md), so a second warm time includes
   ``as_dict()`` (every table and per-measurement value materialized). Cold: a first estimate with
   this placement of meters (placement and engine caches cleared; what depends on the model alone,
-  its sorted ids, branch table, islands and engine input without sensors, is kept, as raw
-  power-grid-model's cold gets its converted input); first: also the model caches cleared (a
-  model never seen); warm: reusing the placement and the converted engine model it kept;
+  its id lookups, branch table, islands, engine input without sensors and the pseudo-measurement
+  rows of its own load values, is kept, as raw power-grid-model's cold gets its converted input);
+  first: also the model caches cleared (a model never seen); warm: reusing the placement and the
+  converted engine model it kept;
 * ``openfeeder-nobad``: the same without the bad-data test (``bad_data=False``);
 * ``openfeeder+sigma``: with the voltage standard deviations (``uncertainty=True``);
 * ``pgm``: raw power-grid-model handed the same sensors (pseudo-measurements included, measured
