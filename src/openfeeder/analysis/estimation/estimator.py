@@ -75,6 +75,7 @@ from openfeeder.analysis.estimation.locate import (
 from openfeeder.analysis.estimation.measurement_set import END_TO, MeasurementSet, Quantity
 from openfeeder.analysis.estimation.model_cache import clear_model_cache, ids_unique
 from openfeeder.analysis.estimation.observability import (
+    PSEUDO_PREFIX,
     Observability,
     PseudoOptions,
     PseudoPolicy,
@@ -350,7 +351,10 @@ def _place(
     if len(added) and not unique:
         located_added = locate_measurements(model, added)  # as it was: branch ids first
     # pseudo-measurement names (pseudo-<load|gen|u>-<id>) are distinct when the model's ids are
-    located = given.concat(located_added, other_distinct=unique) if len(added) else given
+    if len(added):
+        located = given.concat(located_added, other_prefix=PSEUDO_PREFIX if unique else None)
+    else:
+        located = given
     observability = (
         first if first is not None and not len(added) else check_observability(model, located)
     )

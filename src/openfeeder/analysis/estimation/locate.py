@@ -108,15 +108,15 @@ class LocatedMeasurements:
         return self
 
     def concat(
-        self, other: LocatedMeasurements, *, other_distinct: bool = False
+        self, other: LocatedMeasurements, *, other_prefix: str | None = None
     ) -> LocatedMeasurements:
         """Both sets located on the same model, in this order (no second lookup).
 
-        ``other_distinct``: the caller vouches that ``other``'s ids differ from each other (the
-        pseudo-measurement names of a model whose ids are unique), so only this set's ids and
-        the two sets against each other are checked for an id used twice."""
-        if other_distinct:
-            measurements = _join_distinct(self.measurements, other.measurements)
+        ``other_prefix``: the caller vouches that ``other``'s ids differ from each other and all
+        start with this prefix (the pseudo-measurement names of a model whose ids are unique), so
+        only this set's ids are checked for one used twice or starting with the prefix."""
+        if other_prefix is not None:
+            measurements = _join_distinct(self.measurements, other.measurements, other_prefix)
         else:
             measurements = self.measurements.concat(other.measurements)
         out = LocatedMeasurements(
@@ -165,11 +165,19 @@ def _union(a: IntArray, b: IntArray) -> IntArray:
     return np.flatnonzero(hit).astype(np.int64)
 
 
-def _join_distinct(first: MeasurementSet, second: MeasurementSet) -> MeasurementSet:
-    """``first.concat(second)`` for a ``second`` whose ids are distinct among themselves."""
+def _join_distinct(first: MeasurementSet, second: MeasurementSet, prefix: str) -> MeasurementSet:
+    """``first.concat(second)`` for a ``second`` whose ids are distinct and start with
+    ``prefix``: no id of ``first`` starting with it (one search of their joined text, a
+    separator before each) and no id of ``first`` twice make the joined ids distinct."""
     seen = set(first.ids)
-    if len(seen) != len(first.ids) or not seen.isdisjoint(second.ids):
+    if len(seen) != len(first.ids):
         return first.concat(second)  # raises, naming the first id used twice
+    try:
+        prefixed = "\0" + prefix in "\0" + "\0".join(first.ids)
+    except TypeError:  # an id that is not a string
+        prefixed = True
+    if prefixed and not seen.isdisjoint(second.ids):
+        return first.concat(second)
     return MeasurementSet.joined((first, second))
 
 

@@ -57,6 +57,7 @@ from openfeeder.errors import MeasurementError
 from openfeeder.model.grid import GridModel
 
 __all__ = [
+    "PSEUDO_PREFIX",
     "ApplianceCounts",
     "Observability",
     "PseudoOptions",
@@ -71,6 +72,10 @@ __all__ = [
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
+
+PSEUDO_PREFIX: Final = "pseudo-"
+"""Every pseudo-measurement's id starts with it: ``pseudo-load-<id>``, ``pseudo-gen-<id>``,
+``pseudo-u-<bus id>``."""
 
 
 class PseudoPolicy(StrEnum):
@@ -308,7 +313,7 @@ def _pseudo_parts(
         rows = source_rows[keep]
         u_rated = model.bus["u_rated_kv"][rows]
         u = MeasurementSet.from_columns(
-            [f"pseudo-u-{i}" for i in bus_id[rows].tolist()],
+            [f"{PSEUDO_PREFIX}u-{i}" for i in bus_id[rows].tolist()],
             Quantity.U,
             bus=bus_id[rows],
             u_kv=source["u_ref_pu"][keep] * u_rated,
@@ -418,7 +423,8 @@ def _pseudo_ids(model: GridModel, table: str, sign: str, rows: IntArray) -> tupl
         model,
         ("pseudo_ids", table, sign),
         lambda: np.array(
-            [f"pseudo-{sign}-{i}" for i in model.table(table)["id"].tolist()], dtype=object
+            [f"{PSEUDO_PREFIX}{sign}-{i}" for i in model.table(table)["id"].tolist()],
+            dtype=object,
         ),
     )
     return tuple(names[rows])

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from se_cases import feeder, metered
 
-from openfeeder.analysis.estimation import MeasurementSet, locate_measurements
+from openfeeder.analysis.estimation import MeasurementSet, estimate_state, locate_measurements
+from openfeeder.analysis.estimation.estimator import clear_caches
 from openfeeder.analysis.estimation.measurement_set import (
     END_NONE,
     MEASUREMENT_DTYPE,
@@ -81,3 +82,29 @@ def test_concat_and_empty_rows_are_what_numpy_field_by_field_gives() -> None:
     one = MeasurementSet.from_columns(["a"], Quantity.U, bus=1, u_kv=20.0, u_sigma_kv=0.1)
     assert one.table["u_kv"][0] == 20.0
     assert np.isnan(one.table["p_mw"][0])
+
+
+def test_a_new_placement_checks_its_ids_against_each_other_and_the_pseudo_names() -> None:
+    """The given ids and the pseudo-measurements' are joined with one check: an id given twice,
+    or one that is the name of a pseudo-measurement the estimate adds, is refused; one that only
+    starts like a pseudo-measurement name is not."""
+    model, flow = feeder(buses=120)
+    given = metered(model, flow, seed=8, load_share=0.5)
+    measured = set(given.table["element"][given.quantity == 2].tolist())
+    unmeasured = next(int(i) for i in model.load["id"].tolist() if i not in measured)
+    ids = list(given.ids)
+
+    ids[0] = f"pseudo-load-{unmeasured}"  # the name of a pseudo-measurement that is added
+    clear_caches()
+    with pytest.raises(MeasurementError, match="id used twice") as taken:
+        estimate_state(model, MeasurementSet(tuple(ids), given.table), uncertainty=False)
+    assert taken.value.measurement_id == f"pseudo-load-{unmeasured}"
+
+    ids[0] = ids[1]  # the same id twice among the given ones
+    with pytest.raises(MeasurementError, match="id used twice"):
+        estimate_state(model, MeasurementSet(tuple(ids), given.table), uncertainty=False)
+
+    ids[0] = "pseudo-load-not-a-load"  # starts like one, is none of them
+    estimate = estimate_state(model, MeasurementSet(tuple(ids), given.table), uncertainty=False)
+    assert estimate.measurements.ids[0] == "pseudo-load-not-a-load"
+    assert len(set(estimate.measurements.ids)) == len(estimate.measurements.ids)
