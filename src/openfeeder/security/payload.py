@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -50,11 +50,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from openfeeder.errors import SecurityError
 
+if TYPE_CHECKING:
+    from openfeeder.security._sm4gcm import SM4GCM
+
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_TRAFFIC",
     "MAGIC",
+    "SM4_BACKEND",
     "AeadCipher",
     "Algorithm",
     "KeyResolver",
@@ -322,12 +326,45 @@ def _aad(header: bytes, topic: str, device_id: str) -> bytes:
 Aead = Callable[[bytes, bytes, bytes], bytes]
 
 
-def _sm4_gcm(material: bytes) -> tuple[Aead, Aead]:
-    """Encrypt and decrypt for one SM4 key.
+def _compiled_sm4() -> type[SM4GCM] | None:
+    """The compiled SM4-GCM (``_sm4gcm.c``), unless it was not built or the environment asks for
+    ``cryptography`` (``OPENFEEDER_SM4_BACKEND=cryptography``)."""
+    if os.environ.get("OPENFEEDER_SM4_BACKEND", "").strip().lower() == "cryptography":
+        return None
+    try:
+        from openfeeder.security._sm4gcm import SM4GCM
+    except ImportError:
+        return None
+    return SM4GCM
 
-    ``cryptography`` has no SM4 AEAD object, so each message needs its own GCM context (the
-    nonce is fixed when the context is made, and GCM contexts cannot be re-keyed or re-used);
-    the key object is made once, so only the mode and the context are per message.
+
+_SM4GCM: Final = _compiled_sm4()
+SM4_BACKEND: Final = "compiled" if _SM4GCM is not None else "cryptography"
+"""Which SM4-GCM seals and opens: ``compiled`` (the package's C module: one key schedule and one
+GHASH table per key) or ``cryptography`` (an OpenSSL context per message)."""
+
+
+def _sm4_gcm(material: bytes, *, compiled: bool = True) -> tuple[Aead, Aead]:
+    """Encrypt and decrypt for one SM4 key: the compiled module's (``compiled`` and built), else
+    ``cryptography``'s. Both are SM4-GCM (NIST SP 800-38D, 96-bit nonces, 128-bit tags) and
+    interoperate (tested)."""
+    if compiled and _SM4GCM is not None:
+        cipher = _SM4GCM(material)
+
+        def open_compiled(nonce: bytes, sealed: bytes, aad: bytes) -> bytes:
+            plaintext = cipher.decrypt(nonce, sealed, aad)
+            if plaintext is None:
+                raise InvalidTag
+            return plaintext
+
+        return cipher.encrypt, open_compiled
+    return _sm4_gcm_openssl(material)
+
+
+def _sm4_gcm_openssl(material: bytes) -> tuple[Aead, Aead]:
+    """SM4-GCM through ``cryptography``: it has no SM4 AEAD object, so each message needs its own
+    GCM context (the nonce is fixed when the context is made, and GCM contexts cannot be re-keyed
+    or re-used); the key object is made once, so only the mode and the context are per message.
     """
     sm4 = algorithms.SM4(material)
 
