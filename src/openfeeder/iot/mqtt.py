@@ -227,8 +227,11 @@ class MqttLink:
             self._client.disconnect()
         if self._network is not None:
             self._network.remove(self)
-        else:
-            self._client.loop_stop()
+        elif self._client.loop_stop() == paho.MQTT_ERR_SUCCESS:
+            # paho keeps loop_start's wake-up socket pair open until the client is collected,
+            # which for a client in a reference cycle leaves them to the socket finalizers
+            # (unclosed-socket warnings); its thread has ended, so close them now
+            self._client._reset_sockets(sockpair_only=True)
         self._connected.clear()
 
     # -- subscribe / publish -----------------------------------------------------------------
