@@ -778,6 +778,8 @@ class KeyRing:
             self._keys[key.key_id] = (key, state)
             if state is KeyState.ACTIVE:
                 self._active[key.key_id.rsplit("@", 1)[0]] = key
+        # (class, device) -> its sealing key: a ring does not change, so each is looked up once
+        self._sealing: dict[tuple[str, str], SymmetricKey] = {}
 
     @classmethod
     def of(cls, *keys: SymmetricKey) -> KeyRing:
@@ -785,9 +787,13 @@ class KeyRing:
         return cls((key, KeyState.ACTIVE) for key in keys)
 
     def sealing_key(self, traffic: TrafficClass, device_id: str) -> SymmetricKey:
+        key = self._sealing.get((traffic, device_id))
+        if key is not None:
+            return key
         for name in (key_name(traffic, device_id), key_name(traffic)):
             key = self._active.get(name)
             if key is not None:
+                self._sealing[traffic, device_id] = key
                 return key
         raise KeyStoreError(f"no active {traffic} key for device {device_id!r}")
 
