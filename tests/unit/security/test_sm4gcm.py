@@ -13,7 +13,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from openfeeder.security import payload
-from openfeeder.security.payload import SM4_BACKEND, TAG_BYTES, _sm4_gcm
+from openfeeder.security.payload import (
+    SM4_BACKEND,
+    SM4_COMPILED_MAX_BYTES,
+    TAG_BYTES,
+    _sm4_gcm,
+)
 
 if TYPE_CHECKING:
     from openfeeder.security._sm4gcm import SM4GCM
@@ -104,14 +109,16 @@ def test_payload_sealing_interoperates_with_the_openssl_backend() -> None:
     key = os.urandom(16)
     fast, reference = _sm4_gcm(key), _sm4_gcm(key, compiled=False)
     nonce, aad = os.urandom(12), b"header|openfeeder/v1/event/fsw-1\x00fsw-1"
-    for size in (0, 1, 200, 1500):
+    for size in (0, 1, 200, SM4_COMPILED_MAX_BYTES, SM4_COMPILED_MAX_BYTES + 1, 6000):
         plaintext = os.urandom(size)
         assert reference[1](nonce, fast[0](nonce, plaintext, aad), aad) == plaintext
         assert fast[1](nonce, reference[0](nonce, plaintext, aad), aad) == plaintext
-    forged = fast[0](nonce, b"trip", aad)[:-1] + b"\x00"
-    for _, decrypt in (fast, reference):
-        with pytest.raises(InvalidTag):
-            decrypt(nonce, forged, aad)
+    for size in (4, SM4_COMPILED_MAX_BYTES + 100):  # both paths of the compiled backend
+        sealed = fast[0](nonce, bytes(size), aad)
+        forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        for _, decrypt in (fast, reference):
+            with pytest.raises(InvalidTag):
+                decrypt(nonce, forged, aad)
 
 
 def test_the_environment_can_ask_for_openssl(monkeypatch: pytest.MonkeyPatch) -> None:
