@@ -17,7 +17,6 @@ import pwd
 import re
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from bench._processes import free_port, stop_process
 from openfeeder.security.mosquitto import MosquittoFiles, mosquitto_config
 
 BROKERS: Final = ("embedded", "mosquitto")
@@ -74,27 +74,6 @@ def _log(path: Path) -> str:
     return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a clean stop), SIGKILL if it has not ended within 10 s; its pipes closed."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            stream.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _embedded(directory: Path, tls: BrokerTls | None) -> tuple[subprocess.Popen[bytes], int]:
     command = [sys.executable, "-c", _EMBEDDED, "broker", "--host", "127.0.0.1", "--port", "0"]
     if tls is not None:
@@ -110,7 +89,7 @@ def _embedded(directory: Path, tls: BrokerTls | None) -> tuple[subprocess.Popen[
         if found is None:
             raise RuntimeError(f"the embedded broker said {line!r}: {_log(log_file)}")
     except BaseException:
-        _stop(process)
+        stop_process(process)
         raise
     return process, int(found.group(1))
 
@@ -119,7 +98,7 @@ def _mosquitto(directory: Path, tls: BrokerTls | None) -> tuple[subprocess.Popen
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         raise RuntimeError("--broker mosquitto: the mosquitto binary is not installed")
-    port = _free_port()
+    port = free_port()
     if tls is None:
         text = f"listener {port} 127.0.0.1\nallow_anonymous true\n"
     else:
@@ -138,7 +117,7 @@ def _mosquitto(directory: Path, tls: BrokerTls | None) -> tuple[subprocess.Popen
                 return process, port
         except OSError:
             if process.poll() is not None or time.monotonic() >= deadline:
-                _stop(process)
+                stop_process(process)
                 raise RuntimeError(
                     f"mosquitto did not listen on {port}: {_log(log_file)}"
                 ) from None
@@ -158,7 +137,7 @@ def broker(kind: str, directory: Path, tls: BrokerTls | None) -> Iterator[int]:
     try:
         yield port
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 class ReceiverProcess:
@@ -216,4 +195,4 @@ class ReceiverProcess:
                 self._stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=10)
-        _stop(self._process)
+        stop_process(self._process)

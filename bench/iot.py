@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench._processes import free_port, stop_process
+
 RESULTS = Path(__file__).parent / "results"
 POSTGRES_URL = os.environ.get(
     "OPENFEEDER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -40,13 +41,6 @@ POSTGRES_URL = os.environ.get(
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=150)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_port(port: int, process: subprocess.Popen[Any], timeout_s: float = 20) -> None:
@@ -60,16 +54,6 @@ def _wait_port(port: int, process: subprocess.Popen[Any], timeout_s: float = 20)
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s")
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def openfeeder_cmd(*args: str) -> list[str]:
@@ -105,7 +89,7 @@ def broker(kind: str, workdir: Path) -> Iterator[str]:
         _wait_port(port, process)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process(process, timeout_s=20)
         if process.stderr is not None:
             process.stderr.close()
 
@@ -237,7 +221,7 @@ def service(
         _wait_port(port, process, timeout_s=60)
         yield process
     finally:
-        _stop(process)
+        stop_process(process, timeout_s=20)
         log.close()
 
 
