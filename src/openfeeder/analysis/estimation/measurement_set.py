@@ -159,7 +159,10 @@ class MeasurementSet:
     makes its :meth:`column` arrays from theirs (an estimate of a new placement reads columns only).
     """
 
-    ids: tuple[str, ...]
+    _ids: tuple[str, ...] | None = field(repr=False)
+    _size: int = field(repr=False)
+    _id_names: tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]] | None = field(repr=False)
+    """Names and rows a set taken from a per-model name list has as ids (made when read)."""
     _table: npt.NDArray[np.void] | None = field(repr=False)
     _columns: dict[str, npt.NDArray[Any]] = field(repr=False)
     _joined: tuple[MeasurementSet, ...] = field(repr=False)
@@ -172,20 +175,42 @@ class MeasurementSet:
             raise TypeError(f"measurement table has dtype {table.dtype}")
         if len(ids) != table.size:
             raise ValueError(f"{len(ids)} ids for {table.size} measurements")
-        self._set(ids, table, (), None)
+        self._set(ids, len(ids), table, (), None)
 
     def _set(
         self,
-        ids: tuple[str, ...],
+        ids: tuple[str, ...] | None,
+        size: int,
         table: npt.NDArray[np.void] | None,
         joined: tuple[MeasurementSet, ...],
         taken: tuple[MeasurementSet, npt.NDArray[np.int64]] | None,
+        *,
+        id_names: tuple[npt.NDArray[np.object_], npt.NDArray[np.int64]] | None = None,
     ) -> None:
-        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "_ids", ids)
+        object.__setattr__(self, "_size", size)
+        object.__setattr__(self, "_id_names", id_names)
         object.__setattr__(self, "_table", table)
         object.__setattr__(self, "_columns", {})
         object.__setattr__(self, "_joined", joined)
         object.__setattr__(self, "_taken", taken)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The measurements' ids, in order (unique strings). A set joined from others or taken
+        with names from a per-model list makes the tuple when first read (an estimate of a new
+        placement does not read the pseudo-measurements' ids)."""
+        ids = self._ids
+        if ids is None:
+            if self._id_names is not None:
+                names, rows = self._id_names
+                ids = tuple(names[rows].tolist())
+            else:  # tuples joined by +: a copy of references, no iteration in Python
+                ids = ()
+                for m in self._joined:
+                    ids += m.ids
+            object.__setattr__(self, "_ids", ids)
+        return ids
 
     @property
     def table(self) -> npt.NDArray[np.void]:
@@ -201,7 +226,7 @@ class MeasurementSet:
         return table
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._size
 
     @property
     def quantity(self) -> npt.NDArray[np.int8]:
@@ -237,29 +262,40 @@ class MeasurementSet:
         # a joined set's parts rather than the set: its columns are theirs, joined once
         parts = chain.from_iterable(m._joined or (m,) for m in sets if len(m))
         joined = tuple(parts) or tuple(sets[:1])
-        if ids is None:  # tuples joined by +: a copy of references, no iteration in Python
-            ids = ()
-            for m in joined:
-                ids += tuple(m.ids)
-        elif len(ids) != sum(len(m) for m in joined):
-            raise ValueError(f"{len(ids)} ids for {sum(len(m) for m in joined)} measurements")
+        size = sum(len(m) for m in joined)
+        if ids is not None and len(ids) != size:
+            raise ValueError(f"{len(ids)} ids for {size} measurements")
+        # without ``ids``: the parts' ids joined when first read (:attr:`ids`)
         if not joined:
-            out._set(ids, empty_rows(0), (), None)
+            out._set((), 0, empty_rows(0), (), None)
         elif len(joined) == 1:
             only = joined[0]
-            out._set(ids, only._table, only._joined, only._taken)
+            if ids is None:
+                ids = only._ids
+            out._set(ids, size, only._table, only._joined, only._taken, id_names=only._id_names)
             object.__setattr__(out, "_columns", only._columns)
         else:
-            out._set(ids, None, joined, None)
+            out._set(ids, size, None, joined, None)
         return out
 
-    def take(self, rows: npt.NDArray[np.int64], ids: tuple[str, ...]) -> MeasurementSet:
+    def take(
+        self,
+        rows: npt.NDArray[np.int64],
+        ids: tuple[str, ...] | npt.NDArray[np.object_],
+    ) -> MeasurementSet:
         """The measurements at integer ``rows`` named ``ids`` instead, for a caller that vouches
-        that they are distinct."""
+        that they are distinct. ``ids`` may also be an object array of names per row of this
+        set (``ids[rows]`` are the names; the tuple is made when :attr:`ids` is first read)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = MeasurementSet.__new__(MeasurementSet)
+        if isinstance(ids, np.ndarray):
+            if ids.shape != (len(self),):
+                raise ValueError(f"{ids.size} names for {len(self)} measurements")
+            out._set(None, rows.size, None, (), (self, rows), id_names=(ids, rows))
+            return out
         if len(ids) != rows.size:
             raise ValueError(f"{len(ids)} ids for {rows.size} measurements")
-        out = MeasurementSet.__new__(MeasurementSet)
-        out._set(ids, None, (), (self, np.asarray(rows, dtype=np.int64)))
+        out._set(ids, rows.size, None, (), (self, rows))
         return out
 
     @classmethod

@@ -289,15 +289,16 @@ def _pseudo_parts(
         rows = np.flatnonzero(pick)
         if rows.size == 0:
             continue
-        ids = _pseudo_ids(model, name, sign, rows)
+        names = _pseudo_names(model, name, sign)
         if own_values:  # every row's pseudo-measurement made once per model, rows taken
             every, valid = _every_pseudo_pq(model, name, values_p, values_q, options)
-            pq = every.take(rows, ids)
+            pq = every.take(rows, names)  # their ids made when read
             if not valid:
                 pq.check()  # the first bad row of those picked, as for a forecast
         else:
             pq = MeasurementSet(
-                ids, _pq_rows(table["id"][rows], values_p[rows], values_q[rows], options)
+                tuple(names[rows].tolist()),
+                _pq_rows(table["id"][rows], values_p[rows], values_q[rows], options),
             )
             pq.check()
         parts.append((pq, kind, rows, bus_rows[rows]))
@@ -417,8 +418,8 @@ def closed_islands(model: GridModel) -> ClosedIslands:
     return model_memo(model, "closed_islands", build)
 
 
-def _pseudo_ids(model: GridModel, table: str, sign: str, rows: IntArray) -> tuple[str, ...]:
-    """``pseudo-<sign>-<id>`` of the ``rows`` of ``model.<table>`` (the names kept per model)."""
+def _pseudo_names(model: GridModel, table: str, sign: str) -> npt.NDArray[np.object_]:
+    """``pseudo-<sign>-<id>`` of every row of ``model.<table>`` (kept per model; do not write)."""
     names: npt.NDArray[np.object_] = model_memo(
         model,
         ("pseudo_ids", table, sign),
@@ -427,7 +428,7 @@ def _pseudo_ids(model: GridModel, table: str, sign: str, rows: IntArray) -> tupl
             dtype=object,
         ),
     )
-    return tuple(names[rows])
+    return names
 
 
 def _graph(f: IntArray, t: IntArray, n: int) -> sp.csr_matrix:

@@ -20,6 +20,7 @@ from openfeeder.analysis.estimation.estimator import (
     _solve,
     clear_caches,
 )
+from openfeeder.analysis.estimation.measurement_set import Quantity
 from openfeeder.analysis.estimation.model_cache import find, find_ids
 from openfeeder.analysis.estimation.observability import PseudoOptions
 from openfeeder.analysis.estimation.prepared import placement_key
@@ -226,3 +227,25 @@ def test_model_cache_id_index_equals_the_sorting_lookup(ids: npt.NDArray[np.int6
     wanted = np.concatenate([ids, ids[::-2], [-5, 0, 99, 161, 10**9, 4, 9]]).astype(np.int64)
     found = find_ids(model, ("test ids", ids.tobytes()), lambda: ids, wanted)
     np.testing.assert_array_equal(found, lookup(ids, wanted))
+
+
+def test_sets_joined_or_taken_with_names_make_their_ids_when_read() -> None:
+    first = MeasurementSet.from_columns(
+        ["a", "b"], Quantity.U, bus=[1, 2], u_kv=20.0, u_sigma_kv=0.1
+    )
+    every = MeasurementSet.from_columns(
+        ["0", "1", "2"], Quantity.U, bus=[3, 4, 5], u_kv=[19.0, 19.5, 20.5], u_sigma_kv=0.2
+    )
+    names = np.array(["x-3", "x-4", "x-5"], dtype=object)
+    taken = every.take(np.array([2, 0]), names)
+    assert len(taken) == 2
+    assert taken.ids == ("x-5", "x-3")
+    np.testing.assert_array_equal(taken.column("bus"), [5, 3])
+    joined = MeasurementSet.joined((first, every.take(np.array([1]), names)))
+    assert len(joined) == 3
+    assert joined.ids == ("a", "b", "x-4")
+    np.testing.assert_array_equal(joined.table["u_kv"], [20.0, 20.0, 19.5])
+    # a later join keeps the parts; its ids are theirs
+    assert MeasurementSet.joined((joined, taken)).ids == ("a", "b", "x-4", "x-5", "x-3")
+    with pytest.raises(ValueError, match="names"):
+        every.take(np.array([0]), names[:2])
