@@ -51,6 +51,7 @@ from power_grid_model import (
     MeasuredTerminalType,
     PowerGridModel,
     initialize_array,
+    power_grid_meta_data,
 )
 from power_grid_model.errors import (  # type: ignore[attr-defined]  # re-exported
     IterationDiverge,
@@ -257,16 +258,19 @@ def prepare_engine(
     excluded_bus: BoolArray,
     local_angle_rad: FloatArray,
     layout: bytes | None = None,
-) -> tuple[PreparedEngine, dict[ComponentType, npt.NDArray[np.void]], bool]:
+    columnar: bool = False,
+) -> tuple[PreparedEngine, dict[ComponentType, Any], bool]:
     """The engine model for this placement (kept, or made now with these sensors: then
     ``True``; converted on first use, :attr:`PreparedEngine.engine`) and the sensors of
-    ``located``'s readings; ``layout`` is :func:`engine_layout` if known."""
+    ``located``'s readings, as input arrays or with ``columnar`` as :data:`SensorColumns`
+    (the engine takes both); ``layout`` is :func:`engine_layout` if known."""
     key = engine_layout(located, excluded_bus) if layout is None else layout
+    build = _sensor_columns if columnar else _sensors
     prepared = _ENGINES.get(model, key)
     if prepared is not None:
-        return prepared, _sensors(model, located, local_angle_rad, prepared.next_id), False
+        return prepared, build(model, located, local_angle_rad, prepared.next_id), False
     next_id = next_free_id(model)
-    sensors = _sensors(model, located, local_angle_rad, next_id)
+    sensors: dict[ComponentType, Any] = build(model, located, local_angle_rad, next_id)
     engine_input, switch_lines = _engine_input(model, located, excluded_bus)
     engine_input.update(sensors)
     prepared = PreparedEngine(
@@ -549,51 +553,85 @@ _TABLE_OF: Final = {Target.LOAD: "load", Target.GENERATOR: "generator", Target.S
 def _sensors(
     model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray, next_id: int
 ) -> dict[ComponentType, npt.NDArray[np.void]]:
-    column = located.measurements.column
-    out: dict[ComponentType, npt.NDArray[np.void]] = {}
+    """The sensors of ``located`` as engine input arrays (one row per sensor)."""
+    return {
+        kind: _packed(kind, columns)
+        for kind, columns in _sensor_columns(model, located, local_angle_rad, next_id).items()
+    }
 
-    voltage = voltage_sensors(model, located, next_id)
+
+SensorColumns = dict[ComponentType, dict[str, npt.NDArray[Any]]]
+"""Sensors per engine component type as columns (attribute: contiguous array of its type); the
+engine takes them as they are (a columnar component) and gives absent attributes their null."""
+
+
+def _sensor_columns(
+    model: GridModel, located: LocatedMeasurements, local_angle_rad: FloatArray, next_id: int
+) -> SensorColumns:
+    """The sensors of ``located`` by attribute (:func:`_sensors` packs the same values in rows):
+    each attribute one contiguous array instead of a field written across the rows."""
+    column = located.measurements.column
+    out: SensorColumns = {}
+
+    voltage = _voltage_columns(model, located, next_id)
     if voltage is not None:
         out[ComponentType.sym_voltage_sensor] = voltage
 
     power = np.flatnonzero(located.of_quantity(Quantity.PQ))
     if power.size:
-        sensor = _input_array(ComponentType.sym_power_sensor, power.size, _POWER_SENSOR_WRITTEN)
-        sensor["id"] = next_id + power
-        sensor["measured_object"] = np.where(
-            located.target[power] == Target.BUS,
-            model.bus["id"][np.maximum(located.bus_row[power], 0)] if model.bus.size else -1,
-            column("element")[power],
+        out[ComponentType.sym_power_sensor] = _typed(
+            ComponentType.sym_power_sensor,
+            id=next_id + power,
+            measured_object=np.where(
+                located.target[power] == Target.BUS,
+                model.bus["id"][np.maximum(located.bus_row[power], 0)] if model.bus.size else -1,
+                column("element")[power],
+            ),
+            measured_terminal_type=_terminal(located, power),
+            p_measured=column("p_mw")[power] * 1e6,
+            q_measured=column("q_mvar")[power] * 1e6,
+            p_sigma=column("p_sigma_mw")[power] * 1e6,
+            q_sigma=column("q_sigma_mvar")[power] * 1e6,
         )
-        sensor["measured_terminal_type"] = _terminal(located, power)
-        sensor["p_measured"] = column("p_mw")[power] * 1e6
-        sensor["q_measured"] = column("q_mvar")[power] * 1e6
-        sensor["p_sigma"] = column("p_sigma_mw")[power] * 1e6
-        sensor["q_sigma"] = column("q_sigma_mvar")[power] * 1e6
-        out[ComponentType.sym_power_sensor] = sensor
 
     current = np.flatnonzero(located.of_quantity(Quantity.I, Quantity.I_PHASOR))
     if current.size:
         phasor = located.of_quantity(Quantity.I_PHASOR)[current]
-        sensor = initialize_array(DatasetType.input, ComponentType.sym_current_sensor, current.size)
-        sensor["id"] = next_id + current
-        sensor["measured_object"] = column("element")[current]
-        sensor["measured_terminal_type"] = _terminal(located, current)
-        sensor["angle_measurement_type"] = np.where(
-            phasor, AngleMeasurementType.global_angle, AngleMeasurementType.local_angle
-        )
         i_a = column("i_ka")[current] * 1e3
         sigma_a = column("i_sigma_ka")[current] * 1e3
-        sensor["i_measured"] = i_a
-        sensor["i_sigma"] = sigma_a
-        sensor["i_angle_measured"] = np.where(
-            phasor, np.deg2rad(column("i_angle_deg")[current]), local_angle_rad[current]
-        )
         pinned_sigma = sigma_a / np.maximum(i_a, sigma_a)
-        sensor["i_angle_sigma"] = np.where(
-            phasor, np.deg2rad(column("angle_sigma_deg")[current]), pinned_sigma
+        out[ComponentType.sym_current_sensor] = _typed(
+            ComponentType.sym_current_sensor,
+            id=next_id + current,
+            measured_object=column("element")[current],
+            measured_terminal_type=_terminal(located, current),
+            angle_measurement_type=np.where(
+                phasor, AngleMeasurementType.global_angle, AngleMeasurementType.local_angle
+            ),
+            i_sigma=sigma_a,
+            i_angle_sigma=np.where(
+                phasor, np.deg2rad(column("angle_sigma_deg")[current]), pinned_sigma
+            ),
+            i_measured=i_a,
+            i_angle_measured=np.where(
+                phasor, np.deg2rad(column("i_angle_deg")[current]), local_angle_rad[current]
+            ),
         )
-        out[ComponentType.sym_current_sensor] = sensor
+    return out
+
+
+def _typed(kind: ComponentType, **columns: npt.ArrayLike) -> dict[str, npt.NDArray[Any]]:
+    """``columns`` as arrays of the engine's types for ``kind``'s input attributes."""
+    dtype = _INPUT_DTYPES[kind]
+    return {name: np.asarray(values, dtype=dtype[name]) for name, values in columns.items()}
+
+
+def _packed(kind: ComponentType, columns: dict[str, npt.NDArray[Any]]) -> npt.NDArray[np.void]:
+    """``columns`` of ``kind`` as one input array (the other attributes the engine's null)."""
+    size = next(iter(columns.values())).size
+    out = _input_array(kind, size, tuple(columns))
+    for name, values in columns.items():
+        out[name] = values
     return out
 
 
@@ -605,6 +643,14 @@ def voltage_sensors(
     The engine merges all sensors of a bus into one and drops the angle when one of them has
     none; inverse-variance weighting of the magnitudes here keeps the angle and the information.
     """
+    columns = _voltage_columns(model, located, next_id)
+    return None if columns is None else _packed(ComponentType.sym_voltage_sensor, columns)
+
+
+def _voltage_columns(
+    model: GridModel, located: LocatedMeasurements, next_id: int
+) -> dict[str, npt.NDArray[Any]] | None:
+    """:func:`voltage_sensors` by attribute."""
     magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
     phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
     if magnitude.size + phasor.size == 0:
@@ -631,28 +677,16 @@ def voltage_sensors(
         kept[merged] = False
         magnitude = magnitude[kept[magnitude]]
     rows = np.concatenate([magnitude, phasor]) if phasor.size else magnitude
-    sensor = _input_array(
+    return _typed(
         ComponentType.sym_voltage_sensor,
-        rows.size,
-        ("id", "measured_object", "u_sigma", "u_measured", "u_angle_measured"),
+        id=next_id + rows,
+        measured_object=model.bus["id"][located.bus_row[rows]],
+        u_sigma=sigma_kv[rows] * 1e3,
+        u_measured=u_kv[rows] * 1e3,
+        u_angle_measured=np.deg2rad(located.measurements.column("u_angle_deg")[rows]),
     )
-    sensor["id"] = next_id + rows
-    sensor["measured_object"] = model.bus["id"][located.bus_row[rows]]
-    sensor["u_sigma"] = sigma_kv[rows] * 1e3
-    sensor["u_measured"] = u_kv[rows] * 1e3
-    sensor["u_angle_measured"] = np.deg2rad(located.measurements.column("u_angle_deg")[rows])
-    return sensor
 
 
-_POWER_SENSOR_WRITTEN: Final = (
-    "id",
-    "measured_object",
-    "measured_terminal_type",
-    "p_measured",
-    "q_measured",
-    "p_sigma",
-    "q_sigma",
-)
 _LINE_WRITTEN: Final = (
     "id",
     "from_node",
@@ -692,6 +726,15 @@ def _terminal(located: LocatedMeasurements, rows: npt.NDArray[np.int64]) -> npt.
         out[branch] = np.where(to, MeasuredTerminalType.branch_to, MeasuredTerminalType.branch_from)
     return out
 
+
+_INPUT_DTYPES: Final = {
+    kind: power_grid_meta_data[DatasetType.input][kind].dtype
+    for kind in (
+        ComponentType.sym_voltage_sensor,
+        ComponentType.sym_power_sensor,
+        ComponentType.sym_current_sensor,
+    )
+}
 
 _TERMINAL_OF_TARGET: Final = np.array(
     [_TERMINAL.get(target, MeasuredTerminalType.branch_from) for target in Target], dtype=np.int8
