@@ -359,7 +359,7 @@ def _engine_input(
     model: GridModel, located: LocatedMeasurements, excluded_bus: BoolArray
 ) -> tuple[dict[ComponentType, Any], npt.NDArray[np.int64]]:
     """The engine input without sensors and the rows of the switches it has as lines."""
-    engine_input = dict(model_memo(model, "engine_input", lambda: to_engine_input(model)))
+    engine_input = dict(_model_engine_input(model))
     if excluded_bus.any() and ComponentType.source in engine_input:
         sources = engine_input[ComponentType.source].copy()
         rows = find(model, "bus", sources["node"])
@@ -421,35 +421,69 @@ def _measured_switches_as_lines(
 ) -> npt.NDArray[np.int64]:
     """Replace measured switches (links) by near-zero-impedance lines (module docstring);
     their switch rows (appended to the lines in this order)."""
-    measured = np.zeros(located.branches.id.size, dtype=bool)
-    measured[located.target_row[located.target == Target.BRANCH]] = True
-    rows = np.flatnonzero(measured)
-    switch_rows: npt.NDArray[np.int64] = (
-        rows[located.branches.kind[rows] == 2] - model.line.size - model.transformer.size
-    )
+    first = model.line.size + model.transformer.size  # switches follow in the branch table
+    branch = located.target_row[located.target == Target.BRANCH]
+    measured = np.zeros(model.switch.size, dtype=bool)
+    measured[branch[branch >= first] - first] = True
+    switch_rows: npt.NDArray[np.int64] = np.flatnonzero(measured).astype(np.int64, copy=False)
     if switch_rows.size == 0:
         return switch_rows
-    switch = take_rows(model.switch, switch_rows)
+    every = _every_switch_as_line(model)
     links = engine_input[ComponentType.link]
-    engine_input[ComponentType.link] = take_rows(links, ~np.isin(links["id"], switch["id"]))
+    if links is every.links:  # the model's own links: one per switch, in switch order
+        kept = ~measured
+    else:
+        kept = ~np.isin(links["id"], model.switch["id"][switch_rows])
+    engine_input[ComponentType.link] = take_rows(links, kept)
     if engine_input[ComponentType.link].size == 0:
         del engine_input[ComponentType.link]
-    u_rated_kv = model.bus["u_rated_kv"][find(model, "bus", switch["from_bus"])]
-    z_base_ohm = u_rated_kv**2
-    line = _input_array(ComponentType.line, switch.size, _LINE_WRITTEN)
-    line["id"] = switch["id"]
-    line["from_node"] = switch["from_bus"]
-    line["to_node"] = switch["to_bus"]
-    line["from_status"] = switch["closed"]
-    line["to_status"] = switch["closed"]
-    line["x1"] = line["x0"] = SWITCH_LINE_Z_PU * z_base_ohm
-    line["r1"] = line["r0"] = 0.1 * SWITCH_LINE_Z_PU * z_base_ohm
-    line["c1"] = line["c0"] = 0.0
-    line["tan1"] = line["tan0"] = 0.0
-    line["i_n"] = np.where(np.isfinite(switch["i_rated_ka"]), switch["i_rated_ka"] * 1e3, 1e6)
+    line = take_rows(every.lines, switch_rows)
     existing = engine_input.get(ComponentType.line)
     engine_input[ComponentType.line] = line if existing is None else join_rows([existing, line])
     return switch_rows
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _SwitchLines:
+    lines: npt.NDArray[np.void]
+    """Every switch of the model as the line it is handed over as when measured."""
+    links: npt.NDArray[np.void] | None
+    """The links of the model's kept engine input, if they are its switches in order and the
+    model's ids unique (a measured switch's link is then the one at its row)."""
+
+
+def _every_switch_as_line(model: GridModel) -> _SwitchLines:
+    """:class:`_SwitchLines` of ``model`` (made once per model)."""
+
+    def build() -> _SwitchLines:
+        switch = model.switch
+        u_rated_kv = model.bus["u_rated_kv"][find(model, "bus", switch["from_bus"])]
+        z_base_ohm = u_rated_kv**2
+        line = _input_array(ComponentType.line, switch.size, _LINE_WRITTEN)
+        line["id"] = switch["id"]
+        line["from_node"] = switch["from_bus"]
+        line["to_node"] = switch["to_bus"]
+        line["from_status"] = switch["closed"]
+        line["to_status"] = switch["closed"]
+        line["x1"] = line["x0"] = SWITCH_LINE_Z_PU * z_base_ohm
+        line["r1"] = line["r0"] = 0.1 * SWITCH_LINE_Z_PU * z_base_ohm
+        line["c1"] = line["c0"] = 0.0
+        line["tan1"] = line["tan0"] = 0.0
+        line["i_n"] = np.where(np.isfinite(switch["i_rated_ka"]), switch["i_rated_ka"] * 1e3, 1e6)
+        links = _model_engine_input(model).get(ComponentType.link)
+        in_order = (
+            links is not None
+            and ids_unique(model)
+            and np.array_equal(links["id"], np.asarray(switch["id"]))
+        )
+        return _SwitchLines(line, links if in_order else None)
+
+    return model_memo(model, "switch_lines", build)
+
+
+def _model_engine_input(model: GridModel) -> dict[ComponentType, Any]:
+    """The engine input of ``model`` without sensors (made once per model; do not write)."""
+    return model_memo(model, "engine_input", lambda: to_engine_input(model))
 
 
 def _output_filter(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from power_grid_model import CalculationMethod
+from power_grid_model import CalculationMethod, ComponentType
 from se_cases import feeder, metered
 
 from openfeeder.analysis.estimation import MeasurementSet, estimate_state
@@ -249,3 +249,27 @@ def test_sets_joined_or_taken_with_names_make_their_ids_when_read() -> None:
     assert MeasurementSet.joined((joined, taken)).ids == ("a", "b", "x-4", "x-5", "x-3")
     with pytest.raises(ValueError, match="names"):
         every.take(np.array([0]), names[:2])
+
+
+def test_measured_switches_become_the_same_lines_from_the_kept_model_input() -> None:
+    from openfeeder.analysis.engine_input import to_engine_input
+    from openfeeder.analysis.estimation.engine_wls import (
+        _measured_switches_as_lines,
+        _model_engine_input,
+    )
+    from openfeeder.analysis.estimation.locate import locate_measurements
+
+    model, flow = feeder()
+    located = locate_measurements(model, metered(model, flow, seed=42))
+    kept = dict(_model_engine_input(model))  # its links are taken by row
+    fresh = to_engine_input(model)  # another array: taken by id
+    rows = _measured_switches_as_lines(model, located, kept)
+    assert rows.size > 0
+    np.testing.assert_array_equal(rows, _measured_switches_as_lines(model, located, fresh))
+    assert kept.keys() == fresh.keys()
+    for kind, array in kept.items():  # the same bytes (NaN where the engine's null is)
+        assert array.dtype == fresh[kind].dtype
+        assert array.tobytes() == fresh[kind].tobytes()
+    measured = model.switch["id"][rows]
+    assert not np.isin(kept[ComponentType.link]["id"], measured).any()
+    assert np.isin(measured, kept[ComponentType.line]["id"]).all()
