@@ -186,6 +186,11 @@ class PreparedEngine:
             return self.converted
 
 
+Layout = bytes | tuple[str, bytes]
+"""What a kept engine model is found by besides its model: :func:`engine_layout`, or a name and a
+key that determines it (a placement's: ``("placement", key)``, whose hash Python has kept)."""
+
+
 class _EngineCache:
     """The last :data:`ENGINE_CACHE_SIZE` converted models, keyed by model identity and the
     measurements' placement (thread-safe; a model is used by one solve at a time)."""
@@ -193,9 +198,9 @@ class _EngineCache:
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, bytes], PreparedEngine] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, Layout], PreparedEngine] = OrderedDict()
 
-    def get(self, model: GridModel, layout: bytes) -> PreparedEngine | None:
+    def get(self, model: GridModel, layout: Layout) -> PreparedEngine | None:
         with self._lock:
             entry = self._entries.get((id(model), layout))
             if entry is None or entry.model is not model:
@@ -203,7 +208,7 @@ class _EngineCache:
             self._entries.move_to_end((id(model), layout))
             return entry
 
-    def put(self, layout: bytes, entry: PreparedEngine) -> None:
+    def put(self, layout: Layout, entry: PreparedEngine) -> None:
         with self._lock:
             self._entries[(id(entry.model), layout)] = entry
             self._entries.move_to_end((id(entry.model), layout))
@@ -257,7 +262,7 @@ def prepare_engine(
     *,
     excluded_bus: BoolArray,
     local_angle_rad: FloatArray,
-    layout: bytes | None = None,
+    layout: Layout | None = None,
     columnar: bool = False,
 ) -> tuple[PreparedEngine, dict[ComponentType, Any], bool]:
     """The engine model for this placement (kept, or made now with these sensors: then

@@ -230,7 +230,9 @@ def _located(
     bus_row: list[IntArray],
 ) -> LocatedMeasurements:
     def joined(parts: list[Any], dtype: type) -> Any:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+        return (
+            np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+        )
 
     return LocatedMeasurements(
         measurements=measurements,

@@ -480,7 +480,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         excluded_bus=~estimated,
         local_angle_rad=np.zeros(len(located.measurements)),
         # the placement determines where every sensor goes: its key is the engine layout's
-        layout=b"placement|" + placement.key,
+        layout=("placement", placement.key),
         columnar=True,  # contiguous columns, kept as the update's buffers
     )
     given = len(placement.given_ids)
