@@ -616,7 +616,7 @@ def _sensor_columns(
     if voltage is not None:
         out[ComponentType.sym_voltage_sensor] = voltage
 
-    power = np.flatnonzero(located.of_quantity(Quantity.PQ))
+    power = located.rows_of_quantity(Quantity.PQ)
     if power.size:
         out[ComponentType.sym_power_sensor] = _typed(
             ComponentType.sym_power_sensor,
@@ -690,8 +690,8 @@ def _voltage_columns(
     model: GridModel, located: LocatedMeasurements, next_id: int
 ) -> dict[str, npt.NDArray[Any]] | None:
     """:func:`voltage_sensors` by attribute."""
-    magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
-    phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
+    magnitude = located.rows_of_quantity(Quantity.U)
+    phasor = located.rows_of_quantity(Quantity.U_PHASOR)
     if magnitude.size + phasor.size == 0:
         return None
     n = model.bus.size

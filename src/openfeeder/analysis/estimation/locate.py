@@ -140,6 +140,15 @@ class LocatedMeasurements:
             )
         return out
 
+    def rows_of_quantity(self, *quantities: Quantity) -> IntArray:
+        """Positions of the measurements of one of ``quantities`` (kept in :attr:`memo`; do not
+        write)."""
+        key = ("rows", quantities)
+        out: IntArray | None = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = np.flatnonzero(self.of_quantity(*quantities))
+        return out
+
     def measured_appliances(self) -> dict[Target, IntArray]:
         """Rows of the appliances with a ``pq`` measurement, per appliance table (sorted; kept,
         do not write)."""

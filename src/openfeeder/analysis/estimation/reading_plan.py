@@ -467,8 +467,8 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
     located = placement.located
     if located.of_quantity(Quantity.I).any():
         return None
-    magnitude = np.flatnonzero(located.of_quantity(Quantity.U))
-    phasor = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR))
+    magnitude = located.rows_of_quantity(Quantity.U)
+    phasor = located.rows_of_quantity(Quantity.U_PHASOR)
     phasor_bus = np.zeros(model.bus.size, dtype=bool)
     phasor_bus[located.bus_row[phasor]] = True
     if phasor_bus[located.bus_row[magnitude]].any():
@@ -486,8 +486,8 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
     given = len(placement.given_ids)
 
     voltage_rows = np.concatenate([magnitude, phasor])
-    power = np.flatnonzero(located.of_quantity(Quantity.PQ))
-    current = np.flatnonzero(located.of_quantity(Quantity.I_PHASOR))
+    power = located.rows_of_quantity(Quantity.PQ)
+    current = located.rows_of_quantity(Quantity.I_PHASOR)
     volt, pq, amp = (
         ComponentType.sym_voltage_sensor,
         ComponentType.sym_power_sensor,
