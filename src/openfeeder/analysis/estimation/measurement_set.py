@@ -242,8 +242,12 @@ class MeasurementSet:
         it. A set joined from others or taken from one by rows makes its columns from theirs."""
         out = self._columns.get(name)
         if out is None:
-            if self._joined:
-                out = np.concatenate([m.column(name) for m in self._joined])
+            if self._joined:  # each part written in place (no column of its own made for it)
+                out = np.empty(self._size, dtype=MEASUREMENT_DTYPE[name])
+                start = 0
+                for m in self._joined:
+                    m._column_into(name, out[start : start + len(m)])
+                    start += len(m)
             elif self._taken is not None:
                 source, rows = self._taken
                 out = source.column(name)[rows]
@@ -251,6 +255,19 @@ class MeasurementSet:
                 out = np.ascontiguousarray(self.table[name])
             self._columns[name] = out
         return out
+
+    def _column_into(self, name: str, out: npt.NDArray[Any]) -> None:
+        """Write :meth:`column` ``name`` into ``out`` (from the kept column if there is one)."""
+        kept = self._columns.get(name)
+        if kept is not None:
+            out[...] = kept
+        elif self._table is not None:
+            out[...] = self._table[name]
+        elif self._taken is not None:
+            source, rows = self._taken
+            np.take(source.column(name), rows, out=out)
+        else:
+            out[...] = self.column(name)
 
     @classmethod
     def joined(
