@@ -245,6 +245,11 @@ def test_sets_joined_or_taken_with_names_make_their_ids_when_read() -> None:
     assert len(joined) == 3
     assert joined.ids == ("a", "b", "x-4")
     np.testing.assert_array_equal(joined.table["u_kv"], [20.0, 20.0, 19.5])
+    first.column("bus")  # a part's kept column is copied, the others written from its rows
+    for name in ("bus", "u_kv", "u_sigma_kv", "quantity", "pseudo"):
+        column = joined.column(name)
+        assert column.dtype == joined.table.dtype[name]
+        np.testing.assert_array_equal(column, joined.table[name])
     # a later join keeps the parts; its ids are theirs
     assert MeasurementSet.joined((joined, taken)).ids == ("a", "b", "x-4", "x-5", "x-3")
     with pytest.raises(ValueError, match="names"):
