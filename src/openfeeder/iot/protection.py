@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from openfeeder.config import PayloadProtectionSettings
 from openfeeder.errors import ConfigError, SecurityError
@@ -46,6 +46,7 @@ from openfeeder.security.payload import (
     PayloadProtector,
     PayloadRejectedError,
     ProtectionPolicy,
+    Route,
     TrafficClass,
 )
 
@@ -57,21 +58,10 @@ _PREFIX_LEVELS = TOPIC_PREFIX.split("/")
 _RETAINED = frozenset(str(c) for c, spec in MESSAGE_SPECS.items() if spec.retain)
 
 Handler = Callable[[str, bytes], None]
-_UNSEEN: tuple[str, str, bool] = ("", "", False)  # compared by identity: a topic not seen yet
 
-
-#: Topics a protection remembers the parts of; emptied when full (topics are per device, so a
+#: Topics a protection remembers the routes of; emptied when full (topics are per device, so a
 #: service that hears many devices refills it as it goes).
-_TOPIC_CACHE_SIZE = 4096
-
-
-def _split(topic: str) -> tuple[str, str, bool] | None:
-    """(message class, device id or "", retained?) of a scheme topic; None for other topics."""
-    levels = topic.split("/")
-    if len(levels) < 3 or levels[:2] != _PREFIX_LEVELS:
-        return None
-    message_class = levels[2]
-    return message_class, levels[3] if len(levels) > 3 else "", message_class in _RETAINED
+_TOPIC_CACHE_SIZE: Final = 4096
 
 
 class MessageProtection:
@@ -96,50 +86,59 @@ class MessageProtection:
         self._last_event: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
         self._event_seq = itertools.count()
-        self._topics: dict[str, tuple[str, str, bool] | None] = {}
+        self._routes: dict[str, Route | None] = {}
         self.events_published = 0
 
     def attach(self, publish: Callable[[Payload], object]) -> None:
         """Where security events go (the owning Messenger's ``publish``)."""
         self._publish = publish
 
-    def _parts(self, topic: str) -> tuple[str, str, bool] | None:
-        parts = self._topics.get(topic, _UNSEEN)
-        if parts is _UNSEEN:
-            parts = _split(topic)
-            if len(self._topics) >= _TOPIC_CACHE_SIZE:
-                self._topics.clear()
-            self._topics[topic] = parts
-        return parts
+    def _route(self, topic: str) -> Route | None:
+        """The protector's route for a scheme topic (kept), None for other topics."""
+        if topic in self._routes:
+            return self._routes[topic]
+        route = None
+        levels = topic.split("/")
+        if len(levels) >= 3 and levels[:2] == _PREFIX_LEVELS:
+            message_class = levels[2]
+            route = self.protector.route(
+                topic=topic,
+                message_class=message_class,
+                device_id=levels[3] if len(levels) > 3 else "",
+                retained=message_class in _RETAINED,
+            )
+        if len(self._routes) >= _TOPIC_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
 
     def seal(self, topic: Topic | str, data: bytes) -> bytes:
         """``data`` sealed for ``topic`` when its class is protected, else ``data`` itself."""
         name = topic.value if isinstance(topic, Topic) else topic
-        parts = self._parts(name)
-        if parts is None:
+        route = self._routes.get(name) or self._route(name)
+        if route is None:
             return data
-        return self.protector.seal(data, topic=name, message_class=parts[0], device_id=parts[1])
+        return self.protector.seal_routed(data, route)
 
     def guard(self, handler: Handler) -> Handler:
         """``handler`` behind the checks: it is called with opened payloads only."""
-        open_ = self.protector.open
-        parts_of = self._parts
+        open_routed = self.protector.open_routed
+        routes = self._routes
+        route_of = self._route
 
         def guarded(topic: str, data: bytes) -> None:
-            parts = parts_of(topic)
-            if parts is None or (not data and parts[2]):
+            route = routes.get(topic) or route_of(topic)
+            if route is None or (not data and route.retained):
                 # outside the scheme, or a retained message being cleared (an empty payload
                 # carries nothing; handlers take it as "no current message")
                 handler(topic, data)
                 return
             try:
-                opened = open_(
-                    data, topic=topic, message_class=parts[0], device_id=parts[1], retained=parts[2]
-                )
+                plaintext = open_routed(data, route)[0]
             except PayloadRejectedError as err:
                 self._rejected(err, size_bytes=len(data))
                 return
-            handler(topic, opened.plaintext)
+            handler(topic, plaintext)
 
         return guarded
 

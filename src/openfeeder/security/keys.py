@@ -774,10 +774,15 @@ class KeyRing:
     def __init__(self, keys: Iterable[tuple[SymmetricKey, KeyState]]) -> None:
         self._keys: dict[str, tuple[SymmetricKey, KeyState]] = {}
         self._active: dict[str, SymmetricKey] = {}
+        self._opening: dict[str, SymmetricKey] = {}  # the keys that may open: active, overlap
         for key, state in keys:
             self._keys[key.key_id] = (key, state)
             if state is KeyState.ACTIVE:
                 self._active[key.key_id.rsplit("@", 1)[0]] = key
+            if state in (KeyState.ACTIVE, KeyState.OVERLAP):
+                self._opening[key.key_id] = key
+            else:
+                self._opening.pop(key.key_id, None)
         # (class, device) -> its sealing key: a ring does not change, so each is looked up once
         self._sealing: dict[tuple[str, str], SymmetricKey] = {}
 
@@ -798,13 +803,13 @@ class KeyRing:
         raise KeyStoreError(f"no active {traffic} key for device {device_id!r}")
 
     def opening_key(self, key_id: str) -> SymmetricKey:
+        key = self._opening.get(key_id)
+        if key is not None:
+            return key
         found = self._keys.get(key_id)
         if found is None:
             raise KeyStoreError(f"no key {key_id!r}", key_id=key_id)
-        key, state = found
-        if state not in (KeyState.ACTIVE, KeyState.OVERLAP):
-            raise KeyStoreError(f"key {key_id!r} is {state}", key_id=key_id)
-        return key
+        raise KeyStoreError(f"key {key_id!r} is {found[1]}", key_id=key_id)
 
     def key_ids(self) -> list[str]:
         return sorted(self._keys)

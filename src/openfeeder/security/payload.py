@@ -69,6 +69,7 @@ __all__ = [
     "ProtectionPolicy",
     "RejectKind",
     "ReplayWindow",
+    "Route",
     "SealedHeader",
     "SymmetricKey",
     "TrafficClass",
@@ -256,16 +257,26 @@ _SALT_BYTES: Final = 4
 _MIN_AFTER_PREFIX: Final = _SEQ_NONCE.size + TAG_BYTES
 
 
-@dataclass(frozen=True, slots=True)
 class _Prefix:
     """The part of a header before the sequence number: the same for every message of one sender,
-    key and class, so receivers parse it once (keyed by its bytes) and reuse the result."""
+    key and class, so receivers parse it once (keyed by its bytes) and reuse the result.
 
-    algorithm: Algorithm
-    traffic: TrafficClass
-    key_id: str
-    sender_id: str
-    window_key: tuple[int, str]  # (traffic code, sender id): one replay window each
+    It also remembers, once a message with it authenticated, the replay window of its sender and
+    class (the protector's, shared by every prefix of that sender and class) and the opener of
+    its key (checked against the key the resolver hands out for each message)."""
+
+    __slots__ = ("algorithm", "key_id", "opener", "sender_id", "traffic", "window", "window_key")
+
+    def __init__(
+        self, algorithm: Algorithm, traffic: TrafficClass, key_id: str, sender_id: str, code: int
+    ) -> None:
+        self.algorithm = algorithm
+        self.traffic = traffic
+        self.key_id = key_id
+        self.sender_id = sender_id
+        self.window_key = (code, sender_id)  # one replay window per sender and traffic class
+        self.window: ReplayWindow | None = None
+        self.opener: AeadCipher | None = None
 
 
 def _prefix_end(data: bytes) -> int:
@@ -299,7 +310,7 @@ def _parse_prefix(prefix: bytes) -> _Prefix:
         sender_id = prefix[7 + key_length :].decode("utf-8")
     except UnicodeDecodeError as err:
         raise SecurityError("key id or sender id is not UTF-8") from err
-    return _Prefix(algorithm, traffic, key_id, sender_id, (traffic_code, sender_id))
+    return _Prefix(algorithm, traffic, key_id, sender_id, traffic_code)
 
 
 def parse_header(data: bytes) -> SealedHeader:
@@ -514,6 +525,25 @@ class _Stream:
         self.sealers: dict[str, _Sealer] = {}
 
 
+class Route:
+    """What sealing and opening on one topic needs from the topic, worked out once
+    (:meth:`PayloadProtector.route`): its message class, device and retained flag, the stream of
+    its class when the class is sealed, and the end of the associated data (``topic``, a zero
+    byte, the device id, UTF-8)."""
+
+    __slots__ = ("aad_tail", "device_id", "message_class", "retained", "stream", "topic")
+
+    def __init__(
+        self, stream: _Stream | None, topic: str, message_class: str, device_id: str, retained: bool
+    ) -> None:
+        self.stream = stream
+        self.topic = topic
+        self.message_class = message_class
+        self.device_id = device_id
+        self.retained = retained
+        self.aad_tail = b"".join((topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
+
+
 #: Distinct header prefixes a receiver remembers (one per sender, key and class in use); the
 #: cache is emptied when full, so envelopes with made-up ids cannot grow it.
 _PREFIX_CACHE_SIZE: Final = 1024
@@ -576,18 +606,32 @@ class PayloadProtector:
         """Whether messages of this class are sealed under the policy."""
         return message_class in self._streams
 
+    def route(
+        self, *, topic: str, message_class: str, device_id: str, retained: bool = False
+    ) -> Route:
+        """The :class:`Route` of ``topic`` for :meth:`seal_routed` and :meth:`open_routed` (a
+        caller that sees the same topics again keeps them: the per-message work is then what
+        the message itself needs)."""
+        return Route(self._streams.get(message_class), topic, message_class, device_id, retained)
+
     # -- sealing -------------------------------------------------------------------------------
 
     def seal(self, data: bytes, *, topic: str, message_class: str, device_id: str) -> bytes:
         """The sealed envelope for ``data`` (or ``data`` itself when the class is not protected)."""
-        stream = self._streams.get(message_class)
+        return self.seal_routed(
+            data, self.route(topic=topic, message_class=message_class, device_id=device_id)
+        )
+
+    def seal_routed(self, data: bytes, route: Route) -> bytes:
+        """:meth:`seal` on a topic's :class:`Route` (made by this protector)."""
+        stream = route.stream
         if stream is None:
             return data
-        key = self._keys.sealing_key(stream.traffic, device_id)
+        key = self._keys.sealing_key(stream.traffic, route.device_id)
         with self._lock:
             sealer = stream.sealers.get(key.key_id)
             if sealer is None or sealer.key is not key:
-                sealer = self._sealer(stream, key, topic=topic, previous=sealer)
+                sealer = self._sealer(stream, key, topic=route.topic, previous=sealer)
             counter = stream.counter
             if counter >= _COUNTER_LIMIT:
                 now_ms = self._clock_ms()
@@ -598,8 +642,7 @@ class PayloadProtector:
             self.sealed += 1
         tail = _SEQ_NONCE.pack(seq, sealer.salt, seq)
         header = sealer.prefix + tail
-        aad = b"".join((header, topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
-        return header + sealer.encrypt(tail[8:], data, aad)
+        return header + sealer.encrypt(tail[8:], data, header + route.aad_tail)
 
     def _sealer(
         self, stream: _Stream, key: SymmetricKey, *, topic: str, previous: _Sealer | None
@@ -633,114 +676,145 @@ class PayloadProtector:
         ``device_id`` is the topic's device (the sender's id for topics without one); ``retained``
         marks a class whose messages the broker retains (a byte-identical redelivery passes).
         """
+        route = self.route(
+            topic=topic, message_class=message_class, device_id=device_id, retained=retained
+        )
+        return OpenedMessage(*self.open_routed(data, route))
+
+    def open_routed(self, data: bytes, route: Route) -> tuple[bytes, str | None, int | None]:
+        """:meth:`open` on a topic's :class:`Route` (made by this protector): the plaintext, the
+        sender and the sequence number (None and None for a class that is not sealed)."""
         try:
-            return self._open(data, topic, message_class, device_id, retained)
+            stream = route.stream
+            if not data.startswith(MAGIC):
+                if stream is None:
+                    return data, None, None
+                raise PayloadRejectedError(
+                    f"{route.topic}: {route.message_class} messages must be sealed with "
+                    f"{stream.algorithm}, this one is not",
+                    topic=route.topic,
+                    reason=RejectKind.PLAINTEXT,
+                )
+            size = len(data)
+            prefix = None
+            if size > 7:  # a prefix seen before: only the length behind it is left to check
+                sender_at = 6 + data[5]
+                if sender_at < size:
+                    end = sender_at + 1 + data[sender_at]
+                    prefix = self._prefixes.get(data[:end])
+                    if prefix is not None and size < end + _MIN_AFTER_PREFIX:
+                        prefix = None
+            if prefix is None:
+                prefix, end = self._parsed_prefix(data, route.topic)
+            if stream is not None and (
+                prefix.algorithm is not stream.algorithm or prefix.traffic is not stream.traffic
+            ):
+                raise PayloadRejectedError(
+                    f"{route.topic}: sealed as {prefix.traffic}/{prefix.algorithm}, "
+                    f"{route.message_class} messages must be {stream.traffic}/{stream.algorithm}",
+                    topic=route.topic,
+                    reason=RejectKind.POLICY,
+                    sender_id=prefix.sender_id,
+                )
+            (seq,) = _SEQ.unpack_from(data, end)
+            if route.retained:
+                previous = self._retained.get(route.topic)
+                if previous is not None and previous[0] == data:
+                    with self._lock:
+                        self.retained_redelivered += 1
+                    return previous[1], prefix.sender_id, seq
+            try:
+                key = self._keys.opening_key(prefix.key_id)
+            except SecurityError as err:
+                raise PayloadRejectedError(
+                    f"{route.topic}: key {prefix.key_id!r} cannot open messages: {err}",
+                    topic=route.topic,
+                    reason=RejectKind.UNKNOWN_KEY,
+                    sender_id=prefix.sender_id,
+                ) from err
+            if key.algorithm is not prefix.algorithm or (
+                key.scope is not None and key.scope != route.device_id
+            ):
+                raise self._misused(key, prefix, route)
+            body_at = end + _SEQ_NONCE.size
+            # check, decrypt and accept under one lock: two threads cannot both accept one number
+            with self._lock:
+                window = prefix.window
+                if window is None:  # this prefix's first message: its sender may have a window
+                    window = prefix.window = self._windows.get(prefix.window_key)
+                if window is not None:
+                    verdict = window.check(seq)
+                    if verdict is not None:
+                        raise self._replayed(route, prefix, seq, verdict, window)
+                opener = prefix.opener
+                if opener is None or opener.key is not key:
+                    opener = prefix.opener = self._opener(key)
+                try:
+                    plaintext = opener.decrypt(
+                        data[end + 8 : body_at], data[body_at:], data[:body_at] + route.aad_tail
+                    )
+                except InvalidTag as err:
+                    raise PayloadRejectedError(
+                        f"{route.topic}: message from {prefix.sender_id!r} (seq {seq}) does not "
+                        "authenticate: altered, moved to another topic, or sealed under another "
+                        "key",
+                        topic=route.topic,
+                        reason=RejectKind.AUTHENTICATION,
+                        sender_id=prefix.sender_id,
+                    ) from err
+                if window is None:  # only authenticated senders get a window
+                    window = ReplayWindow(self._window_size)
+                    prefix.window = self._windows[prefix.window_key] = window
+                window.accept(seq)
+                self.opened += 1
+                if route.retained:
+                    self._retained[route.topic] = (data, plaintext)
+            return plaintext, prefix.sender_id, seq
         except PayloadRejectedError as err:
             with self._lock:
                 self.rejected[err.reason] += 1
             raise
 
-    def _open(
-        self, data: bytes, topic: str, message_class: str, device_id: str, retained: bool
-    ) -> OpenedMessage:
-        stream = self._streams.get(message_class)
-        if not data.startswith(MAGIC):
-            if stream is None:
-                return OpenedMessage(data, None, None)
-            raise PayloadRejectedError(
-                f"{topic}: {message_class} messages must be sealed with {stream.algorithm}, this "
-                "one is not",
-                topic=topic,
-                reason=RejectKind.PLAINTEXT,
-            )
-        prefix, end = self._prefix(data, topic)
-        sender = prefix.sender_id
-        if stream is not None and (
-            prefix.algorithm is not stream.algorithm or prefix.traffic is not stream.traffic
-        ):
-            raise PayloadRejectedError(
-                f"{topic}: sealed as {prefix.traffic}/{prefix.algorithm}, {message_class} "
-                f"messages must be {stream.traffic}/{stream.algorithm}",
-                topic=topic,
-                reason=RejectKind.POLICY,
-                sender_id=sender,
-            )
-        (seq,) = _SEQ.unpack_from(data, end)
-        if retained:
-            previous = self._retained.get(topic)
-            if previous is not None and previous[0] == data:
-                with self._lock:
-                    self.retained_redelivered += 1
-                return OpenedMessage(previous[1], sender, seq)
-        try:
-            key = self._keys.opening_key(prefix.key_id)
-        except SecurityError as err:
-            raise PayloadRejectedError(
-                f"{topic}: key {prefix.key_id!r} cannot open messages: {err}",
-                topic=topic,
-                reason=RejectKind.UNKNOWN_KEY,
-                sender_id=sender,
-            ) from err
+    @staticmethod
+    def _misused(key: SymmetricKey, prefix: _Prefix, route: Route) -> PayloadRejectedError:
+        """Why ``key`` may not open ``prefix``'s message on ``route``'s topic."""
         if key.algorithm is not prefix.algorithm:
-            raise PayloadRejectedError(
-                f"{topic}: key {key.key_id!r} is {key.algorithm}, the envelope says "
+            return PayloadRejectedError(
+                f"{route.topic}: key {key.key_id!r} is {key.algorithm}, the envelope says "
                 f"{prefix.algorithm}",
-                topic=topic,
+                topic=route.topic,
                 reason=RejectKind.POLICY,
-                sender_id=sender,
+                sender_id=prefix.sender_id,
             )
-        if key.scope is not None and key.scope != device_id:
-            raise PayloadRejectedError(
-                f"{topic}: key {key.key_id!r} belongs to device {key.scope!r}, not {device_id!r}",
-                topic=topic,
-                reason=RejectKind.KEY_SCOPE,
-                sender_id=sender,
-            )
-        body_at = end + _SEQ_NONCE.size
-        aad = b"".join((data[:body_at], topic.encode("utf-8"), b"\x00", device_id.encode("utf-8")))
-        # check, decrypt and accept under one lock: two threads cannot both accept one number
-        with self._lock:
-            window = self._windows.get(prefix.window_key)
-            verdict = window.check(seq) if window is not None else None
-            if verdict is None:
-                opener = self._openers.get(key.key_id)
-                if opener is None or opener.key is not key:
-                    opener = self._openers[key.key_id] = AeadCipher(key)
-                try:
-                    plaintext = opener.decrypt(data[end + 8 : body_at], data[body_at:], aad)
-                except InvalidTag as err:
-                    raise PayloadRejectedError(
-                        f"{topic}: message from {sender!r} (seq {seq}) does not authenticate: "
-                        "altered, moved to another topic, or sealed under another key",
-                        topic=topic,
-                        reason=RejectKind.AUTHENTICATION,
-                        sender_id=sender,
-                    ) from err
-                if window is None:  # only authenticated senders get a window
-                    window = self._windows[prefix.window_key] = ReplayWindow(self._window_size)
-                window.accept(seq)
-                self.opened += 1
-                if retained:
-                    self._retained[topic] = (data, plaintext)
-                return OpenedMessage(plaintext, sender, seq)
-            highest = window.highest if window is not None else -1
-        raise PayloadRejectedError(
-            f"{topic}: sequence number {seq} from {sender!r} is a {verdict} "
-            f"(highest accepted {highest}, window {self._window_size})",
-            topic=topic,
-            reason=verdict,
-            sender_id=sender,
+        return PayloadRejectedError(
+            f"{route.topic}: key {key.key_id!r} belongs to device {key.scope!r}, not "
+            f"{route.device_id!r}",
+            topic=route.topic,
+            reason=RejectKind.KEY_SCOPE,
+            sender_id=prefix.sender_id,
         )
 
-    def _prefix(self, data: bytes, topic: str) -> tuple[_Prefix, int]:
-        """The parsed header prefix of ``data`` (cached by its bytes) and where it ends."""
-        if len(data) > 7:  # a prefix seen before: only the length behind it is left to check
-            sender_at = 6 + data[5]
-            if sender_at < len(data):
-                end = sender_at + 1 + data[sender_at]
-                prefix = self._prefixes.get(data[:end])
-                if prefix is not None and len(data) >= end + _MIN_AFTER_PREFIX:
-                    return prefix, end
+    def _opener(self, key: SymmetricKey) -> AeadCipher:
+        """The cipher of ``key`` (one per key object, shared by the senders using it)."""
+        opener = self._openers.get(key.key_id)
+        if opener is None or opener.key is not key:
+            opener = self._openers[key.key_id] = AeadCipher(key)
+        return opener
+
+    def _replayed(
+        self, route: Route, prefix: _Prefix, seq: int, verdict: RejectKind, window: ReplayWindow
+    ) -> PayloadRejectedError:
+        return PayloadRejectedError(
+            f"{route.topic}: sequence number {seq} from {prefix.sender_id!r} is a {verdict} "
+            f"(highest accepted {window.highest}, window {self._window_size})",
+            topic=route.topic,
+            reason=verdict,
+            sender_id=prefix.sender_id,
+        )
+
+    def _parsed_prefix(self, data: bytes, topic: str) -> tuple[_Prefix, int]:
+        """The header prefix of ``data`` (parsed, or cached by its bytes) and where it ends;
+        :class:`PayloadRejectedError` (MALFORMED) naming the first bad field."""
         try:
             end = _prefix_end(data)
             raw = data[:end]

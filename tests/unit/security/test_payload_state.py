@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from openfeeder.security.keys import KeyRing
+from openfeeder.errors import SecurityError
+from openfeeder.security.keys import KeyRing, KeyState
 from openfeeder.security.payload import (
     Algorithm,
     PayloadProtector,
@@ -203,3 +204,86 @@ def test_receiver_threads_accept_each_message_once() -> None:
     assert len(accepted) == receiver.opened == len(sealed)
     assert set(refused) == {RejectKind.DUPLICATE}
     assert receiver.rejected == {RejectKind.DUPLICATE: 3 * len(sealed)}
+
+
+def test_one_window_per_sender_across_its_keys_and_prefix_cache_clears() -> None:
+    """Each key gives a sender's envelopes another header prefix, and receivers forget prefixes
+    when too many are seen: neither may give a sender a second, empty replay window."""
+    old = SymmetricKey("control@1", Algorithm.AES_256_GCM, secrets.token_bytes(32))
+    new = SymmetricKey("control@2", Algorithm.AES_256_GCM, secrets.token_bytes(32))
+    before = PayloadProtector(KeyRing.of(old), sender_id="ops", clock_ms=lambda: 1_000)
+    after = PayloadProtector(
+        KeyRing([(old, KeyState.OVERLAP), (new, KeyState.ACTIVE)]),
+        sender_id="ops",
+        clock_ms=lambda: 2_000,  # the same sender later, after the rotation
+    )
+    first, second = _seal(before), _seal(after)
+    assert parse_header(first).key_id != parse_header(second).key_id
+    receiver = PayloadProtector(
+        KeyRing([(old, KeyState.OVERLAP), (new, KeyState.ACTIVE)]), sender_id=DEVICE
+    )
+    assert _open(receiver, second) == PLAIN
+    # the first prefix is new to the receiver, its sender's window is not: too old now
+    with pytest.raises(PayloadRejectedError) as caught:
+        _open(receiver, first)
+    assert caught.value.reason is RejectKind.STALE
+    # made-up senders fill the prefix cache until it is emptied; the window stays
+    for number in range(1100):
+        forged = bytearray(_seal(after))
+        sender_at = 6 + forged[5]
+        forged[sender_at + 1 : sender_at + 4] = f"{number:03x}"[-3:].encode()
+        with pytest.raises(PayloadRejectedError) as caught:
+            _open(receiver, bytes(forged))
+        assert caught.value.reason is RejectKind.AUTHENTICATION
+    with pytest.raises(PayloadRejectedError) as caught:
+        _open(receiver, second)
+    assert caught.value.reason is RejectKind.DUPLICATE
+    assert _open(receiver, _seal(after)) == PLAIN
+
+
+def test_routes_seal_and_open_as_the_named_calls_do() -> None:
+    ring = _ring()
+    sender = PayloadProtector(ring, sender_id="ops")
+    receiver = PayloadProtector(ring, sender_id=DEVICE)
+    route = sender.route(topic=CMD_TOPIC, message_class="cmd", device_id=DEVICE)
+    sealed = sender.seal_routed(PLAIN, route)
+    into = receiver.route(topic=CMD_TOPIC, message_class="cmd", device_id=DEVICE)
+    plaintext, sender_id, seq = receiver.open_routed(sealed, into)
+    assert (plaintext, sender_id, seq) == (PLAIN, "ops", parse_header(sealed).seq)
+    assert _open(receiver, _seal(sender)) == PLAIN  # the named call, same window
+    with pytest.raises(PayloadRejectedError) as caught:
+        receiver.open_routed(sealed, into)
+    assert caught.value.reason is RejectKind.DUPLICATE
+    # the route carries the topic into the associated data: another topic's route fails
+    elsewhere = receiver.route(topic=f"{CMD_TOPIC}x", message_class="cmd", device_id=DEVICE)
+    with pytest.raises(PayloadRejectedError) as caught:
+        receiver.open_routed(sender.seal_routed(PLAIN, route), elsewhere)
+    assert caught.value.reason is RejectKind.AUTHENTICATION
+    meas = sender.route(
+        topic=f"openfeeder/v1/meas/{DEVICE}", message_class="meas", device_id=DEVICE
+    )
+    assert sender.seal_routed(PLAIN, meas) is PLAIN
+    assert receiver.open_routed(PLAIN, meas) == (PLAIN, None, None)
+    assert receiver.rejected == {RejectKind.DUPLICATE: 1, RejectKind.AUTHENTICATION: 1}
+
+
+def test_ring_opens_with_active_and_overlap_keys_only() -> None:
+    keys = {
+        state: SymmetricKey(f"control@{n}", Algorithm.AES_256_GCM, secrets.token_bytes(32))
+        for n, state in enumerate(KeyState)
+    }
+    ring = KeyRing((key, state) for state, key in keys.items())
+    for state, key in keys.items():
+        if state in (KeyState.ACTIVE, KeyState.OVERLAP):
+            assert ring.opening_key(key.key_id) is key
+        else:
+            with pytest.raises(SecurityError, match=f"is {state}"):
+                ring.opening_key(key.key_id)
+    with pytest.raises(SecurityError, match="no key"):
+        ring.opening_key("control@99")
+    # a later entry for the same id decides
+    demoted = KeyRing(
+        [(keys[KeyState.ACTIVE], KeyState.ACTIVE), (keys[KeyState.ACTIVE], KeyState.ARCHIVED)]
+    )
+    with pytest.raises(SecurityError, match="archived"):
+        demoted.opening_key(keys[KeyState.ACTIVE].key_id)

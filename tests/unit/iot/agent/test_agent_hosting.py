@@ -132,7 +132,7 @@ def test_network_loop_runs_timed_calls_in_order_and_closes_its_links(mqtt_url: s
         talker = MqttLink(BrokerSettings(url=mqtt_url), client_id=f"{topic}-t", network=loop)
         listener.start()
         talker.start()
-        assert listener.wait_connected(5)
+        assert listener.wait_subscribed(5)  # SUBACK in: the message cannot miss it
         assert talker.wait_connected(5)
         assert talker.publish(topic, b"hello").wait(5)
         assert got.wait(5)
