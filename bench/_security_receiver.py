@@ -9,7 +9,7 @@ off MQTT and outside the measured path:
   :class:`~openfeeder.iot.protection.MessageProtection` over the key ring in ``keys`` when given,
   subscribe to ``topic`` at QoS 1; answers ``ready`` once the SUBACK is in.
 - each message that arrives while no burst is expected: its one-way latency is recorded under its
-  mode and ``a`` answered (the sender's closed loop waits for it before the next message).
+  mode, with when it came in (before the opening) for the stage figures, and ``a`` answered (the sender's closed loop waits for it before the next message).
 - ``{"op": "burst", "mode", "n"}``: the next ``n`` messages are a burst of ``mode``; answers
   ``ok`` at once and ``b`` when the last one arrived.
 - ``{"op": "close"}``: disconnect; answers one JSON line with everything recorded.
@@ -124,6 +124,8 @@ class Receiver:
 
     def _reset(self) -> None:
         self.latencies_ns: dict[str, list[int]] = {mode: [] for mode in MODES}
+        self.stages_ns: dict[str, list[tuple[int, int, int]]] = {mode: [] for mode in MODES}
+        self._entry_ns = 0
         self.throughputs: dict[str, list[float]] = {mode: [] for mode in MODES}
         self.errors: list[str] = []
         self._burst_mode = -1
@@ -146,6 +148,7 @@ class Receiver:
         guarded = self._protection.guard(self._arrived_opened) if self._protection else None
 
         def on_message(_client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
+            self._entry_ns = now_ns()  # the message is in: what follows is the opening
             data = bytes(message.payload)  # as the Messenger hands it on
             if guarded is not None and (data[:2] == MAGIC or data[:1] == _PAYLOAD_TAG):
                 guarded(message.topic, data)
@@ -186,6 +189,7 @@ class Receiver:
                 self._write(b"b\n")
             return
         self.latencies_ns[MODES[mode]].append(arrival_ns - sent_ns)
+        self.stages_ns[MODES[mode]].append((sent_ns, self._entry_ns, arrival_ns))
         self._write(b"a\n")
 
     def expect_burst(self, mode: str, size: int) -> None:
@@ -201,6 +205,7 @@ class Receiver:
         protector = self._protection.protector if self._protection else None
         return {
             "latencies_ns": {mode: values for mode, values in self.latencies_ns.items() if values},
+            "stages_ns": {mode: values for mode, values in self.stages_ns.items() if values},
             "throughputs": {mode: values for mode, values in self.throughputs.items() if values},
             "opened_sealed": protector.opened if protector else 0,
             "rejected": {str(k): v for k, v in protector.rejected.items()} if protector else {},

@@ -36,6 +36,14 @@ benchmark times the seal and the open of one message per traffic class (``crypto
 tight loop (hot caches: the CPU the protection itself costs) and each after 1 ms asleep, as a
 process waiting for its next message is between two messages of the closed loop.
 
+Where the added latency goes: for each message of the closed loop the sender notes when the
+message was ready to publish (after sealing) and the receiver when it came in (before opening),
+so each column's latency splits into three medians, ``seal_us`` (send time to ready), ``wire_us``
+(ready to in: publishing, TLS, the broker) and ``open_us`` (in to arrival: opening and handing
+on); the verdict gives what the payload column adds to each, paired per round as above. They are
+the costs inside the running loop, where every process has just been woken and its caches were
+used by the others; the ``crypto_us`` figures are the same calls in isolation.
+
 Progress goes to stderr, the table to stdout, everything to ``--json`` (default
 ``bench/results/security.json``, ``security-mosquitto.json`` for Mosquitto).
 """
@@ -84,6 +92,10 @@ PLAIN, TLS, TLS_PAYLOAD = MODES
 P50_TARGET = 0.10  # encryption may add under 10 % to p50 latency ...
 THROUGHPUT_TARGET = 0.15  # ... and cost under 15 % of throughput
 METRICS = ("latency_median_ms", "latency_p99_ms", "throughput_msg_s")
+#: The closed loop's latency in stages (medians, us): the sender making the message (sealing
+#: it, for the payload column), the way to the receiver (publish, TLS, broker), the receiver
+#: opening it and handing it on.
+STAGES = ("seal_us", "wire_us", "open_us")
 RESULTS = Path(__file__).parent / "results"
 MESSAGE_BYTES: Final = 200
 _PADDING: Final = b"x" * (MESSAGE_BYTES - PLAINTEXT.size)
@@ -169,10 +181,11 @@ class _Link:
     topic: str
     seal: Callable[[str, bytes], bytes] | None
 
-    def payload(self, mode: str) -> bytes:
-        """The message for ``mode``: the send time taken first, then sealed for the payload
-        mode; the time it takes to seal is part of the latency."""
-        plaintext = PLAINTEXT.pack(MODES.index(mode), now_ns()) + _PADDING
+    def payload(self, mode: str, sent_ns: int | None = None) -> bytes:
+        """The message for ``mode``: the send time (``sent_ns``, else now) taken first, then
+        sealed for the payload mode; the time it takes to seal is part of the latency."""
+        sent = now_ns() if sent_ns is None else sent_ns
+        plaintext = PLAINTEXT.pack(MODES.index(mode), sent) + _PADDING
         if mode == TLS_PAYLOAD and self.seal is not None:
             return self.seal(self.topic, plaintext)
         return plaintext
@@ -206,12 +219,24 @@ def _link(
         client.loop_stop()
 
 
-def _summary(latencies_ns: list[int], throughputs: list[float]) -> dict[str, float]:
+def _summary(
+    latencies_ns: list[int],
+    throughputs: list[float],
+    stages_ns: list[list[int]],
+    ready_ns: dict[int, int],
+) -> dict[str, float]:
+    """The latency and throughput figures, and the median of each stage of the closed loop's
+    messages (``stages_ns``: send time, when it came in at the receiver, arrival after opening;
+    ``ready_ns``: by send time, when the sender had the message ready to publish)."""
     latencies = sorted(latencies_ns)
+    stages = [(ready_ns[sent], sent, entry, arrival) for sent, entry, arrival in stages_ns]
     return {
         "latency_median_ms": statistics.median(latencies) / 1e6,
         "latency_p99_ms": latencies[int(0.99 * (len(latencies) - 1))] / 1e6,
         "throughput_msg_s": statistics.median(throughputs),
+        "seal_us": statistics.median(ready - sent for ready, sent, _, _ in stages) / 1e3,
+        "wire_us": statistics.median(entry - ready for ready, _, entry, _ in stages) / 1e3,
+        "open_us": statistics.median(arrival - entry for _, _, entry, arrival in stages) / 1e3,
     }
 
 
@@ -231,10 +256,14 @@ def _measure(
     modes = setup.modes
     results: dict[str, dict[str, dict[str, float]]] = {mode: {} for mode in modes}
     for traffic, message_class in CLASSES.items():
+        ready_ns: dict[int, int] = {}
         with _link(receiver, material, port=port, setup=setup, traffic=traffic) as link:
             for number in range(messages):
                 for mode in modes if number % 2 == 0 else modes[::-1]:
-                    link.client.publish(link.topic, link.payload(mode), qos=1)
+                    sent = now_ns()
+                    data = link.payload(mode, sent)
+                    ready_ns[sent] = now_ns()
+                    link.client.publish(link.topic, data, qos=1)
                     receiver.arrived()
             for number in range(BURSTS):
                 for mode in modes if number % 2 == 0 else modes[::-1]:
@@ -253,7 +282,12 @@ def _measure(
                 f"not {expected_opened}"
             )
         for mode in modes:
-            results[mode][traffic] = _summary(got["latencies_ns"][mode], got["throughputs"][mode])
+            results[mode][traffic] = _summary(
+                got["latencies_ns"][mode],
+                got["throughputs"][mode],
+                got["stages_ns"][mode],
+                ready_ns,
+            )
     return results
 
 
@@ -358,7 +392,7 @@ def medians(rounds: list[Results]) -> Results:
         column: {
             traffic: {
                 metric: statistics.median(r[column][traffic][metric] for r in rounds)
-                for metric in METRICS
+                for metric in (*METRICS, *STAGES)
             }
             for traffic in CLASSES
         }
@@ -384,6 +418,9 @@ def added_cost(rounds: list[Results], *, over: str, column: str) -> dict[str, di
                 (w["latency_median_ms"] - b["latency_median_ms"]) * 1e3 for b, w in pairs
             ),
             "throughput_lost": throughput_lost,
+            "stages_added_us": {
+                stage: statistics.median(w[stage] - b[stage] for b, w in pairs) for stage in STAGES
+            },
             "p50_added_per_round": p50_rounds,
             "throughput_lost_per_round": lost_rounds,
             "meets_p50_target": p50_added < P50_TARGET,
@@ -419,7 +456,8 @@ def _verdict(
         f"targets: p50 < +{P50_TARGET:.0%}, throughput lost < {THROUGHPUT_TARGET:.0%}); "
         "seal / open: CPU per message, no network, hot (tight loop) and after 1 ms idle",
         f"{'traffic class':<14}{'algorithm':<13}{'p50 added':>10}{'us':>8}{'':>7}"
-        f"{'throughput lost':>16}{'':>7}{'seal / open us':>16}{'after idle':>16}",
+        f"{'throughput lost':>16}{'':>7}{'seal / open us':>16}{'after idle':>16}"
+        f"{'in the loop: seal / wire / open added us':>44}",
     ]
     for traffic, row in cost.items():
         lines.append(
@@ -428,7 +466,8 @@ def _verdict(
             f"{row['throughput_lost']:>+16.1%}"
             f"{'met' if row['meets_throughput_target'] else 'MISSED':>7}"
             f"{crypto[traffic]['seal_us']:>9.1f} / {crypto[traffic]['open_us']:<5.1f}"
-            f"{crypto[traffic]['seal_idle_us']:>10.1f} / {crypto[traffic]['open_idle_us']:.1f}"
+            f"{crypto[traffic]['seal_idle_us']:>10.1f} / {crypto[traffic]['open_idle_us']:<5.1f}"
+            f"{'':>16}{' / '.join(f'{v:+.1f}' for v in row['stages_added_us'].values())}"
         )
     return "\n".join(lines)
 

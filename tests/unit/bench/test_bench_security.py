@@ -15,6 +15,7 @@ from bench.security import (
     COLUMNS,
     DEVICE,
     SERVICE,
+    STAGES,
     TLS,
     TLS_PAYLOAD,
     added_cost,
@@ -37,8 +38,16 @@ def test_every_column_measures_every_class_in_every_round() -> None:
             for metrics in column.values():
                 assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
                 assert metrics["throughput_msg_s"] > 0
+                # the stages are parts of the one-way latency: each positive, none beyond p99
+                for stage in STAGES:
+                    assert 0 < metrics[stage] <= metrics["latency_p99_ms"] * 1e3
     cost = added_cost(rounds, over=TLS, column=TLS_PAYLOAD)
     assert set(cost) == set(CLASSES)
+    for traffic, row in cost.items():
+        assert set(row["stages_added_us"]) == set(STAGES)
+        if traffic != "monitoring":  # sealing and opening do take time
+            assert row["stages_added_us"]["seal_us"] > 0
+            assert row["stages_added_us"]["open_us"] > 0
     for row in cost.values():
         assert row["meets_p50_target"] == (row["p50_added"] < 0.10)
         assert row["meets_throughput_target"] == (row["throughput_lost"] < 0.15)
