@@ -184,7 +184,8 @@ def _flow(mqtt_url: str, variant: str, *, pings: int, burst: int) -> dict[str, A
     service.start()
     field.start()
     try:
-        if not (service.wait_connected(10) and field.wait_connected(10)):
+        # the field's SUBACK in before the first command (wait_connected returns before it)
+        if not (service.wait_connected(10) and field.wait_subscribed(10)):
             raise SystemExit(f"cannot connect to {mqtt_url}")
         latencies_ms = []
         for seq in range(pings):

@@ -114,7 +114,7 @@ def test_last_will_announces_a_lost_connection(
     )
     dying.start()
     try:
-        assert watcher.wait_connected(10)
+        assert watcher.wait_subscribed(10)  # SUBACK in: the will cannot miss it
         assert dying.wait_connected(10)
         dying.stop(publish_will=True)  # MQTT v5 "disconnect with will message"
         topic, payload = received.get(timeout=10)
@@ -143,7 +143,8 @@ def test_link_resubscribes_after_the_broker_restarts(
         broker.start()  # same port, fresh process
         payload = _measurement(device, 1).model_dump_json().encode()
         for _ in range(100):  # reconnect back-off is up to 8 s
-            if subscriber.wait_connected(0.2) and publisher.wait_connected(0.2):
+            # resubscribed (SUBACK in), not just reconnected
+            if subscriber.wait_subscribed(0.2) and publisher.wait_connected(0.2):
                 break
         assert subscriber.connects >= 2
         assert publisher.publish(f"openfeeder/v1/meas/{device}", payload).wait(10)

@@ -109,7 +109,7 @@ def sealed(tmp_path: Path) -> Iterator[Sealed]:
         observer.subscribe("openfeeder/v1/#", observed.add)
         observer.start()
         try:
-            assert observer.wait_connected(TIMEOUT_S)
+            assert observer.wait_subscribed(TIMEOUT_S)  # SUBACK in: sees all that follows
             historian_settings = demo.settings(
                 broker, "", catalog, f"historian-{DEMO_HISTORIAN_INSTANCE}"
             )
@@ -163,7 +163,7 @@ def test_control_and_protection_traffic_is_sealed_end_to_end(sealed: Sealed) -> 
     service.start()
     try:
         assert agent.wait_running(TIMEOUT_S)
-        assert service.wait_connected(TIMEOUT_S)
+        assert service.wait_subscribed(TIMEOUT_S)  # SUBACKs in: the acks cannot miss them
         folder = sealed.devices.agent.state_dir / "sealed-m1"
         assert stat.S_IMODE((folder / KEK_FILE).stat().st_mode) == 0o600
         assert stat.S_IMODE((folder / BUNDLE_FILE).stat().st_mode) == 0o600

@@ -497,7 +497,7 @@ def _collect_measurements(broker_url: str, device_id: str) -> tuple[MqttLink, qu
         lambda _t, p: received.put((time.monotonic(), Measurement.model_validate_json(p))),
     )
     link.start()
-    assert link.wait_connected(10)
+    assert link.wait_subscribed(10)
     return link, received
 
 

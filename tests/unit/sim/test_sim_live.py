@@ -45,7 +45,7 @@ def _listen(url: str) -> tuple[MqttLink, queue.Queue[Any]]:
         lambda _t, p: received.put(Measurement.model_validate_json(p)),
     )
     link.start()
-    assert link.wait_connected(10)
+    assert link.wait_subscribed(10)  # SUBACK in: the twin's messages cannot miss it
     return link, received
 
 

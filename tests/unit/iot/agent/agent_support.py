@@ -373,7 +373,7 @@ class Collector:
 
     def __enter__(self) -> Collector:
         self.link.start()
-        assert self.link.wait_connected(10)
+        assert self.link.wait_subscribed(10)  # SUBACK in, not just connected
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -181,7 +181,7 @@ def test_distributed_cycle_on_the_live_twin(tmp_path: Path) -> None:
         )
         listener.start()
         try:
-            assert listener.wait_connected(10)
+            assert listener.wait_subscribed(10)  # SUBACK in: the summary cannot miss it
             coordinator.trigger("test")
             result = _result(run, "test")
             assert got.wait(10), "the summary is published on algo/estimation/se_state"

@@ -181,8 +181,8 @@ class MarkWatcher:
         for device in devices:
             self.link.subscribe(committed_filter(device), self._on_message)
         self.link.start()
-        if not self.link.wait_connected(10):
-            raise RuntimeError("watcher did not connect")
+        if not self.link.wait_subscribed(10):
+            raise RuntimeError("watcher did not connect and subscribe")
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         committed = decode(MessageClass.COMMITTED, payload, topic=topic)
