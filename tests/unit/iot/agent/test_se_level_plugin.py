@@ -113,6 +113,8 @@ def test_an_mv_area_of_450_buses_publishes_its_final_estimate_in_parts(tmp_path:
         on_outputs=lambda _runner, out, _t: outputs.put(out),
         on_problem=lambda _runner, kind, message: problems.append(f"{kind}: {message}"),
         deadline_s=30.0,
+        # every meter's message is queued at once: room for all, whatever the machine's load
+        queue_size=len(readings) + 8,
     )
     try:
         assert runner.start(), problems
