@@ -195,7 +195,7 @@ def live_cycles(cycles: int, broker: str, mosquitto_url: str) -> dict[str, Any]:
                 )
             messenger.start()
             try:
-                if not live.wait_running(60) or not messenger.wait_connected(10):
+                if not live.wait_running(60) or not messenger.wait_subscribed(10):
                     raise RuntimeError("the twin's devices or the listener did not start")
                 with EstimationThread(settings, model=twin.model, clock=clock) as service:
                     coordinator = service.coordinator

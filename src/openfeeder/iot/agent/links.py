@@ -157,6 +157,12 @@ class AgentLinks:
         messenger = self._messenger
         return messenger is not None and messenger.link(context).wait_connected(timeout_s)
 
+    def wait_subscribed(self, context: BrokerContext, timeout_s: float) -> bool:
+        """Connected to ``context`` and every subscription sent there answered (a command
+        published before the SUBACK would find no subscription)."""
+        messenger = self._messenger
+        return messenger is not None and messenger.link(context).wait_subscribed(timeout_s)
+
     def connected(self, context: BrokerContext) -> bool:
         messenger = self._messenger
         return messenger is not None and messenger.link(context).connected

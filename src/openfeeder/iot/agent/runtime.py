@@ -647,9 +647,10 @@ class MeterAgent:
         self._write_cache(settings)
         self._links.subscribe(self._filters(settings))
         self._links.connect(settings)
-        # the retained committed mark decides the first seq: wait for it a moment
+        # the retained committed mark decides the first seq: wait for it a moment (after the
+        # SUBACK: running means commands sent from now on reach this agent)
         timeout_s = self._settings.brokers.grid_ops.connect_timeout_s
-        if self._links.wait_connected(BrokerContext.GRID_OPS, timeout_s):
+        if self._links.wait_subscribed(BrokerContext.GRID_OPS, timeout_s):
             self._mark_seen.wait(self._retained_wait_s)
         self._apply_pending_mark()
         if self._stopping.is_set():  # stopped while connecting: stop() cleans up what exists
