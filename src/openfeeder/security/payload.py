@@ -525,6 +525,18 @@ class _Stream:
         self.sealers: dict[str, _Sealer] = {}
 
 
+def _refused(
+    route: Route, prefix: _Prefix | None, reason: RejectKind, detail: str
+) -> PayloadRejectedError:
+    """The rejection of a message on ``route``'s topic (``prefix``: its parsed header, if any)."""
+    return PayloadRejectedError(
+        f"{route.topic}: {detail}",
+        topic=route.topic,
+        reason=reason,
+        sender_id=prefix.sender_id if prefix is not None else None,
+    )
+
+
 class Route:
     """What sealing and opening on one topic needs from the topic, worked out once
     (:meth:`PayloadProtector.route`): its message class, device and retained flag, the stream of
@@ -689,11 +701,12 @@ class PayloadProtector:
             if not data.startswith(MAGIC):
                 if stream is None:
                     return data, None, None
-                raise PayloadRejectedError(
-                    f"{route.topic}: {route.message_class} messages must be sealed with "
-                    f"{stream.algorithm}, this one is not",
-                    topic=route.topic,
-                    reason=RejectKind.PLAINTEXT,
+                raise _refused(
+                    route,
+                    None,
+                    RejectKind.PLAINTEXT,
+                    f"{route.message_class} messages must be sealed with {stream.algorithm}, "
+                    "this one is not",
                 )
             size = len(data)
             prefix = None
@@ -709,12 +722,12 @@ class PayloadProtector:
             if stream is not None and (
                 prefix.algorithm is not stream.algorithm or prefix.traffic is not stream.traffic
             ):
-                raise PayloadRejectedError(
-                    f"{route.topic}: sealed as {prefix.traffic}/{prefix.algorithm}, "
-                    f"{route.message_class} messages must be {stream.traffic}/{stream.algorithm}",
-                    topic=route.topic,
-                    reason=RejectKind.POLICY,
-                    sender_id=prefix.sender_id,
+                raise _refused(
+                    route,
+                    prefix,
+                    RejectKind.POLICY,
+                    f"sealed as {prefix.traffic}/{prefix.algorithm}, {route.message_class} "
+                    f"messages must be {stream.traffic}/{stream.algorithm}",
                 )
             (seq,) = _SEQ.unpack_from(data, end)
             if route.retained:
@@ -726,11 +739,11 @@ class PayloadProtector:
             try:
                 key = self._keys.opening_key(prefix.key_id)
             except SecurityError as err:
-                raise PayloadRejectedError(
-                    f"{route.topic}: key {prefix.key_id!r} cannot open messages: {err}",
-                    topic=route.topic,
-                    reason=RejectKind.UNKNOWN_KEY,
-                    sender_id=prefix.sender_id,
+                raise _refused(
+                    route,
+                    prefix,
+                    RejectKind.UNKNOWN_KEY,
+                    f"key {prefix.key_id!r} cannot open messages: {err}",
                 ) from err
             if key.algorithm is not prefix.algorithm or (
                 key.scope is not None and key.scope != route.device_id
@@ -754,13 +767,12 @@ class PayloadProtector:
                         data[end + 8 : body_at], data[body_at:], data[:body_at] + route.aad_tail
                     )
                 except InvalidTag as err:
-                    raise PayloadRejectedError(
-                        f"{route.topic}: message from {prefix.sender_id!r} (seq {seq}) does not "
-                        "authenticate: altered, moved to another topic, or sealed under another "
-                        "key",
-                        topic=route.topic,
-                        reason=RejectKind.AUTHENTICATION,
-                        sender_id=prefix.sender_id,
+                    raise _refused(
+                        route,
+                        prefix,
+                        RejectKind.AUTHENTICATION,
+                        f"message from {prefix.sender_id!r} (seq {seq}) does not authenticate: "
+                        "altered, moved to another topic, or sealed under another key",
                     ) from err
                 if window is None:  # only authenticated senders get a window
                     window = ReplayWindow(self._window_size)
@@ -779,19 +791,17 @@ class PayloadProtector:
     def _misused(key: SymmetricKey, prefix: _Prefix, route: Route) -> PayloadRejectedError:
         """Why ``key`` may not open ``prefix``'s message on ``route``'s topic."""
         if key.algorithm is not prefix.algorithm:
-            return PayloadRejectedError(
-                f"{route.topic}: key {key.key_id!r} is {key.algorithm}, the envelope says "
-                f"{prefix.algorithm}",
-                topic=route.topic,
-                reason=RejectKind.POLICY,
-                sender_id=prefix.sender_id,
+            return _refused(
+                route,
+                prefix,
+                RejectKind.POLICY,
+                f"key {key.key_id!r} is {key.algorithm}, the envelope says {prefix.algorithm}",
             )
-        return PayloadRejectedError(
-            f"{route.topic}: key {key.key_id!r} belongs to device {key.scope!r}, not "
-            f"{route.device_id!r}",
-            topic=route.topic,
-            reason=RejectKind.KEY_SCOPE,
-            sender_id=prefix.sender_id,
+        return _refused(
+            route,
+            prefix,
+            RejectKind.KEY_SCOPE,
+            f"key {key.key_id!r} belongs to device {key.scope!r}, not {route.device_id!r}",
         )
 
     def _opener(self, key: SymmetricKey) -> AeadCipher:
@@ -804,12 +814,12 @@ class PayloadProtector:
     def _replayed(
         self, route: Route, prefix: _Prefix, seq: int, verdict: RejectKind, window: ReplayWindow
     ) -> PayloadRejectedError:
-        return PayloadRejectedError(
-            f"{route.topic}: sequence number {seq} from {prefix.sender_id!r} is a {verdict} "
+        return _refused(
+            route,
+            prefix,
+            verdict,
+            f"sequence number {seq} from {prefix.sender_id!r} is a {verdict} "
             f"(highest accepted {window.highest}, window {self._window_size})",
-            topic=route.topic,
-            reason=verdict,
-            sender_id=prefix.sender_id,
         )
 
     def _parsed_prefix(self, data: bytes, topic: str) -> tuple[_Prefix, int]:
