@@ -621,16 +621,12 @@ def _sensor_columns(
         out[ComponentType.sym_power_sensor] = _typed(
             ComponentType.sym_power_sensor,
             id=next_id + power,
-            measured_object=np.where(
-                located.target[power] == Target.BUS,
-                model.bus["id"][np.maximum(located.bus_row[power], 0)] if model.bus.size else -1,
-                column("element")[power],
-            ),
+            measured_object=_power_objects(model, located, power),
             measured_terminal_type=_terminal(located, power),
-            p_measured=column("p_mw")[power] * 1e6,
-            q_measured=column("q_mvar")[power] * 1e6,
-            p_sigma=column("p_sigma_mw")[power] * 1e6,
-            q_sigma=column("q_sigma_mvar")[power] * 1e6,
+            p_measured=_scaled(column("p_mw"), power, 1e6),
+            q_measured=_scaled(column("q_mvar"), power, 1e6),
+            p_sigma=_scaled(column("p_sigma_mw"), power, 1e6),
+            q_sigma=_scaled(column("q_sigma_mvar"), power, 1e6),
         )
 
     current = np.flatnonzero(located.of_quantity(Quantity.I, Quantity.I_PHASOR))
@@ -656,6 +652,33 @@ def _sensor_columns(
                 phasor, np.deg2rad(column("i_angle_deg")[current]), local_angle_rad[current]
             ),
         )
+    return out
+
+
+def _power_objects(
+    model: GridModel, located: LocatedMeasurements, power: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """The measured object of each power measurement at ``power``: the bus's id for a bus
+    injection, else the element."""
+    out: npt.NDArray[np.int64] = located.measurements.column("element")[power]
+    at_bus = np.flatnonzero(located.target[power] == Target.BUS)
+    if at_bus.size:
+        bus_rows = located.bus_row[power[at_bus]]
+        out[at_bus] = model.bus["id"][np.maximum(bus_rows, 0)] if model.bus.size else -1
+    return out
+
+
+def _scaled(column: FloatArray, rows: npt.NDArray[np.int64], scale: float) -> FloatArray:
+    """``column[rows] * scale``, multiplied in the gathered copy."""
+    out = column[rows]
+    out *= scale
+    return out
+
+
+def _radians(column: FloatArray, rows: npt.NDArray[np.int64]) -> FloatArray:
+    """``np.deg2rad(column[rows])``, converted in the gathered copy."""
+    out = column[rows]
+    np.deg2rad(out, out=out)
     return out
 
 
@@ -720,9 +743,9 @@ def _voltage_columns(
         ComponentType.sym_voltage_sensor,
         id=next_id + rows,
         measured_object=model.bus["id"][located.bus_row[rows]],
-        u_sigma=sigma_kv[rows] * 1e3,
-        u_measured=u_kv[rows] * 1e3,
-        u_angle_measured=np.deg2rad(located.measurements.column("u_angle_deg")[rows]),
+        u_sigma=_scaled(sigma_kv, rows, 1e3),
+        u_measured=_scaled(u_kv, rows, 1e3),
+        u_angle_measured=_radians(located.measurements.column("u_angle_deg"), rows),
     )
 
 

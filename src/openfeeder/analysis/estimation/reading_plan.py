@@ -204,7 +204,10 @@ class ReadingPlan:
         """What the objective takes from the readings alone (scaled values and sigmas)."""
         col = self.columns
         k, rated = self.u_rows[0], self.u_rated_at
-        u = (col["u_kv"][k] / rated, col["u_sigma_kv"][k] / rated)
+        u = (
+            _gathered(col["u_kv"], k, np.divide, rated),
+            _gathered(col["u_sigma_kv"], k, np.divide, rated),
+        )
         k = self.angle_rows[0]
         angle = (_NONE, _NONE)
         if k.size:
@@ -228,28 +231,37 @@ class ReadingPlan:
             on = energized[b]
             return np.where(on, u_pu[b], np.nan), np.where(on, angle[b], np.nan)
 
-        parts: list[FloatArray] = []
-        u, _ = voltage(self.u_rows[1])
-        parts.append((terms.u[0] - u) / terms.u[1])
+        # each part's weighted residuals are a temporary of its own, squared in place and summed
+        # (the same sums as squaring a copy; no second array per part)
+        squares: list[float] = []
+        b = self.u_rows[1]
+        u = np.where(energized[b], u_pu[b], np.nan)
+        np.subtract(terms.u[0], u, out=u)
+        squares.append(_square_sum(np.divide(u, terms.u[1], out=u)))
         b = self.angle_rows[1]
         if b.size:
-            _, a = voltage(b)
-            parts.append(_wrap(terms.angle[0] - a) / terms.angle[1])
+            a = np.where(energized[b], angle[b], np.nan)
+            np.subtract(terms.angle[0], a, out=a)
+            squares.append(_square_sum(np.divide(_wrap(a), terms.angle[1], out=a)))
 
         # the factor per voltage-sensor bus, then 1 for the index -1 (a bus without one)
         factor = np.append(self._power_factor(voltage, terms.voltage), 1.0 + 0.0j)
         p_end, q_end = self._branch_ends(output, self.branch_position, self.branch_to)
-        parts.extend(self._pq(self.branch_pq, terms.branch, factor, p_end, q_end))
-        p_bus = node["p"][self.bus_pq_bus] * 1e-6
-        q_bus = node["q"][self.bus_pq_bus] * 1e-6
-        parts.extend(self._pq(self.bus_pq, terms.bus, factor, p_bus, q_bus))
-        parts.extend(self._appliance_parts(node, terms.appliances, factor))
+        squares.extend(self._pq(self.branch_pq, terms.branch, factor, p_end, q_end))
+        p_bus = node["p"][self.bus_pq_bus]
+        p_bus *= 1e-6
+        q_bus = node["q"][self.bus_pq_bus]
+        q_bus *= 1e-6
+        squares.extend(self._pq(self.bus_pq, terms.bus, factor, p_bus, q_bus))
+        squares.extend(self._appliance_parts(node, terms.appliances, factor))
         empty = self.empty
-        parts.append(node["p"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
-        parts.append(node["q"][empty] * -1e-6 / ZERO_INJECTION_SIGMA_PU)
-        parts.extend(self._current_parts(output, terms.current, voltage))
+        for name in ("p", "q"):
+            z = node[name][empty]
+            z *= -1e-6
+            squares.append(_square_sum(np.divide(z, ZERO_INJECTION_SIGMA_PU, out=z)))
+        squares.extend(_square_sum(z) for z in self._current_parts(output, terms.current, voltage))
         # element-wise, not np.dot: a threaded BLAS would spin on cores the engine needs
-        return float(sum(float(np.square(z).sum()) for z in parts))
+        return float(sum(squares))
 
     def _voltage_means(self) -> _VoltageMeans | None:
         """Per voltage-sensor bus: the inverse-variance mean of its measured magnitudes (pu) and,
@@ -315,8 +327,10 @@ class ReadingPlan:
             return out
 
         p_to, p_from, q_to, q_from = (column(c) for c in ("p_to", "p_from", "q_to", "q_from"))
-        p_mw = np.where(to, p_to, p_from) * 1e-6
-        q_mvar = np.where(to, q_to, q_from) * 1e-6
+        p_mw = np.where(to, p_to, p_from)
+        p_mw *= 1e-6
+        q_mvar = np.where(to, q_to, q_from)
+        q_mvar *= 1e-6
         return p_mw, q_mvar
 
     @staticmethod
@@ -339,11 +353,18 @@ class ReadingPlan:
         factor: npt.NDArray[np.complex128],
         p_est: FloatArray,
         q_est: FloatArray,
-    ) -> list[FloatArray]:
+    ) -> list[float]:
+        """The squared sums of the rows' residuals (``p_est`` and ``q_est``: temporaries of the
+        caller's, written)."""
         if rows.k.size == 0:
             return []
         s = terms.s * self._factor_at(factor, rows.factor_at)
-        return [(s.real - p_est) / terms.p_sigma, (s.imag - q_est) / terms.q_sigma]
+        np.subtract(s.real, p_est, out=p_est)
+        np.subtract(s.imag, q_est, out=q_est)
+        return [
+            _square_sum(np.divide(p_est, terms.p_sigma, out=p_est)),
+            _square_sum(np.divide(q_est, terms.q_sigma, out=q_est)),
+        ]
 
     def _appliance_terms(self) -> _PowerTerms | None:
         """Per summed bus: the measured appliances' summed power and its standard deviations."""
@@ -358,7 +379,8 @@ class ReadingPlan:
             if part.single_k is not None:  # one measurement per appliance: nothing to merge
                 ks = part.single_k
                 p, q = col["p_mw"][ks], col["q_mvar"][ks]
-                vp, vq = col["p_sigma_mw"][ks] ** 2, col["q_sigma_mvar"][ks] ** 2
+                vp = _gathered(col["p_sigma_mw"], ks, np.square)
+                vq = _gathered(col["q_sigma_mvar"], ks, np.square)
             else:
                 appliance, size, keep = part.appliance, part.size, part.keep
                 wp = np.bincount(appliance, 1.0 / col["p_sigma_mw"][k] ** 2, size)
@@ -372,29 +394,32 @@ class ReadingPlan:
                     1.0 / wq[keep],
                 )
             if sums.single:  # one appliance per summed bus: a scatter, not a sum
-                p_sum[b], q_sum[b] = sign * p, sign * q
+                p_sum[b], q_sum[b] = np.multiply(p, sign, out=p), np.multiply(q, sign, out=q)
                 p_var[b], q_var[b] = vp, vq
                 continue
             p_sum += np.bincount(b, sign * p, n)
             q_sum += np.bincount(b, sign * q, n)
             p_var += np.bincount(b, vp, n)
             q_var += np.bincount(b, vq, n)
-        return _PowerTerms(p_sum + 1j * q_sum, np.sqrt(p_var), np.sqrt(q_var))
+        return _PowerTerms(p_sum + 1j * q_sum, np.sqrt(p_var, out=p_var), np.sqrt(q_var, out=q_var))
 
     def _appliance_parts(
         self,
         node: dict[str, Any],
         terms: _PowerTerms | None,
         factor: npt.NDArray[np.complex128],
-    ) -> list[FloatArray]:
+    ) -> list[float]:
         if terms is None:
             return []
         sums = self.appliances
         s = terms.s * self._factor_at(factor, sums.factor_at)
-        return [
-            (s.real - node["p"][sums.full] * 1e-6) / terms.p_sigma,
-            (s.imag - node["q"][sums.full] * 1e-6) / terms.q_sigma,
-        ]
+        out = []
+        for name, measured, sigma in (("p", s.real, terms.p_sigma), ("q", s.imag, terms.q_sigma)):
+            z = node[name][sums.full]
+            z *= 1e-6
+            np.subtract(measured, z, out=z)
+            out.append(_square_sum(np.divide(z, sigma, out=z)))
+        return out
 
     def _current_terms(self) -> tuple[FloatArray, ...] | None:
         k, _, _, end_bus = self.current
@@ -643,6 +668,18 @@ def _unique_rows(rows: IntArray, size: int) -> tuple[IntArray, IntArray]:
     unique = np.flatnonzero(hit)
     rank = np.cumsum(hit, dtype=np.int64) - 1
     return unique.astype(np.int64), rank[rows]
+
+
+def _gathered(column: FloatArray, rows: IntArray, ufunc: Any, *args: Any) -> FloatArray:
+    """``ufunc(column[rows], *args)`` written into the gathered copy (no second array)."""
+    out = column[rows]
+    result: FloatArray = ufunc(out, *args, out=out)
+    return result
+
+
+def _square_sum(z: FloatArray) -> float:
+    """The sum of the squares of ``z`` (a temporary: squared in place)."""
+    return float(np.square(z, out=z).sum())
 
 
 def _wrap(angle_rad: FloatArray) -> FloatArray:
