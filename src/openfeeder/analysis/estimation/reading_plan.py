@@ -552,15 +552,22 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
     factor_position = np.full(n, -1, dtype=np.int64)
     factor_position[voltage_bus] = np.arange(voltage_bus.size)
 
-    here = estimated[np.maximum(located.bus_row, 0)] & (located.bus_row >= 0)
-    u_k = np.concatenate(
-        [np.flatnonzero(located.of_quantity(q) & here) for q in (Quantity.U, Quantity.U_PHASOR)]
-    )
-    angle_k = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR) & here)
-    pq_here = located.of_quantity(Quantity.PQ) & here
-    branch_k = np.flatnonzero(pq_here & (located.target == Target.BRANCH))
-    bus_k = np.flatnonzero(pq_here & (located.target == Target.BUS))
-    current_k = np.flatnonzero(located.of_quantity(Quantity.I_PHASOR) & here)
+    if estimated.all() and located.bus_row.min(initial=0) >= 0:
+        # every measurement is at an estimated bus: the rows per quantity are the located set's
+        u_k, angle_k, current_k = voltage_rows, phasor, current
+        at_power = located.target[power]
+        branch_k = power[at_power == Target.BRANCH]
+        bus_k = power[at_power == Target.BUS]
+    else:
+        here = estimated[np.maximum(located.bus_row, 0)] & (located.bus_row >= 0)
+        u_k = np.concatenate(
+            [np.flatnonzero(located.of_quantity(q) & here) for q in (Quantity.U, Quantity.U_PHASOR)]
+        )
+        angle_k = np.flatnonzero(located.of_quantity(Quantity.U_PHASOR) & here)
+        pq_here = located.of_quantity(Quantity.PQ) & here
+        branch_k = np.flatnonzero(pq_here & (located.target == Target.BRANCH))
+        bus_k = np.flatnonzero(pq_here & (located.target == Target.BUS))
+        current_k = np.flatnonzero(located.of_quantity(Quantity.I_PHASOR) & here)
     branch_rows = np.concatenate([located.target_row[branch_k], located.target_row[current_k]])
     position = _engine_positions(prepared, located, branch_rows)
     appliances, empty = _appliance_sums(model, located, estimated, factor_position)
@@ -625,13 +632,14 @@ def _appliance_sums(
     appliances = counts.appliances + counts.shunts
     covered = covered_appliances(model, located)
     with_pq = located.measured_appliances()
-    pq = located.of_quantity(Quantity.PQ)
+    power = located.rows_of_quantity(Quantity.PQ)
+    power_target = located.target[power]
     measured_parts = []
     for target, name, sign in _APPLIANCES:
         unique = with_pq[target]  # the appliances measured, sorted
         if unique.size == 0:
             continue
-        k = np.flatnonzero(pq & (located.target == target))
+        k = power[power_target == target]
         on = np.asarray(model.table(name)["in_service"], dtype=bool)
         rank = np.zeros(on.size, dtype=np.int64)
         rank[unique] = np.arange(unique.size)
