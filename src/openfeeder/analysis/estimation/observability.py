@@ -285,8 +285,11 @@ def _pseudo_parts(
         if table.size == 0:
             continue
         bus_rows = appliance_bus_rows(model, name)
-        pick = table["in_service"] & wanted[island_of_bus[bus_rows]]
-        pick &= energized_bus[bus_rows]
+        if options.policy is PseudoPolicy.ALL:  # the same rows for every placement on the model
+            pick = _in_energized_islands(model, name).copy()
+        else:
+            pick = table["in_service"] & wanted[island_of_bus[bus_rows]]
+            pick &= energized_bus[bus_rows]
         pick[measured.get(kind, np.zeros(0, dtype=np.int64))] = False
         rows = np.flatnonzero(pick)
         if rows.size == 0:
@@ -324,6 +327,21 @@ def _pseudo_parts(
             pseudo=True,
         )
         parts.append((u, Target.BUS, rows, rows))
+
+
+def _in_energized_islands(model: GridModel, name: str) -> BoolArray:
+    """The in-service rows of ``model.<name>`` in an energized island (what the policy ``all``
+    gives a pseudo-measurement unless measured; kept per model, do not write)."""
+
+    def build() -> BoolArray:
+        closed = closed_islands(model)
+        island_of_bus, energized_bus = closed.island, closed.fed[closed.island]
+        bus_rows = appliance_bus_rows(model, name)
+        pick: BoolArray = model.table(name)["in_service"] & closed.fed[island_of_bus[bus_rows]]
+        pick &= energized_bus[bus_rows]
+        return pick
+
+    return model_memo(model, ("pseudo_candidates", name), build)
 
 
 def _every_pseudo_pq(
