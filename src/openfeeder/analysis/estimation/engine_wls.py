@@ -709,6 +709,9 @@ def voltage_sensors(
     return None if columns is None else _packed(ComponentType.sym_voltage_sensor, columns)
 
 
+_ROWS_NONE: Final = np.zeros(0, dtype=np.int64)
+
+
 def _voltage_columns(
     model: GridModel, located: LocatedMeasurements, next_id: int
 ) -> dict[str, npt.NDArray[Any]] | None:
@@ -720,9 +723,11 @@ def _voltage_columns(
     n = model.bus.size
     u_kv = located.measurements.column("u_kv")
     sigma_kv = located.measurements.column("u_sigma_kv")
-    phasor_buses = np.zeros(n, dtype=bool)
-    phasor_buses[located.bus_row[phasor]] = True
-    merged = magnitude[phasor_buses[located.bus_row[magnitude]]]
+    merged = _ROWS_NONE
+    if phasor.size:  # magnitudes at a bus with a phasor
+        phasor_buses = np.zeros(n, dtype=bool)
+        phasor_buses[located.bus_row[phasor]] = True
+        merged = magnitude[phasor_buses[located.bus_row[magnitude]]]
     if merged.size:
         u_kv, sigma_kv = u_kv.copy(), sigma_kv.copy()
         buses = located.bus_row[merged]

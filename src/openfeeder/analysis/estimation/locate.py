@@ -274,11 +274,14 @@ def locate_measurements(
     )
     fail(is_branch & (end == END_NONE), "end", "a branch measurement needs 'end'", element)
     target[is_branch] = Target.BRANCH
-    target_row[is_branch] = branch_row[is_branch]
-    end_bus = np.where(
-        end == END_TO, _take(branches.to_row, branch_row), _take(branches.from_row, branch_row)
+    on_branch = np.flatnonzero(is_branch)
+    rows_of_branch = branch_row[on_branch]
+    target_row[on_branch] = rows_of_branch
+    bus_row[on_branch] = np.where(
+        end[on_branch] == END_TO,
+        branches.to_row[rows_of_branch],
+        branches.from_row[rows_of_branch],
     )
-    bus_row[is_branch] = end_bus[is_branch]
     at_other_bus = is_branch & has_bus & (found_bus != bus_row)
     fail(at_other_bus, "bus", "the branch end named is not at this bus", bus)
     at_other_bus = has_element & ~is_branch & has_bus & (found_bus != bus_row)
@@ -313,10 +316,3 @@ def _find_where(model: GridModel, table: str, wanted: IntArray, where: BoolArray
     rows = np.flatnonzero(where)
     out[rows] = find(model, table, wanted[rows])
     return out
-
-
-def _take(values: IntArray, rows: IntArray) -> IntArray:
-    """``values[rows]`` with -1 where a row is -1, also when ``values`` is empty."""
-    if values.size == 0:
-        return np.full(rows.shape, -1, dtype=np.int64)
-    return np.where(rows >= 0, values[np.maximum(rows, 0)], -1)

@@ -581,7 +581,7 @@ def reading_plan(model: GridModel, placement: Placement) -> ReadingPlan | None:
         own_buffers=False,
         voltage_bus=voltage_bus.astype(np.int64),
         voltage_inverse=voltage_inverse.astype(np.int64).ravel(),
-        voltage_rated_v=u_rated_kv[voltage_bus_rows] * 1e3,
+        voltage_rated_v=_gathered(u_rated_kv, voltage_bus_rows, np.multiply, 1e3),
         voltage_phasors=bool(phasor.size),
         u_rated_kv=u_rated_kv,
         u_rows=(u_k, located.bus_row[u_k]),
