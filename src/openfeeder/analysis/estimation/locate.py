@@ -176,15 +176,17 @@ def _union(a: IntArray, b: IntArray) -> IntArray:
 
 def _join_distinct(first: MeasurementSet, second: MeasurementSet, prefix: str) -> MeasurementSet:
     """``first.concat(second)`` for a ``second`` whose ids are distinct and start with
-    ``prefix``: no id of ``first`` starting with it (one search of their joined text, a
-    separator before each) and no id of ``first`` twice make the joined ids distinct."""
+    ``prefix``: no id of ``first`` starting with it (the first, or one after a separator in
+    their joined text) and no id of ``first`` twice make the joined ids distinct."""
     seen = set(first.ids)
     if len(seen) != len(first.ids):
         return first.concat(second)  # raises, naming the first id used twice
     try:
-        prefixed = "\0" + prefix in "\0" + "\0".join(first.ids)
+        joined = "\0".join(first.ids)  # searched as it is (no copy with a separator in front)
     except TypeError:  # an id that is not a string
         prefixed = True
+    else:
+        prefixed = joined.startswith(prefix) or "\0" + prefix in joined
     if prefixed and not seen.isdisjoint(second.ids):
         return first.concat(second)
     return MeasurementSet.joined((first, second))
