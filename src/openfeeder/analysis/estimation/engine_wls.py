@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -188,32 +187,39 @@ class PreparedEngine:
 
 Layout = bytes | tuple[str, bytes]
 """What a kept engine model is found by besides its model: :func:`engine_layout`, or a name and a
-key that determines it (a placement's: ``("placement", key)``, whose hash Python has kept)."""
+key that determines it (a placement's: ``("placement", key)``)."""
 
 
 class _EngineCache:
     """The last :data:`ENGINE_CACHE_SIZE` converted models, keyed by model identity and the
-    measurements' placement (thread-safe; a model is used by one solve at a time)."""
+    measurements' placement (thread-safe; a model is used by one solve at a time).
+
+    The few entries are searched by comparing layouts, not hashed: a layout is a new bytes object
+    per estimate (about 1 MB at 100,000 buses), whose hash would cost more than comparing it."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, Layout], PreparedEngine] = OrderedDict()
+        self._entries: list[tuple[Layout, PreparedEngine]] = []
+        """Least recently used first."""
 
     def get(self, model: GridModel, layout: Layout) -> PreparedEngine | None:
         with self._lock:
-            entry = self._entries.get((id(model), layout))
-            if entry is None or entry.model is not model:
-                return None
-            self._entries.move_to_end((id(model), layout))
-            return entry
+            for k, (kept, entry) in enumerate(self._entries):
+                if entry.model is model and kept == layout:
+                    self._entries.append(self._entries.pop(k))
+                    return entry
+            return None
 
     def put(self, layout: Layout, entry: PreparedEngine) -> None:
         with self._lock:
-            self._entries[(id(entry.model), layout)] = entry
-            self._entries.move_to_end((id(entry.model), layout))
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            self._entries = [
+                (kept, old)
+                for kept, old in self._entries
+                if not (old.model is entry.model and kept == layout)
+            ]
+            self._entries.append((layout, entry))
+            del self._entries[: max(0, len(self._entries) - self._size)]
 
     def clear(self) -> None:
         with self._lock:

@@ -95,27 +95,34 @@ def placement_key(measurements: MeasurementSet, options: PseudoOptions) -> bytes
 
 
 class PlacementCache:
-    """The last few :class:`Placement` by model identity and :func:`placement_key`."""
+    """The last few :class:`Placement` by model identity and :func:`placement_key`.
+
+    The few entries are searched by comparing keys, not hashed: a key is a new bytes object per
+    estimate (about 1 MB at 100,000 buses), whose hash would cost more than comparing it."""
 
     def __init__(self, size: int = PLACEMENT_CACHE_SIZE) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, bytes], Placement] = OrderedDict()
+        self._entries: list[tuple[bytes, Placement]] = []
+        """Least recently used first."""
 
     def get(self, model: GridModel, key: bytes) -> Placement | None:
         with self._lock:
-            entry = self._entries.get((id(model), key))
-            if entry is None or entry.model is not model:
-                return None
-            self._entries.move_to_end((id(model), key))
-            return entry
+            for k, (kept, entry) in enumerate(self._entries):
+                if entry.model is model and kept == key:
+                    self._entries.append(self._entries.pop(k))
+                    return entry
+            return None
 
     def put(self, key: bytes, entry: Placement) -> None:
         with self._lock:
-            self._entries[(id(entry.model), key)] = entry
-            self._entries.move_to_end((id(entry.model), key))
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            self._entries = [
+                (kept, old)
+                for kept, old in self._entries
+                if not (old.model is entry.model and kept == key)
+            ]
+            self._entries.append((key, entry))
+            del self._entries[: max(0, len(self._entries) - self._size)]
 
     def clear(self) -> None:
         with self._lock:

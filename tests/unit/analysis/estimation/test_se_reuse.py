@@ -18,7 +18,7 @@ from openfeeder.analysis.estimation.estimator import (
 )
 from openfeeder.analysis.estimation.jacobian import GainFactor
 from openfeeder.analysis.estimation.observability import PseudoOptions
-from openfeeder.analysis.estimation.prepared import placement_key
+from openfeeder.analysis.estimation.prepared import PlacementCache, placement_key
 
 
 def test_a_repeated_estimate_with_new_readings_equals_a_fresh_one() -> None:
@@ -87,3 +87,29 @@ def test_the_engine_problem_objective_is_the_wls_optimum_on_clean_data() -> None
     # the engine's point is off the plain optimum; its own problem's objective is that optimum
     assert abs(engine_objective - optimum) < 0.05 * optimum
     assert at_engine_point - optimum > 1.5 * abs(engine_objective - optimum)
+
+
+def test_the_placement_cache_finds_equal_keys_per_model_and_forgets_the_least_recent() -> None:
+    model, flow = feeder()
+    other_model, _ = feeder()
+    measurements = metered(model, flow, seed=35)
+    clear_caches()
+    estimate_state(model, measurements, uncertainty=False)
+    key = placement_key(measurements, PseudoOptions())
+    placement = _PLACEMENTS.get(model, key)
+    assert placement is not None
+    # an equal key made anew finds it; the same key on another model object does not
+    assert _PLACEMENTS.get(model, bytes(bytearray(key))) is placement
+    assert _PLACEMENTS.get(other_model, key) is None
+    cache = PlacementCache(size=2)
+    cache.put(key, placement)
+    cache.put(b"b", placement)
+    assert cache.get(model, key) is placement  # now the most recent
+    cache.put(b"c", placement)  # forgets b"b", the least recently used
+    assert cache.get(model, b"b") is None
+    assert cache.get(model, key) is placement
+    assert cache.get(model, b"c") is placement
+    cache.put(b"c", placement)  # put again: still one entry
+    cache.put(b"d", placement)
+    assert cache.get(model, key) is None
+    assert cache.get(model, b"c") is placement
