@@ -498,9 +498,10 @@ def _state_columns(
     n = model.bus.size
     islands = closed_islands(model)
     observability_islands = islands.island
-    phasor = located.of_quantity(Quantity.U_PHASOR, Quantity.I_PHASOR)
     with_phasor = np.zeros(islands.fed.size, dtype=bool)
-    with_phasor[observability_islands[located.bus_row[phasor]]] = True
+    for quantity in (Quantity.U_PHASOR, Quantity.I_PHASOR):
+        at = located.bus_row[located.rows_of_quantity(quantity)]
+        with_phasor[observability_islands[at]] = True
     in_service = np.asarray(model.source["in_service"], dtype=bool)
     source_rows = appliance_bus_rows(model, "source")[in_service]
     source_rows = source_rows[estimated[source_rows]]

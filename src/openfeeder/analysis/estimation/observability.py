@@ -402,9 +402,9 @@ def _islands(model: GridModel, located: LocatedMeasurements) -> _IslandLabels:
     closed = closed_islands(model)
     island, f, t, live, fed = closed.island, closed.f, closed.t, closed.live, closed.fed
     n_islands = fed.size
-    voltage = located.of_quantity(Quantity.U, Quantity.U_PHASOR)
     reference = np.zeros(n_islands, dtype=bool)
-    reference[island[located.bus_row[voltage]]] = True
+    for quantity in (Quantity.U, Quantity.U_PHASOR):  # the rows the engine's sensors take too
+        reference[island[located.bus_row[located.rows_of_quantity(quantity)]]] = True
     return _IslandLabels(island, fed[island], fed, reference, f, t, live)
 
 
@@ -467,8 +467,8 @@ def _injection_known(model: GridModel, located: LocatedMeasurements) -> BoolArra
     known: BoolArray = (covered_appliances(model, located) >= counts.appliances) & (
         counts.shunts == 0
     )
-    bus_pq = located.of_quantity(Quantity.PQ) & (located.target == Target.BUS)
-    known[located.bus_row[bus_pq]] = True
+    power = located.rows_of_quantity(Quantity.PQ)
+    known[located.bus_row[power[located.target[power] == Target.BUS]]] = True
     return known
 
 
