@@ -34,6 +34,12 @@ tenth of a sigma of new noise on every value, as a periodic estimator gets them)
   the bay bus has nothing else), appliance measurements on the loads and generators. It keeps
   nothing between calls: cold and warm are the same full estimate.
 
+With ``--paired N`` the run then puts openfeeder and raw power-grid-model side by side in one
+process of its own per size, call by call: N cold pairs, then N warm pairs, the order flipping
+every pair, and reports the median of the per-pair ratios with its quartiles. Separate processes
+keep each engine's memory to itself but compare medians taken minutes apart; on a shared machine
+those drift by more than the 1.2x the issue allows, and pairs cancel the drift.
+
 Times are medians of ``--repeat`` calls of each kind after one untimed call
 (pandapower: a single call of each above 10,000 buses); a job over ``--timeout`` seconds is
 reported as "timeout". Prints a table and writes ``bench/results/estimation.json``.
@@ -375,6 +381,59 @@ def run_job(engine: str, buses: int, repeat: int) -> dict[str, Any]:
     return row
 
 
+def run_paired(buses: int, pairs: int) -> dict[str, Any]:
+    """openfeeder against raw power-grid-model in one process, call by call: ``pairs`` cold pairs
+    and then ``pairs`` warm pairs, the order within a pair flipping every pair, each pair's
+    ratio taken at once (the machine's drift between processes and moments cancels)."""
+    model, _, measurements = _case(buses)
+    ours, _, _ = _prepare("openfeeder", model, measurements, 4 * pairs + 4)
+    raw, _, _ = _prepare("pgm", model, measurements, 4 * pairs + 4)
+    ours["cold"](0)  # imports and first-touch costs out of the timing
+    raw["cold"](0)
+    cycle = 1
+
+    def timed(call: Any, k: int) -> float:
+        start = time.perf_counter()
+        call(k)
+        return time.perf_counter() - start
+
+    out: dict[str, Any] = {"buses": int(model.bus.size), "pairs": pairs}
+    for mode in ("cold", "warm"):
+        if mode == "warm":  # the calls before (same placement) are not timed
+            ours["warm"](cycle)
+            raw["warm"](cycle)
+            cycle += 1
+        ratios = []
+        for number in range(pairs):
+            if number % 2 == 0:
+                ours_s, raw_s = timed(ours[mode], cycle), timed(raw[mode], cycle)
+            else:
+                raw_s, ours_s = timed(raw[mode], cycle), timed(ours[mode], cycle)
+            cycle += 1
+            ratios.append(ours_s / raw_s)
+        quartiles = np.percentile(ratios, [25, 50, 75])
+        out[mode] = {
+            "ratio_median": float(quartiles[1]),
+            "ratio_quartiles": [float(quartiles[0]), float(quartiles[2])],
+            "ratios": ratios,
+        }
+    return out
+
+
+def print_paired(rows: list[dict[str, Any]]) -> None:
+    table = Table("buses", "pairs", "cold: openfeeder / pgm, median (quartiles)",
+                  "warm: openfeeder / pgm, median (quartiles)",
+                  title="paired in one process, call by call")  # fmt: skip
+    for row in rows:
+        cells = [
+            f"{row[m]['ratio_median']:.2f}x ({row[m]['ratio_quartiles'][0]:.2f}"
+            f"-{row[m]['ratio_quartiles'][1]:.2f})"
+            for m in ("cold", "warm")
+        ]
+        table.add_row(str(row["buses"]), str(row["pairs"]), *cells)
+    out.print(table)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -393,6 +452,22 @@ def _job(engine: str, buses: int, repeat: int, timeout_s: float) -> dict[str, An
         return {"engine": engine, "buses": buses, "error": tail[0]}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _paired_job(buses: int, pairs: int, timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.estimation", "--paired-job", str(buses), str(pairs)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return {"buses": buses, "timeout": timeout_s}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return {"buses": buses, "error": tail[0]}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -498,15 +573,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
     parser.add_argument("--out", type=Path, default=RESULTS / "estimation.json")
     parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also openfeeder against pgm in one process, N cold and N warm pairs per size",
+    )
+    parser.add_argument(
         "--job", nargs=3, metavar=("ENGINE", "BUSES", "REPEAT"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--paired-job", nargs=2, metavar=("BUSES", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
         engine, buses, repeat = args.job
         print(json.dumps(run_job(engine, int(buses), int(repeat))))
         return 0
+    if args.paired_job:
+        buses, pairs = args.paired_job
+        print(json.dumps(run_paired(int(buses), int(pairs))))
+        return 0
     report = run(args)
     print_table(report)
+    if args.paired:
+        report["paired"] = []
+        for size in (int(s) for s in args.sizes.split(",")):
+            err.print(f"{'paired':>17} {size:>7} buses ...")
+            report["paired"].append(_paired_job(size, args.paired, args.timeout))
+        print_paired([row for row in report["paired"] if "cold" in row])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     out.print(f"written to {args.out}")

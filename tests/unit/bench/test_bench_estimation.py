@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench.estimation import main, run_job
+from bench.estimation import main, run_job, run_paired
 
 pytestmark = pytest.mark.slow
 
@@ -34,3 +34,24 @@ def test_runner_writes_a_report(tmp_path: Path) -> None:
     # openfeeder also reports a never-seen model and warm calls with every table materialized
     assert ours["first_seconds"] > 0.0
     assert ours["warm_as_dict_seconds"] > 0.0
+
+
+def test_paired_run_times_both_engines_call_by_call() -> None:
+    row = run_paired(200, 3)
+    assert row["buses"] == 200
+    for mode in ("cold", "warm"):
+        ratios = row[mode]["ratios"]
+        assert len(ratios) == 3
+        assert all(r > 0.0 for r in ratios)
+        low, high = row[mode]["ratio_quartiles"]
+        assert low <= row[mode]["ratio_median"] <= high
+        assert sorted(ratios)[1] == row[mode]["ratio_median"]  # three pairs: the middle one
+
+
+def test_runner_reports_the_pairs_per_size(tmp_path: Path) -> None:
+    out = tmp_path / "estimation.json"
+    args = ["--sizes", "150,200", "--engines", "pgm", "--repeat", "1", "--paired", "2"]
+    assert main([*args, "--out", str(out)]) == 0
+    paired = json.loads(out.read_text())["paired"]
+    assert [row["buses"] for row in paired] == [150, 200]
+    assert all(len(row["cold"]["ratios"]) == len(row["warm"]["ratios"]) == 2 for row in paired)
