@@ -65,6 +65,7 @@ from openfeeder.analysis.engine_input import to_engine_input
 from openfeeder.analysis.estimation.locate import BranchTable, LocatedMeasurements, Target
 from openfeeder.analysis.estimation.measurement_set import END_TO, Quantity
 from openfeeder.analysis.estimation.model_cache import (
+    RecentPerModel,
     find,
     ids_unique,
     model_memo,
@@ -190,40 +191,9 @@ Layout = bytes | tuple[str, bytes]
 key that determines it (a placement's: ``("placement", key)``)."""
 
 
-class _EngineCache:
+class _EngineCache(RecentPerModel[Layout, PreparedEngine]):
     """The last :data:`ENGINE_CACHE_SIZE` converted models, keyed by model identity and the
-    measurements' placement (thread-safe; a model is used by one solve at a time).
-
-    The few entries are searched by comparing layouts, not hashed: a layout is a new bytes object
-    per estimate (about 1 MB at 100,000 buses), whose hash would cost more than comparing it."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._entries: list[tuple[Layout, PreparedEngine]] = []
-        """Least recently used first."""
-
-    def get(self, model: GridModel, layout: Layout) -> PreparedEngine | None:
-        with self._lock:
-            for k, (kept, entry) in enumerate(self._entries):
-                if entry.model is model and kept == layout:
-                    self._entries.append(self._entries.pop(k))
-                    return entry
-            return None
-
-    def put(self, layout: Layout, entry: PreparedEngine) -> None:
-        with self._lock:
-            self._entries = [
-                (kept, old)
-                for kept, old in self._entries
-                if not (old.model is entry.model and kept == layout)
-            ]
-            self._entries.append((layout, entry))
-            del self._entries[: max(0, len(self._entries) - self._size)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+    measurements' placement (a model is used by one solve at a time)."""
 
 
 _ENGINES: Final = _EngineCache(ENGINE_CACHE_SIZE)

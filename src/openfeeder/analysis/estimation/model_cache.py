@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,7 @@ from openfeeder.model.grid import GridModel
 
 __all__ = [
     "MODEL_CACHE_SIZE",
+    "RecentPerModel",
     "clear_model_cache",
     "find",
     "find_ids",
@@ -35,6 +36,53 @@ T = TypeVar("T")
 IntArray = npt.NDArray[np.int64]
 
 _LOCK: Final = threading.Lock()
+
+
+class _OfModel(Protocol):
+    @property
+    def model(self) -> GridModel: ...
+
+
+K = TypeVar("K")
+V = TypeVar("V", bound=_OfModel)
+
+
+class RecentPerModel(Generic[K, V]):
+    """The last ``size`` entries, found by their model's identity and a key (thread-safe).
+
+    The few entries are searched by comparing keys, not hashed: a key is typically a new bytes
+    object per estimate (about 1 MB at 100,000 buses), whose hash would cost more than comparing
+    it."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: list[tuple[K, V]] = []
+        """Least recently used first."""
+
+    def get(self, model: GridModel, key: K) -> V | None:
+        with self._lock:
+            for k, (kept, entry) in enumerate(self._entries):
+                if entry.model is model and kept == key:
+                    self._entries.append(self._entries.pop(k))
+                    return entry
+            return None
+
+    def put(self, key: K, entry: V) -> None:
+        with self._lock:
+            self._entries = [
+                (kept, old)
+                for kept, old in self._entries
+                if not (old.model is entry.model and kept == key)
+            ]
+            self._entries.append((key, entry))
+            del self._entries[: max(0, len(self._entries) - self._size)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 _MODELS: Final[OrderedDict[int, tuple[GridModel, dict[Any, Any]]]] = OrderedDict()
 _MOST_RECENT: Final = [0]
 """The id of the model last moved to the end of :data:`_MODELS`."""

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from openfeeder.analysis.estimation.locate import LocatedMeasurements
 from openfeeder.analysis.estimation.measurement_set import MeasurementSet
+from openfeeder.analysis.estimation.model_cache import RecentPerModel
 from openfeeder.analysis.estimation.observability import Observability, PseudoOptions
 from openfeeder.model.grid import GridModel, lookup
 
@@ -94,39 +95,11 @@ def placement_key(measurements: MeasurementSet, options: PseudoOptions) -> bytes
     return b"|".join(parts)
 
 
-class PlacementCache:
-    """The last few :class:`Placement` by model identity and :func:`placement_key`.
-
-    The few entries are searched by comparing keys, not hashed: a key is a new bytes object per
-    estimate (about 1 MB at 100,000 buses), whose hash would cost more than comparing it."""
+class PlacementCache(RecentPerModel[bytes, Placement]):
+    """The last few :class:`Placement` by model identity and :func:`placement_key`."""
 
     def __init__(self, size: int = PLACEMENT_CACHE_SIZE) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._entries: list[tuple[bytes, Placement]] = []
-        """Least recently used first."""
-
-    def get(self, model: GridModel, key: bytes) -> Placement | None:
-        with self._lock:
-            for k, (kept, entry) in enumerate(self._entries):
-                if entry.model is model and kept == key:
-                    self._entries.append(self._entries.pop(k))
-                    return entry
-            return None
-
-    def put(self, key: bytes, entry: Placement) -> None:
-        with self._lock:
-            self._entries = [
-                (kept, old)
-                for kept, old in self._entries
-                if not (old.model is entry.model and kept == key)
-            ]
-            self._entries.append((key, entry))
-            del self._entries[: max(0, len(self._entries) - self._size)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        super().__init__(size)
 
 
 _APPLIANCE_TABLES: Final = ("load", "generator", "source", "shunt")
