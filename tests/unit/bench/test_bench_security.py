@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench.security import (
@@ -28,19 +29,23 @@ from bench.security import (
 from openfeeder.security.payload import Algorithm, parse_header
 
 
+def _check_every_column(results: dict[str, Any]) -> None:
+    assert list(results) == list(COLUMNS)
+    for column in results.values():
+        assert set(column) == set(CLASSES)
+        for metrics in column.values():
+            assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
+            assert metrics["throughput_msg_s"] > 0
+            # the stages are parts of the one-way latency: each positive, none beyond p99
+            for stage in STAGES:
+                assert 0 < metrics[stage] <= metrics["latency_p99_ms"] * 1e3
+
+
 def test_every_column_measures_every_class_in_every_round() -> None:
     rounds = run(messages=5, burst=20, rounds=2)
     assert len(rounds) == 2
     for results in rounds:
-        assert list(results) == list(COLUMNS)
-        for column in results.values():
-            assert set(column) == set(CLASSES)
-            for metrics in column.values():
-                assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
-                assert metrics["throughput_msg_s"] > 0
-                # the stages are parts of the one-way latency: each positive, none beyond p99
-                for stage in STAGES:
-                    assert 0 < metrics[stage] <= metrics["latency_p99_ms"] * 1e3
+        _check_every_column(results)
     cost = added_cost(rounds, over=TLS, column=TLS_PAYLOAD)
     assert set(cost) == set(CLASSES)
     for traffic, row in cost.items():
@@ -60,12 +65,7 @@ def test_mosquitto_measures_every_class() -> None:
             pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
         pytest.skip(message)
     (results,) = run(messages=5, burst=20, rounds=1, broker_kind="mosquitto")
-    assert list(results) == list(COLUMNS)
-    for column in results.values():
-        assert set(column) == set(CLASSES)
-        for metrics in column.values():
-            assert 0 < metrics["latency_median_ms"] <= metrics["latency_p99_ms"]
-            assert metrics["throughput_msg_s"] > 0
+    _check_every_column(results)
 
 
 def test_payload_column_seals_control_and_protection_only() -> None:
