@@ -745,8 +745,11 @@ class PayloadProtector:
                     RejectKind.UNKNOWN_KEY,
                     f"key {prefix.key_id!r} cannot open messages: {err}",
                 ) from err
+            scope = key.scope
             if key.algorithm is not prefix.algorithm or (
-                key.scope is not None and key.scope != route.device_id
+                scope != route.device_id
+                if scope is not None
+                else self._own_key(prefix.traffic, route.device_id) is not None
             ):
                 raise self._misused(key, prefix, route)
             body_at = end + _SEQ_NONCE.size
@@ -787,8 +790,23 @@ class PayloadProtector:
                 self.rejected[err.reason] += 1
             raise
 
-    @staticmethod
-    def _misused(key: SymmetricKey, prefix: _Prefix, route: Route) -> PayloadRejectedError:
+    def _own_key(self, traffic: TrafficClass, device_id: str) -> SymmetricKey | None:
+        """The key of ``device_id``'s own that its ``traffic`` is sealed with, if it has one.
+
+        A topic of a device with keys of its own opens only with those: a group key, which
+        every device holds, would otherwise let any of them seal a command for another one (on
+        a broker not trusted with content). A topic of a sender without keys of its own (a
+        service, a device enrolled before protection was on, a broadcast) still opens with the
+        group key. Asked for group-key messages only, so a device key costs nothing here."""
+        if not device_id:
+            return None
+        try:
+            key = self._keys.sealing_key(traffic, device_id)
+        except SecurityError:
+            return None
+        return key if key.scope == device_id else None
+
+    def _misused(self, key: SymmetricKey, prefix: _Prefix, route: Route) -> PayloadRejectedError:
         """Why ``key`` may not open ``prefix``'s message on ``route``'s topic."""
         if key.algorithm is not prefix.algorithm:
             return _refused(
@@ -796,6 +814,15 @@ class PayloadProtector:
                 prefix,
                 RejectKind.POLICY,
                 f"key {key.key_id!r} is {key.algorithm}, the envelope says {prefix.algorithm}",
+            )
+        own = self._own_key(prefix.traffic, route.device_id) if key.scope is None else None
+        if own is not None:
+            return _refused(
+                route,
+                prefix,
+                RejectKind.KEY_SCOPE,
+                f"group key {key.key_id!r} cannot open traffic of device {route.device_id!r}, "
+                f"which has its own {prefix.traffic} key {own.key_id!r}",
             )
         return _refused(
             route,

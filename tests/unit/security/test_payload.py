@@ -173,6 +173,41 @@ def test_key_of_another_device_is_refused() -> None:
     assert _reason(receiver, sealed) is RejectKind.KEY_SCOPE
 
 
+def test_group_key_cannot_speak_for_a_device_with_keys_of_its_own() -> None:
+    """A device holds the group keys (for broadcasts and services' events). Sealing a command
+    for another device under the group key is refused by a receiver that knows that device has
+    its own key, and counted; a device without keys of its own and a broadcast still open."""
+    group = SymmetricKey("control@1", Algorithm.AES_256_GCM, secrets.token_bytes(32))
+    receiver_ring = _ring().with_key(group)
+    forger = PayloadProtector(_OneKey(group), sender_id="fsw-8")
+    receiver = PayloadProtector(receiver_ring, sender_id=DEVICE)
+
+    forged = forger.seal(PLAIN, topic=CMD_TOPIC, message_class="cmd", device_id=DEVICE)
+    with pytest.raises(PayloadRejectedError) as caught:
+        _open(receiver, forged)
+    assert caught.value.reason is RejectKind.KEY_SCOPE
+    assert "group key 'control@1'" in str(caught.value)
+    assert "'control/fsw-7@1'" in str(caught.value)
+    assert caught.value.sender_id == "fsw-8"
+    assert receiver.rejected[RejectKind.KEY_SCOPE] == 1
+
+    # fsw-9 has no control key of its own: its topics still open with the group key
+    keyless = "openfeeder/v1/cmd/fsw-9"
+    sealed = forger.seal(PLAIN, topic=keyless, message_class="cmd", device_id="fsw-9")
+    assert _open(receiver, sealed, keyless) == PLAIN
+    # a broadcast names no device
+    topology = "openfeeder/v1/topology"
+    sealed = forger.seal(PLAIN, topic=topology, message_class="topology", device_id="")
+    opened = receiver.open(sealed, topic=topology, message_class="topology", device_id="")
+    assert opened.plaintext == PLAIN
+    # the device's own key still opens its topic, and the refusal moved no window
+    legit = PayloadProtector(receiver_ring, sender_id="fsw-8")
+    sealed = legit.seal(PLAIN, topic=CMD_TOPIC, message_class="cmd", device_id=DEVICE)
+    assert parse_header(sealed).key_id == "control/fsw-7@1"
+    assert _open(receiver, sealed) == PLAIN
+    assert receiver.rejected_total == 1
+
+
 def test_plaintext_and_downgrade_are_refused(
     pair: tuple[PayloadProtector, PayloadProtector],
 ) -> None:
