@@ -40,7 +40,7 @@ from openfeeder.security.mosquitto import (
     find_dynsec_plugin,
     mosquitto_config,
 )
-from openfeeder.security.pki import CertificateAuthority
+from openfeeder.security.pki import CertificateAuthority, RevocationList
 from openfeeder.security.tls import TlsFiles, issued_files
 
 TIMEOUT_S = 10.0
@@ -61,6 +61,8 @@ class SecuredBroker:
     ca: CertificateAuthority
     table: AccessTable
     set_access: Callable[[AccessTable], None]
+    revoke: Callable[..., list[int]]
+    """Revoke a name's certificates and have the broker read the CRL again (its SIGHUP)."""
 
     def files(self, name: str) -> TlsFiles:
         return issued_files(self.ca, name)
@@ -162,10 +164,17 @@ def clients() -> Iterator[Callable[..., Client]]:
 def _embedded(directory: Path) -> Iterator[SecuredBroker]:
     ca, table = _make_pki(directory)
     server = issued_files(ca, "broker").server_context()
-    thread = BrokerThread(port=0, ssl_context=server, access=table)
+    revocations = RevocationList.of(ca.crl_file, ca.cert_file)
+    thread = BrokerThread(port=0, ssl_context=server, access=table, revocations=revocations)
     thread.start()
+
+    def revoke(name: str, **options: Any) -> list[int]:
+        revoked = ca.revoke(name, **options)
+        thread.drop_revoked()  # what `openfeeder broker` does on SIGHUP
+        return revoked
+
     try:
-        yield SecuredBroker("embedded", thread.port, ca, table, thread.set_access)
+        yield SecuredBroker("embedded", thread.port, ca, table, thread.set_access, revoke)
     finally:
         thread.stop()
 
@@ -201,7 +210,12 @@ def _mosquitto(directory: Path) -> Iterator[SecuredBroker]:
     port = _free_port()
     config = directory / "mosquitto.conf"
     files = MosquittoFiles(
-        ca.cert_file, broker.cert_file, broker.key_file, dynsec_file=dynsec, dynsec_plugin=plugin
+        ca.cert_file,
+        broker.cert_file,
+        broker.key_file,
+        dynsec_file=dynsec,
+        dynsec_plugin=plugin,
+        crl_file=ca.crl_file,
     )
     config.write_text(
         mosquitto_config(
@@ -238,7 +252,22 @@ def _mosquitto(directory: Path) -> Iterator[SecuredBroker]:
             admin.close()
         state["table"] = new
 
-    secured = SecuredBroker("mosquitto", port, ca, table, set_access)
+    log_file = directory / "mosquitto.log"
+
+    def revoke(name: str, **options: Any) -> list[int]:
+        """What ``openfeeder pki revoke --mosquitto-pid`` does; returns once Mosquitto logged
+        that it read its configuration (and the CRL) again."""
+        revoked = ca.revoke(name, **options)
+        reloads = log_file.read_text(errors="replace").count("Reloading config")
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT_S
+        while log_file.read_text(errors="replace").count("Reloading config") == reloads:
+            if time.monotonic() >= deadline:  # a wait that gave up, not a speed check
+                pytest.fail("mosquitto did not reload after SIGHUP")
+            time.sleep(0.05)
+        return revoked
+
+    secured = SecuredBroker("mosquitto", port, ca, table, set_access, revoke)
     try:
         yield secured
     finally:
@@ -407,3 +436,77 @@ def test_tls_12_client_is_refused_when_13_is_required(broker: SecuredBroker) -> 
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     assert _refused(broker.port, context)
+
+
+def _connect_packet(client_id: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) for ``client_id``."""
+    name = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(name).to_bytes(2, "big") + name
+    return bytes((0x10, len(body))) + body
+
+
+def _outcome(port: int, context: ssl.SSLContext, client_id: str) -> str:
+    """``accepted`` (CONNACK 0), ``not authorized`` (CONNACK 5) or ``refused in TLS``."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(_connect_packet(client_id))
+            answer = tls.recv(4)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return "refused in TLS"
+    if answer == b"":
+        return "refused in TLS"
+    assert answer[:2] == b"\x20\x02", answer
+    return {0: "accepted", 5: "not authorized"}.get(answer[3], f"CONNACK {answer[3]}")
+
+
+def test_revoked_certificate_is_refused(
+    broker: SecuredBroker, clients: Callable[..., Client], tmp_path: Path
+) -> None:
+    """A device's certificate leaked: the device gets a new one, the old one is revoked. The
+    old one no longer connects (Mosquitto fails its handshake, the embedded broker its CONNECT),
+    the new one and other devices do."""
+    issued = broker.files("meter-a")
+    assert issued.cert_file is not None
+    assert issued.key_file is not None
+    kept = tmp_path / "leaked"
+    kept.mkdir()
+    leaked = TlsFiles(
+        broker.ca.cert_file,
+        Path(shutil.copy(issued.cert_file, kept)),
+        Path(shutil.copy(issued.key_file, kept)),
+    ).client_context()
+    assert _outcome(broker.port, leaked, "meter-a.x") == "accepted"
+    live = clients(broker, "meter-a", suffix="live")
+    assert live.connect().value == 0
+
+    broker.ca.issue("meter-a", role="device")  # the replacement
+    revoked = broker.revoke("meter-a", keep_latest=True)
+
+    assert len(revoked) == 1
+    refusal = "refused in TLS" if broker.kind == "mosquitto" else "not authorized"
+    assert _outcome(broker.port, leaked, "meter-a.x") == refusal
+    assert _outcome(broker.port, broker.files("meter-a").client_context(), "meter-a.y") == (
+        "accepted"
+    )
+    assert _outcome(broker.port, broker.files("meter-b").client_context(), "meter-b.x") == (
+        "accepted"
+    )
+    if broker.kind == "embedded":  # its SIGHUP also ends sessions of revoked certificates
+        assert live.disconnects.get(timeout=TIMEOUT_S).value == NOT_AUTHORIZED
+    # Mosquitto checks the CRL in the handshake only: a session open before stays open
+
+
+def test_every_certificate_of_a_removed_device_is_refused(broker: SecuredBroker) -> None:
+    broker.ca.issue("meter-b", role="device")
+    latest = broker.files("meter-b").client_context()
+    assert _outcome(broker.port, latest, "meter-b.x") == "accepted"
+
+    assert len(broker.revoke("meter-b")) == 2  # the fixture's certificate and this one
+
+    assert _outcome(broker.port, latest, "meter-b.x") != "accepted"
+    assert _outcome(broker.port, broker.files("meter-a").client_context(), "meter-a.x") == (
+        "accepted"
+    )

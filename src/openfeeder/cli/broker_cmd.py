@@ -7,7 +7,10 @@ keeps current (``[security] acl_backend = "acl_file"``, ``acl_file`` the same pa
 ``mosquitto_pid_file`` the broker's ``--pid-file``): the broker re-reads it on SIGHUP, disconnects
 identities that left it and drops subscriptions it no longer allows. A file that does not exist yet
 means nobody may connect until it does (and a SIGHUP follows); an unreadable one keeps the table in
-force and logs why.
+force and logs why. With ``--crl`` (the CA's ``crl.pem``, ``openfeeder pki revoke``) a client whose
+certificate is revoked is refused at CONNECT; the file is read again whenever it changes, and a
+SIGHUP also disconnects clients already connected with a revoked certificate. A CRL that cannot be
+read or is not signed by ``--ca`` refuses every client until it is fixed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import click
 from openfeeder.errors import SecurityError
 from openfeeder.iot.broker import DEFAULT_LIMITS, Broker, BrokerLimits, run_broker
 from openfeeder.security.acl import AccessTable
+from openfeeder.security.pki import RevocationList
 from openfeeder.security.tls import TLS_VERSIONS, TlsFiles
 
 __all__ = ["broker_command", "load_acl_file"]
@@ -84,6 +88,13 @@ def load_acl_file(path: Path) -> AccessTable:
     help="Topic ACL (Mosquitto format, written by the catalog); re-read on SIGHUP.",
 )
 @click.option(
+    "--crl",
+    "crl_file",
+    type=_File,
+    default=None,
+    help="The CA's revocation list (crl.pem): revoked client certificates are refused.",
+)
+@click.option(
     "--pid-file",
     type=_File,
     default=None,
@@ -99,6 +110,7 @@ def broker_command(  # noqa: PLR0917  (one option each)
     ca_file: Path | None,
     tls_min_version: str,
     acl_file: Path | None,
+    crl_file: Path | None,
     pid_file: Path | None,
 ) -> None:
     """Run the embedded MQTT broker (MQTT 3.1.1 and 5) until interrupted.
@@ -126,6 +138,14 @@ def broker_command(  # noqa: PLR0917  (one option each)
         raise click.UsageError(
             "--acl-file needs --cert/--key/--ca: identities come from client certificates"
         )
+    revocations = None
+    if crl_file is not None:
+        if ca_file is None:
+            raise click.UsageError("--crl needs --cert/--key/--ca: it revokes client certificates")
+        try:
+            revocations = RevocationList.of(crl_file, ca_file)
+        except SecurityError as err:
+            raise click.ClickException(str(err)) from err
     access = None
     if acl_file is not None:
         try:
@@ -141,11 +161,12 @@ def broker_command(  # noqa: PLR0917  (one option each)
     def announce(broker: Broker) -> None:
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
-        if acl_file is not None:
+        if acl_file is not None or crl_file is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, broker, acl_file)
         secured = (
             f" (mutual TLS {tls_min_version}+, "
-            f"{'ACL ' + str(acl_file) if acl_file else 'no topic ACL'})"
+            f"{'ACL ' + str(acl_file) if acl_file else 'no topic ACL'}"
+            f"{', CRL ' + str(crl_file) if crl_file else ''})"
             if ssl_context is not None
             else ""
         )
@@ -155,7 +176,13 @@ def broker_command(  # noqa: PLR0917  (one option each)
 
     try:
         stats = run_broker(
-            host, port, limits=limits, ssl_context=ssl_context, access=access, on_listening=announce
+            host,
+            port,
+            limits=limits,
+            ssl_context=ssl_context,
+            access=access,
+            revocations=revocations,
+            on_listening=announce,
         )
     finally:
         if pid_file is not None:
@@ -172,8 +199,12 @@ def broker_command(  # noqa: PLR0917  (one option each)
     )
 
 
-def _reload(broker: Broker, acl_file: Path) -> None:
-    """SIGHUP (on the broker's loop): the ACL file again; a bad file keeps the table in force."""
+def _reload(broker: Broker, acl_file: Path | None) -> None:
+    """SIGHUP (on the broker's loop): clients with a revoked certificate out; the ACL file
+    again (a bad file keeps the table in force)."""
+    broker.drop_revoked()
+    if acl_file is None:
+        return
     try:
         table = load_acl_file(acl_file)
     except SecurityError as err:

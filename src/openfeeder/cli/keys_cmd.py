@@ -42,7 +42,7 @@ from openfeeder.security.keys import (
     load_master_key,
 )
 
-__all__ = ["keys_group"]
+__all__ = ["keys_group", "login_name"]
 
 _ALGORITHMS = ("aes-256-gcm", "sm4-gcm")
 
@@ -80,11 +80,12 @@ def keys_group(  # noqa: PLR0917  (one option each)
         "master_key_file": master_key_file or settings.master_key_file,
         "audit_log": audit_log or settings.audit_log,
         "audit_key": audit_key,
-        "actor": actor or _login(),
+        "actor": actor or login_name(),
     }
 
 
-def _login() -> str:
+def login_name() -> str:
+    """Who runs the command (for the audit log), ``operator`` if the system cannot tell."""
     try:
         return getpass.getuser()
     except (OSError, KeyError):

@@ -7,7 +7,13 @@
 - ``pki mosquitto-config --ca DIR --broker NAME --out DIR``: ``mosquitto.conf`` (mutual TLS 1.3,
   ``require_certificate``, ``use_identity_as_username``) and the ACL of every identity the CA issued
   (devices and services, with their roles): the dynamic-security plug-in's JSON file (default,
-  the identity given by ``--admin`` may change it at run time: the catalog) or ``--acl-file``.
+  the identity given by ``--admin`` may change it at run time: the catalog) or ``--acl-file``;
+  the broker checks the CA's CRL (``crlfile``);
+- ``pki revoke NAME --ca DIR [--serial HEX] [--reason R] [--keep-latest]``: revoke certificates
+  (into ``index.json`` and the signed ``crl.pem``), audited with ``--audit-log``; with
+  ``--mosquitto-pid FILE`` Mosquitto is told to read the CRL again (the embedded broker notices
+  the file changed by itself);
+- ``pki crl --ca DIR``: the revoked certificates, and ``crl.pem`` signed again.
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from pathlib import Path
 
 import click
 
+from openfeeder.cli.keys_cmd import login_name
 from openfeeder.iot.access import DEVICE_ROLE, ServiceRole, build_access_table
+from openfeeder.security.audit import AuditKind, AuditLog, load_signing_key
 from openfeeder.security.mosquitto import (
     MosquittoFiles,
     dynamic_security_config,
     find_dynsec_plugin,
     mosquitto_config,
+    reload_mosquitto,
 )
-from openfeeder.security.pki import CertificateAuthority, PkiError
+from openfeeder.security.pki import CertificateAuthority, PkiError, RevocationReason
 from openfeeder.security.tls import issued_files
 
 __all__ = ["pki_group"]
@@ -127,11 +136,14 @@ def mosquitto_command(  # noqa: PLR0917  (one option each)
     table = build_access_table(devices=devices, services=services)
     if broker.cert_file is None or broker.key_file is None:
         raise PkiError(f"{broker_name}: no certificate and key issued by {ca_dir}")
+    crl = ca.crl_file if ca.crl_file.exists() else ca.write_crl()  # a CA made before CRLs
     out_dir.mkdir(parents=True, exist_ok=True)
     if use_acl_file:
         acl = out_dir / "acl"
         acl.write_text(table.mosquitto_acl(), encoding="utf-8")
-        files = MosquittoFiles(ca.cert_file, broker.cert_file, broker.key_file, acl_file=acl)
+        files = MosquittoFiles(
+            ca.cert_file, broker.cert_file, broker.key_file, acl_file=acl, crl_file=crl
+        )
     else:
         plugin = find_dynsec_plugin()
         if plugin is None:
@@ -145,6 +157,7 @@ def mosquitto_command(  # noqa: PLR0917  (one option each)
             broker.key_file,
             dynsec_file=dynsec,
             dynsec_plugin=plugin,
+            crl_file=crl,
         )
     user = run_as_user or (pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None)
     config = out_dir / "mosquitto.conf"
@@ -158,3 +171,90 @@ def mosquitto_command(  # noqa: PLR0917  (one option each)
         f"wrote {config} ({len(devices)} devices, {len(services)} services); "
         f"run: mosquitto -c {config}"
     )
+
+
+@pki_group.command("revoke")
+@click.argument("name")
+@_CA_OPTION
+@click.option("--serial", help="Revoke this certificate (hex) only; default: all of NAME's.")
+@click.option(
+    "--reason",
+    type=click.Choice([r.value for r in RevocationReason]),
+    default=RevocationReason.UNSPECIFIED.value,
+    show_default=True,
+)
+@click.option(
+    "--keep-latest",
+    is_flag=True,
+    help="Spare the newest certificate (revoke the ones it replaced).",
+)
+@click.option(
+    "--mosquitto-pid",
+    "pid_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mosquitto's pid file: SIGHUP it so that it reads the new CRL.",
+)
+@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--audit-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ed25519 key that signs audit checkpoints.",
+)
+@click.option("--actor", help="Who acts, for the audit log (default: the login name).")
+def revoke_command(  # noqa: PLR0917  (one option each)
+    name: str,
+    ca_dir: Path,
+    serial: str | None,
+    reason: str,
+    keep_latest: bool,
+    pid_file: Path | None,
+    audit_log: Path | None,
+    audit_key: Path | None,
+    actor: str | None,
+) -> None:
+    """Revoke NAME's certificates: brokers refuse them on the next connection."""
+    if serial is not None and keep_latest:
+        raise click.UsageError("--serial and --keep-latest exclude each other")
+    number = None
+    if serial is not None:
+        try:
+            number = int(serial, 16)
+        except ValueError:
+            raise click.BadParameter(
+                f"{serial!r} is not a hexadecimal serial", param_hint="--serial"
+            ) from None
+    ca = CertificateAuthority.open(ca_dir)
+    revoked = ca.revoke(
+        name, serial=number, reason=RevocationReason(reason), keep_latest=keep_latest
+    )
+    shown = ", ".join(format(s, "x") for s in revoked) or "nothing new (already revoked or expired)"
+    click.echo(f"{name}: revoked {shown}; CRL {ca.crl_file}")
+    if audit_log is not None and revoked:
+        audit = AuditLog(audit_log, signing_key=load_signing_key(audit_key) if audit_key else None)
+        try:
+            audit.append(
+                AuditKind.SECURITY,
+                actor or login_name(),
+                "certificate_revoked",
+                name,
+                {"serials": [format(s, "x") for s in revoked], "reason": reason},
+            )
+        finally:
+            audit.close()
+    if pid_file is not None:
+        pid = reload_mosquitto(pid_file)
+        click.echo(f"Mosquitto (pid {pid}) told to read the CRL again")
+
+
+@pki_group.command("crl")
+@_CA_OPTION
+def crl_command(ca_dir: Path) -> None:
+    """List the revoked certificates and sign crl.pem again."""
+    ca = CertificateAuthority.open(ca_dir)
+    path = ca.write_crl()
+    revoked = ca.revoked()
+    for entry in revoked:
+        click.echo(
+            f"{entry.serial:x}  {entry.name}  {entry.reason}  {entry.revoked_at.isoformat()}"
+        )
+    click.echo(f"{len(revoked)} revoked; {path}")

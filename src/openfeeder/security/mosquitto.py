@@ -52,6 +52,9 @@ class MosquittoFiles:
     acl_file: Path | None = None
     dynsec_file: Path | None = None
     dynsec_plugin: Path | None = None
+    crl_file: Path | None = None
+    """The CA's revocation list (``crl.pem``): revoked client certificates fail the handshake;
+    Mosquitto reads it again on ``SIGHUP`` (:func:`reload_mosquitto`)."""
 
 
 def mosquitto_config(
@@ -98,6 +101,8 @@ def mosquitto_config(
         "use_identity_as_username true",
         f"tls_version {_TLS_NAMES[tls_min_version]}",
     ]
+    if files.crl_file is not None:
+        lines.append(f"crlfile {files.crl_file.resolve()}")
     if persistence_dir is not None:
         lines += ["", "persistence true", f"persistence_location {persistence_dir.resolve()}/"]
     if log_file is not None:
@@ -106,7 +111,8 @@ def mosquitto_config(
 
 
 def reload_mosquitto(pid_file: Path) -> int:
-    """Send ``SIGHUP`` to the Mosquitto whose pid is in ``pid_file`` (it re-reads the ACL file).
+    """Send ``SIGHUP`` to the Mosquitto whose pid is in ``pid_file`` (it re-reads the ACL file,
+    its certificates and the CRL).
 
     Returns the pid; :class:`PkiError` when the file is unreadable or the process is gone.
     """

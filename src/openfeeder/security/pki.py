@@ -10,9 +10,17 @@ The CA directory::
 
     DIR/ca.crt               the CA certificate (give it to everyone)
     DIR/ca.key               the CA's private key (mode 0600; whoever holds it can mint identities)
-    DIR/index.json           every identity issued: name, role, serial, expiry
+    DIR/index.json           every identity issued: name, role, serials, expiry; revocations
+    DIR/crl.pem              the certificate revocation list, signed by the CA (brokers read it)
     DIR/issued/NAME.crt      certificates issued with a key made here (``issue``)
     DIR/issued/NAME.key      ... and their keys (mode 0600)
+
+A certificate that must no longer connect (a device stolen or removed, a key that leaked, a
+certificate replaced by a newer one) is revoked (:meth:`CertificateAuthority.revoke`,
+``openfeeder pki revoke``): its serial goes into the index and into ``crl.pem``, which Mosquitto
+(``crlfile``) and the embedded broker (``--crl``) check on every new connection. The CRL's next
+update is the CA's own expiry: it is a file handed to the brokers, replaced on every revocation,
+not fetched from a distribution point, so it must not go stale and lock every client out.
 
 A device normally makes its own key and sends a certificate signing request (CSR) to the catalog
 (:meth:`CertificateAuthority.sign_csr`): its private key never leaves it. A name keeps its role:
@@ -29,8 +37,9 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -43,6 +52,7 @@ from openfeeder.errors import SecurityError
 __all__ = [
     "CA_CERT_FILE",
     "CA_KEY_FILE",
+    "CRL_FILE",
     "DEFAULT_CA_VALID_DAYS",
     "DEFAULT_CERT_VALID_DAYS",
     "INDEX_FILE",
@@ -50,6 +60,9 @@ __all__ = [
     "CertificateAuthority",
     "IssuedIdentity",
     "PkiError",
+    "RevocationList",
+    "RevocationReason",
+    "Revoked",
     "certificate_identity",
     "load_certificate",
     "make_csr",
@@ -59,6 +72,7 @@ __all__ = [
 CA_CERT_FILE: Final = "ca.crt"
 CA_KEY_FILE: Final = "ca.key"
 INDEX_FILE: Final = "index.json"
+CRL_FILE: Final = "crl.pem"
 ISSUED_DIR: Final = "issued"
 DEFAULT_CA_VALID_DAYS: Final = 3650
 DEFAULT_CERT_VALID_DAYS: Final = 825
@@ -90,6 +104,35 @@ class IssuedIdentity:
     key_pem: bytes | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+
+class RevocationReason(StrEnum):
+    """Why a certificate was revoked (the CRL entry's reason code, RFC 5280)."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "key_compromise"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessation_of_operation"
+    AFFILIATION_CHANGED = "affiliation_changed"
+
+
+_X509_REASONS: Final = {
+    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
+    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
+    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
+    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
+    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """One revoked certificate: whose, why and when."""
+
+    serial: int
+    name: str
+    reason: RevocationReason
+    revoked_at: dt.datetime
 
 
 def new_private_key() -> ec.EllipticCurvePrivateKey:
@@ -234,7 +277,9 @@ class CertificateAuthority:
             raise PkiError(
                 f"{directory}: cannot write the CA: {err.strerror}", path=directory
             ) from err
-        return cls(directory, cert, key)
+        ca = cls(directory, cert, key)
+        ca.write_crl()
+        return ca
 
     @classmethod
     def open(cls, directory: Path) -> CertificateAuthority:
@@ -262,6 +307,11 @@ class CertificateAuthority:
     @property
     def certificate_pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def crl_file(self) -> Path:
+        """``DIR/crl.pem`` (made by :meth:`init`, :meth:`write_crl` and :meth:`revoke`)."""
+        return self.directory / CRL_FILE
 
     # -- issuing -------------------------------------------------------------------------------
 
@@ -430,6 +480,107 @@ class CertificateAuthority:
             self._record(name, role, cert)
         return cert
 
+    # -- revocation ----------------------------------------------------------------------------
+
+    def revoke(
+        self,
+        name: str,
+        *,
+        serial: int | None = None,
+        reason: RevocationReason = RevocationReason.UNSPECIFIED,
+        keep_latest: bool = False,
+    ) -> list[int]:
+        """Revoke ``name``'s certificates and rewrite the CRL; the serials revoked now.
+
+        Without ``serial``: every certificate issued to ``name`` that has not expired, or with
+        ``keep_latest`` all but the newest (the ones a renewal or a re-enrolment replaced). A
+        serial revoked before is not revoked again. :class:`PkiError` for a name never issued or
+        a serial that is not ``name``'s.
+        """
+        with self._lock:
+            document = self._read_document()
+            entries = _identities(document, self.directory / INDEX_FILE)
+            entry = entries.get(name)
+            if entry is None:
+                raise PkiError(f"{name}: no certificate was issued to this name", name=name)
+            issued = _serials(entry)
+            now = dt.datetime.now(dt.UTC)
+            if serial is not None:
+                if serial not in issued:
+                    raise PkiError(
+                        f"{name}: serial {serial:x} was not issued to this name (its serials: "
+                        f"{', '.join(format(s, 'x') for s in issued) or 'none'})",
+                        name=name,
+                    )
+                chosen = [serial]
+            else:
+                chosen = [s for s, not_after in issued.items() if not_after > now]
+                if keep_latest and entry.get("serial") is not None:
+                    chosen = [s for s in chosen if s != int(str(entry["serial"]), 16)]
+            revoked = _revoked_entries(document)
+            fresh = [s for s in chosen if format(s, "x") not in revoked]
+            for number in fresh:
+                revoked[format(number, "x")] = {
+                    "name": name,
+                    "reason": reason.value,
+                    "revoked_at": now.isoformat(),
+                }
+            if fresh:
+                document["revoked"] = dict(sorted(revoked.items()))
+                self._write_document(document)
+            self._write_crl_locked(document)
+        return fresh
+
+    def revoked(self) -> list[Revoked]:
+        """Every certificate revoked so far, oldest revocation first."""
+        with self._lock:
+            document = self._read_document()
+        out = [
+            Revoked(
+                serial=int(number, 16),
+                name=str(entry.get("name", "")),
+                reason=RevocationReason(entry.get("reason", "unspecified")),
+                revoked_at=dt.datetime.fromisoformat(str(entry["revoked_at"])),
+            )
+            for number, entry in _revoked_entries(document).items()
+        ]
+        return sorted(out, key=lambda r: (r.revoked_at, r.serial))
+
+    def write_crl(self) -> Path:
+        """Sign and write ``crl.pem`` from the index (the brokers' copy of the revocations)."""
+        with self._lock:
+            self._write_crl_locked(self._read_document())
+        return self.crl_file
+
+    def _write_crl_locked(self, document: dict[str, Any]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - _CLOCK_SKEW)
+            .next_update(max(self.certificate.not_valid_after_utc, now + dt.timedelta(days=1)))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        for number, entry in _revoked_entries(document).items():
+            reason = RevocationReason(entry.get("reason", "unspecified"))
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(number, 16))
+                .revocation_date(dt.datetime.fromisoformat(str(entry["revoked_at"])))
+                .add_extension(x509.CRLReason(_X509_REASONS[reason]), critical=False)
+                .build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        try:
+            _write(self.crl_file, crl.public_bytes(serialization.Encoding.PEM))
+        except OSError as err:
+            raise PkiError(
+                f"{self.crl_file}: cannot write the CRL: {err.strerror}", path=self.crl_file
+            ) from err
+
     # -- the index -----------------------------------------------------------------------------
 
     def identities(self) -> dict[str, str]:
@@ -437,18 +588,27 @@ class CertificateAuthority:
         with self._lock:
             return {name: entry["role"] for name, entry in self._read_index().items()}
 
-    def _read_index(self) -> dict[str, dict[str, str]]:
+    def _read_index(self) -> dict[str, dict[str, Any]]:
+        return _identities(self._read_document(), self.directory / INDEX_FILE)
+
+    def _read_document(self) -> dict[str, Any]:
         path = self.directory / INDEX_FILE
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return {"identities": {}}
         except (OSError, ValueError) as err:
             raise PkiError(f"{path}: unreadable index of identities: {err}", path=path) from err
-        entries = document.get("identities") if isinstance(document, Mapping) else None
-        if not isinstance(entries, dict):
-            raise PkiError(f"{path}: 'identities' must be an object", path=path)
-        return entries
+        if not isinstance(document, dict):
+            raise PkiError(f"{path}: the index must be an object", path=path)
+        return document
+
+    def _write_document(self, document: dict[str, Any]) -> None:
+        path = self.directory / INDEX_FILE
+        try:
+            _write(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+        except OSError as err:
+            raise PkiError(f"{path}: cannot write the index: {err.strerror}", path=path) from err
 
     def _claim(self, name: str, role: str) -> None:
         held = self._read_index().get(name)
@@ -460,18 +620,106 @@ class CertificateAuthority:
             )
 
     def _record(self, name: str, role: str, cert: x509.Certificate) -> None:
-        entries = self._read_index()
+        document = self._read_document()
+        entries = _identities(document, self.directory / INDEX_FILE)
+        serial = format(cert.serial_number, "x")
+        not_after = cert.not_valid_after_utc.isoformat()
+        # every certificate of the name stays listed (so it can be revoked), expired ones dropped
+        now = dt.datetime.now(dt.UTC)
+        earlier = [
+            {"serial": format(s, "x"), "not_after": until.isoformat()}
+            for s, until in _serials(entries.get(name, {})).items()
+            if until > now and s != cert.serial_number
+        ]
         entries[name] = {
             "role": role,
-            "serial": format(cert.serial_number, "x"),
-            "not_after": cert.not_valid_after_utc.isoformat(),
+            "serial": serial,
+            "not_after": not_after,
+            "serials": [*earlier, {"serial": serial, "not_after": not_after}],
         }
-        path = self.directory / INDEX_FILE
-        body = json.dumps({"identities": dict(sorted(entries.items()))}, indent=1) + "\n"
+        document["identities"] = dict(sorted(entries.items()))
+        self._write_document(document)
+
+
+def _identities(document: Mapping[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    entries = document.get("identities")
+    if not isinstance(entries, dict):
+        raise PkiError(f"{path}: 'identities' must be an object", path=path)
+    return entries
+
+
+def _serials(entry: Mapping[str, Any]) -> dict[int, dt.datetime]:
+    """Every serial issued to an index entry, with its expiry (an index written before serials
+    were listed has the newest one only)."""
+    listed = entry.get("serials")
+    if not isinstance(listed, list):
+        listed = [entry] if "serial" in entry else []
+    return {
+        int(str(item["serial"]), 16): dt.datetime.fromisoformat(str(item["not_after"]))
+        for item in listed
+    }
+
+
+def _revoked_entries(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    revoked = document.get("revoked", {})
+    return dict(revoked) if isinstance(revoked, dict) else {}
+
+
+class RevocationList:
+    """The revoked serials of ``crl_file``, checked against the CA that must have signed it and
+    read again when the file changes (a broker asks on every new connection).
+
+    A CRL that is missing, unreadable, not signed by the CA or from another issuer makes
+    :meth:`is_revoked` raise :class:`PkiError` naming the file: a broker then refuses the
+    connection rather than let a revoked certificate in.
+    """
+
+    def __init__(self, crl_file: Path, ca_certificate: x509.Certificate) -> None:
+        self.crl_file = crl_file
+        self._ca = ca_certificate
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._serials: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, crl_file: Path, ca_file: Path) -> RevocationList:
+        """The CRL at ``crl_file`` of the CA certificate at ``ca_file`` (both checked now)."""
+        out = cls(crl_file, load_certificate(ca_file))
+        out.serials()
+        return out
+
+    def serials(self) -> frozenset[int]:
+        """The revoked serials (the file read again if it changed since the last call)."""
         try:
-            _write(path, body.encode("utf-8"))
+            info = self.crl_file.stat()
         except OSError as err:
-            raise PkiError(f"{path}: cannot write the index: {err.strerror}", path=path) from err
+            raise PkiError(
+                f"{self.crl_file}: cannot read the CRL: {err.strerror}", path=self.crl_file
+            ) from err
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        with self._lock:
+            if stamp != self._stamp:
+                self._serials = self._load()
+                self._stamp = stamp
+            return self._serials
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self.serials()
+
+    def _load(self) -> frozenset[int]:
+        path = self.crl_file
+        try:
+            crl = x509.load_pem_x509_crl(path.read_bytes())
+        except OSError as err:
+            raise PkiError(f"{path}: cannot read the CRL: {err.strerror}", path=path) from err
+        except ValueError as err:
+            raise PkiError(f"{path}: not a PEM CRL: {err}", path=path) from err
+        if crl.issuer != self._ca.subject:
+            raise PkiError(f"{path}: the CRL was issued by {crl.issuer.rfc4514_string()}, "
+                           f"not the CA {self._ca.subject.rfc4514_string()}", path=path)  # fmt: skip
+        if not crl.is_signature_valid(self._ca.public_key()):  # type: ignore[arg-type]
+            raise PkiError(f"{path}: the CRL's signature is not the CA's", path=path)
+        return frozenset(entry.serial_number for entry in crl)
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:

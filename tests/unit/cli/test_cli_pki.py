@@ -63,8 +63,50 @@ def test_init_issue_and_acl_file(capsys: pytest.CaptureFixture[str], tmp_path: P
         "require_certificate true",
         "use_identity_as_username true",
         "tls_version tlsv1.3",
+        f"crlfile {(ca / 'crl.pem').resolve()}",
     ):
         assert line in conf
+
+
+def test_revoke_and_crl(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    ca = _pki(capsys, tmp_path)
+    first = load_certificate(ca / "issued" / "meter-1.crt").serial_number
+    assert run(capsys, "pki", "issue", "meter-1", "--role", "device", "--ca", str(ca))[0] == 0
+    second = load_certificate(ca / "issued" / "meter-1.crt").serial_number
+    audit = tmp_path / "audit.log"
+    args = ["--ca", str(ca), "--audit-log", str(audit), "--actor", "alice"]
+
+    code, out, err = run(
+        capsys, "pki", "revoke", "meter-1", *args, "--keep-latest", "--reason", "superseded"
+    )
+    assert code == 0, err
+    assert f"meter-1: revoked {first:x}" in out
+    code, out, _ = run(capsys, "pki", "revoke", "meter-1", *args, "--keep-latest")
+    assert "nothing new" in out
+    code, out, _ = run(capsys, "pki", "revoke", "meter-1", *args, "--serial", format(second, "x"))
+    assert f"revoked {second:x}" in out
+    code, out, _ = run(capsys, "pki", "crl", "--ca", str(ca))
+    assert code == 0
+    assert f"{first:x}  meter-1  superseded" in out
+    assert f"{second:x}  meter-1  unspecified" in out
+    assert "2 revoked" in out
+
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["target"], e["actor"]) for e in entries] == [
+        ("certificate_revoked", "meter-1", "alice"),
+        ("certificate_revoked", "meter-1", "alice"),
+    ]
+    assert run(capsys, "audit", "verify", str(audit))[0] == 0
+
+    code, _, err = run(capsys, "pki", "revoke", "meter-9", "--ca", str(ca))
+    assert code == 1
+    assert "meter-9: no certificate was issued to this name" in err
+    code, _, err = run(capsys, "pki", "revoke", "meter-1", "--ca", str(ca), "--serial", "zz")
+    assert code == 2
+    assert "not a hexadecimal serial" in err
+    code, _, err = run(capsys, "pki", "revoke", "meter-1", "--ca", str(ca), "--serial", "abc")
+    assert code == 1
+    assert "serial abc was not issued to this name" in err
 
 
 @pytest.mark.integration

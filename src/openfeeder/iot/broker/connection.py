@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from openfeeder.errors import SecurityError
 from openfeeder.iot.broker.codec import (
     Connack,
     Connect,
@@ -422,6 +423,44 @@ class Connection(asyncio.Protocol):
             return username
         return None
 
+    def certificate_serial(self) -> int | None:
+        """The serial of the client's certificate (None without TLS or a certificate)."""
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        peercert = ssl_object.getpeercert() if ssl_object is not None else None
+        serial = peercert.get("serialNumber") if peercert else None
+        return int(serial, 16) if isinstance(serial, str) else None
+
+    def _revoked(self, client_id: str) -> bool:
+        """Whether the client's certificate is revoked, or the CRL cannot say (then refused
+        too: a CRL that cannot be read must not let a revoked certificate in)."""
+        revocations = self.broker.revocations
+        if revocations is None:
+            return False
+        serial = self.certificate_serial()
+        if serial is None:
+            return False
+        try:
+            revoked = revocations.is_revoked(serial)
+        except SecurityError as err:
+            reason = f"CRL unusable: {err}"
+        else:
+            if not revoked:
+                return False
+            reason = "certificate revoked"
+        self.counters.denied_connects += 1
+        logger.warning(
+            "connect refused: %s",
+            reason,
+            extra={
+                "event": "mqtt_connect_denied",
+                "client_id": client_id,
+                "serial": format(serial, "x"),
+                "peer": self.peer,
+            },
+        )
+        return True
+
     def _authorize(self, client_id: str, assigned: bool, username: str | None) -> bool:
         """Look up the connecting identity's grants; False (and counted) when it is refused."""
         access = self.broker.access
@@ -548,7 +587,7 @@ class Connection(asyncio.Protocol):
         if check is not None and not check(client_id, packet.username, packet.password):
             self._refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD)
             return
-        if not self._authorize(client_id, assigned, packet.username):
+        if self._revoked(client_id) or not self._authorize(client_id, assigned, packet.username):
             self._refuse(ReasonCode.NOT_AUTHORIZED)
             return
         grants = self.grants

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Protocol
 
-from openfeeder.errors import ConfigError
+from openfeeder.errors import ConfigError, SecurityError
 from openfeeder.iot.broker.codec import Suback, Subscribe, Unsuback, Unsubscribe, encode
 from openfeeder.iot.broker.codes import ProtocolError, ReasonCode, protocol_error
 from openfeeder.iot.broker.connection import Connection
@@ -44,6 +44,7 @@ from openfeeder.iot.broker.session import (
 )
 from openfeeder.iot.broker.topic_tree import RetainedStore, SubscriptionIndex, parse_filter
 from openfeeder.security.acl import AccessTable
+from openfeeder.security.pki import RevocationList
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -90,7 +91,10 @@ class Broker:
     own, or a will topic it may not publish is refused at CONNECT (0x87); a PUBLISH it may not make
     is dropped and counted (MQTT v5 QoS 1/2: answered 0x87), a SUBSCRIBE it may not make answered
     0x87 (3.1.1: 0x80). :meth:`set_access` replaces the table while running. Without ``access`` the
-    hot path costs one attribute test per packet.
+    hot path costs one attribute test per packet. ``revocations`` (the CA's CRL,
+    :class:`~openfeeder.security.pki.RevocationList`) refuses a client whose certificate was
+    revoked at CONNECT; the file is read again when it changes, and :meth:`drop_revoked`
+    disconnects clients already connected with such a certificate.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class Broker:
         password_check: PasswordCheck | None = None,
         ssl_context: ssl.SSLContext | None = None,
         access: AccessTable | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -109,6 +114,7 @@ class Broker:
         self.password_check = password_check
         self.ssl_context = ssl_context
         self.access = access
+        self.revocations = revocations
         self.counters = Counters()
         self.connections: set[Connection] = set()
         self.sessions: dict[str, Session] = {}
@@ -265,6 +271,29 @@ class Broker:
             "access table replaced",
             extra={"event": "broker_access_reloaded", "identities": len(access)},
         )
+
+    def drop_revoked(self) -> int:
+        """Disconnect (0x87) every client whose certificate the CRL now lists (call on the
+        broker's loop); how many. An unusable CRL disconnects nobody and is logged."""
+        revocations = self.revocations
+        if revocations is None:
+            return 0
+        try:
+            revoked = revocations.serials()
+        except SecurityError as err:
+            logger.error("CRL not applied: %s", err, extra={"event": "broker_crl_unusable"})
+            return 0
+        dropped = 0
+        for connection in list(self.connections):
+            serial = connection.certificate_serial()
+            if serial is not None and serial in revoked and not connection.closing:
+                connection.close(ReasonCode.NOT_AUTHORIZED)
+                dropped += 1
+        logger.info(
+            "revocations applied",
+            extra={"event": "broker_crl_reloaded", "revoked": len(revoked), "dropped": dropped},
+        )
+        return dropped
 
     # --- used by connections ------------------------------------------------------------------
 
@@ -504,6 +533,7 @@ class BrokerThread:
         password_check: PasswordCheck | None = None,
         ssl_context: ssl.SSLContext | None = None,
         access: AccessTable | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         self._broker = Broker(
             host=host,
@@ -512,6 +542,7 @@ class BrokerThread:
             password_check=password_check,
             ssl_context=ssl_context,
             access=access,
+            revocations=revocations,
         )
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -588,6 +619,17 @@ class BrokerThread:
 
         asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout_s)
 
+    def drop_revoked(self, *, timeout_s: float = 5.0) -> int:
+        """:meth:`Broker.drop_revoked` on the broker's own loop (from any thread)."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return 0
+
+        async def apply() -> int:
+            return self._broker.drop_revoked()
+
+        return asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout_s)
+
     def stop(self, *, timeout_s: float = 10.0) -> None:
         thread = self._thread
         if thread is None:
@@ -621,6 +663,7 @@ async def serve(
     password_check: PasswordCheck | None = None,
     ssl_context: ssl.SSLContext | None = None,
     access: AccessTable | None = None,
+    revocations: RevocationList | None = None,
     on_listening: Callable[[Broker], None] | None = None,
 ) -> dict[str, int]:
     """Run a broker until ``stop_event`` is set; returns its final :meth:`Broker.stats`."""
@@ -631,6 +674,7 @@ async def serve(
         password_check=password_check,
         ssl_context=ssl_context,
         access=access,
+        revocations=revocations,
     )
     await broker.start()
     try:
@@ -650,6 +694,7 @@ def run_broker(
     password_check: PasswordCheck | None = None,
     ssl_context: ssl.SSLContext | None = None,
     access: AccessTable | None = None,
+    revocations: RevocationList | None = None,
     on_listening: Callable[[Broker], None] | None = None,
 ) -> dict[str, int]:
     """Run a broker in the foreground until SIGINT or SIGTERM; returns its final stats."""
@@ -669,6 +714,7 @@ def run_broker(
                 password_check=password_check,
                 ssl_context=ssl_context,
                 access=access,
+                revocations=revocations,
                 on_listening=on_listening,
             )
         finally:
