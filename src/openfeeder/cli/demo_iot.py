@@ -119,7 +119,10 @@ class DemoSettings:
         if self.pki is None:
             return BrokerThread(port=0)
         return BrokerThread(
-            port=0, ssl_context=self.pki.broker_context(), access=self.pki.initial_table()
+            port=0,
+            ssl_context=self.pki.broker_context(),
+            access=self.pki.initial_table(),
+            revocations=self.pki.revocations(),
         )
 
     def broker_url(self, broker: BrokerThread) -> str:
@@ -139,8 +142,11 @@ class DemoSettings:
             security=security,
             payload_protection=sealing,
         )
+        secured = self.pki is not None
         return CatalogThread(
-            settings, on_access_table=broker.set_access if self.pki is not None else None
+            settings,
+            on_access_table=broker.set_access if secured else None,
+            on_revoked=broker.drop_revoked if secured else None,
         )
 
     def settings(

@@ -28,7 +28,7 @@ from openfeeder.config import PayloadProtectionSettings, SecuritySettings
 from openfeeder.iot.access import build_access_table
 from openfeeder.security.acl import AccessTable
 from openfeeder.security.keys import KeyStore, generate_master_key, load_master_key
-from openfeeder.security.pki import CertificateAuthority
+from openfeeder.security.pki import CRL_FILE, CertificateAuthority, RevocationList
 from openfeeder.security.tls import TlsFiles, issued_files
 
 __all__ = ["DEMO_HISTORIAN_INSTANCE", "DemoPki", "demo_pki"]
@@ -63,6 +63,10 @@ class DemoPki:
     def broker_context(self) -> ssl.SSLContext:
         """The embedded broker's listener: mutual TLS 1.3 with the demo CA."""
         return self.broker.server_context()
+
+    def revocations(self) -> RevocationList:
+        """The demo CA's CRL, which the embedded broker checks at every CONNECT."""
+        return RevocationList.of(self.directory / CRL_FILE, self.ca_file)
 
     def initial_table(self) -> AccessTable:
         """The services' grants (the catalog adds each device as it registers)."""

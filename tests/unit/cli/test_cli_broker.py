@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import free_port
-from openfeeder.cli import cli
+from openfeeder.cli import cli, main
 from openfeeder.iot.access import build_access_table
 from openfeeder.security.acl import AccessError, AccessTable
 from openfeeder.security.mosquitto import reload_mosquitto
@@ -72,6 +72,8 @@ def test_the_broker_process_takes_the_catalogs_acl_file_on_sighup(tmp_path: Path
             str(ca.cert_file),
             "--acl-file",
             str(acl_file),
+            "--crl",
+            str(ca.crl_file),
             "--pid-file",
             str(pid_file),
         ],
@@ -110,14 +112,28 @@ def test_the_broker_process_takes_the_catalogs_acl_file_on_sighup(tmp_path: Path
             assert not pubacks.get(timeout=TIMEOUT_S).is_failure
             client.publish("openfeeder/v1/meas/meter-8", b"1", qos=1)  # another device's topic
             assert pubacks.get(timeout=TIMEOUT_S).value == 0x87
+
+            # its certificate is revoked: the SIGHUP ends its session and it cannot come back
+            ended: queue.Queue[Any] = queue.Queue()
+            client.on_disconnect = lambda _c, _u, _f, rc, _p: ended.put(rc)
+            revoke = ["pki", "revoke", "meter-9", "--ca", str(ca.directory)]
+            assert main([*revoke, "--mosquitto-pid", str(pid_file)]) == 0
+            assert ended.get(timeout=TIMEOUT_S).value == 0x87
         finally:
             _close(client)
+        client, code, _ = _connect(port, ca, "meter-9")
+        _close(client)
+        assert code.value == 0x87
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=TIMEOUT_S)
     assert process.returncode == 0, err
-    assert f"listening on mqtts://127.0.0.1:{port} (mutual TLS 1.3+, ACL {acl_file})" in out
-    assert "denied: 1 connects, 1 publishes" in out
+    assert (
+        f"listening on mqtts://127.0.0.1:{port} (mutual TLS 1.3+, ACL {acl_file}, "
+        f"CRL {ca.crl_file})" in out
+    )
+    assert "denied: 2 connects, 1 publishes" in out
+    assert "certificate revoked" in err
     assert not pid_file.exists()
 
 
@@ -128,6 +144,26 @@ def test_the_broker_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["broker", "--acl-file", str(tmp_path / "acl")])
     assert result.exit_code == 2
     assert "--acl-file needs --cert/--key/--ca" in result.output
+    result = CliRunner().invoke(cli, ["broker", "--crl", str(tmp_path / "crl.pem")])
+    assert result.exit_code == 2
+    assert "--crl needs --cert/--key/--ca" in result.output
+
+
+def test_the_broker_refuses_a_crl_it_cannot_trust(tmp_path: Path) -> None:
+    ca = CertificateAuthority.init(tmp_path / "pki")
+    broker = issued_files(ca, ca.issue("broker", role="broker", hosts=["127.0.0.1"]).name)
+    rogue = CertificateAuthority.init(tmp_path / "rogue")
+    tls = [
+        "--cert",
+        str(broker.cert_file),
+        "--key",
+        str(broker.key_file),
+        "--ca",
+        str(ca.cert_file),
+    ]
+    result = CliRunner().invoke(cli, ["broker", *tls, "--crl", str(rogue.crl_file)])
+    assert result.exit_code == 1
+    assert f"{rogue.crl_file}: the CRL's signature is not the CA's" in result.output
 
 
 def test_an_acl_file_reads_back_and_a_bad_line_is_named() -> None:

@@ -45,6 +45,7 @@ refused whole, nothing of it is stored.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Final
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
@@ -70,6 +71,7 @@ from openfeeder.iot.catalog_client import (
 )
 from openfeeder.iot.device_settings import BootRequest, DeviceSettings, Location
 from openfeeder.iot.topics import ID_PATTERN
+from openfeeder.security.pki import RevocationReason
 from openfeeder.security.policy import AccessRequest
 from openfeeder.services.access import AccessControl, Caller, GridAreas, Reader, install_access
 from openfeeder.services.catalog.core import Catalog
@@ -377,6 +379,13 @@ def create_app(
     async def delete_device(device_id: DeviceIdPath, request: Request, caller: Caller) -> Response:
         access.authorize(caller, device_access(device_id, None, None, moved=False), request)
         await catalog.delete_device(device_id)
+        if enrolments is not None:  # its certificates must not connect again, even re-added
+            await asyncio.to_thread(
+                enrolments.revoke,
+                device_id,
+                reason=RevocationReason.CESSATION_OF_OPERATION,
+                actor=caller.subject if caller is not None else "anonymous",
+            )
         return Response(status_code=204)
 
     # -- topology ------------------------------------------------------------------------------

@@ -15,6 +15,12 @@ ECDSA P-256 is refused (422, field ``csr_pem``). Pending requests live in memory
 forgets them and the devices ask again. What the CA issued is in its index
 (``pki_dir/index.json``).
 
+A device that enrols again (a renewal, a new key after a compromise) gets a new certificate and
+its earlier ones are **revoked** as superseded; a device deleted from the catalog has all of its
+certificates revoked. Either way the CA's CRL (``pki_dir/crl.pem``) is signed again, the
+revocation is audited, and the brokers are told to read the CRL again (``on_revoked``: SIGHUP
+to ``[security] mosquitto_pid_file``, or the embedded broker in the demo's process).
+
 ====== ================================ ==============================================
 method path                             what
 ====== ================================ ==============================================
@@ -38,12 +44,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
+from openfeeder.errors import OpenFeederError
 from openfeeder.iot.access import DEVICE_ROLE
 from openfeeder.iot.catalog_client import EnrolmentInfo, EnrolmentRequest, EnrolmentStatus
 from openfeeder.iot.topics import ID_PATTERN
-from openfeeder.security.pki import CertificateAuthority, PkiError
+from openfeeder.security.pki import CertificateAuthority, PkiError, RevocationReason
 from openfeeder.security.policy import AccessRequest
-from openfeeder.services.access import AccessControl, Caller, Reader
+from openfeeder.services.access import AccessControl, AuditSink, Caller, Reader
 from openfeeder.services.catalog.payload_keys import DeviceKeys
 from openfeeder.services.catalog.problems import ProblemError, ProblemKind, not_found
 
@@ -76,11 +83,16 @@ class Enrolments:
         secret: str | None,
         keys: DeviceKeys | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        audit: AuditSink | None = None,
+        on_revoked: Callable[[], object] | None = None,
     ) -> None:
         """``keys``: the payload key desk; with it an issued certificate comes with the device's
-        key-encryption key, sealed to the CSR's key (:mod:`~openfeeder.services.catalog.payload_keys`)."""
+        key-encryption key, sealed to the CSR's key (:mod:`~openfeeder.services.catalog.payload_keys`).
+        ``audit`` records revocations; ``on_revoked`` tells the brokers the CRL changed."""
         self._ca = ca
         self._keys = keys
+        self._audit = audit
+        self._on_revoked = on_revoked
         self._secret = secret.encode("utf-8") if secret else None
         self._clock_ns = clock_ns
         self._held: dict[str, _Enrolment] = {}
@@ -116,6 +128,15 @@ class Enrolments:
             issued.serial,
             extra={"event": "enrolment_issued", "device_id": enrolment.device_id},
         )
+        # the certificates this one replaces stop working (a renewal, or a new key after a leak)
+        self._revoked(
+            enrolment.device_id,
+            self._ca.revoke(
+                enrolment.device_id, keep_latest=True, reason=RevocationReason.SUPERSEDED
+            ),
+            RevocationReason.SUPERSEDED,
+            actor="catalog",
+        )
         kek = None
         if self._keys is not None:
             kek = self._keys.sealed_kek(enrolment.device_id, enrolment.csr_pem)
@@ -126,6 +147,46 @@ class Enrolments:
             detail="",
             kek=kek,
         )
+
+    def revoke(self, device_id: str, *, reason: RevocationReason, actor: str) -> list[int]:
+        """Revoke every certificate of ``device_id`` (a device deleted); the serials revoked
+        now (none for a device the CA never certified)."""
+        if device_id not in self._ca.identities():
+            return []
+        serials = self._ca.revoke(device_id, reason=reason)
+        self._revoked(device_id, serials, reason, actor=actor)
+        return serials
+
+    def _revoked(
+        self, device_id: str, serials: list[int], reason: RevocationReason, *, actor: str
+    ) -> None:
+        """Log, audit and announce a revocation (nothing when nothing was revoked)."""
+        if not serials:
+            return
+        shown = [format(serial, "x") for serial in serials]
+        _LOG.warning(
+            "device certificates revoked device_id=%s serials=%s reason=%s",
+            device_id,
+            ",".join(shown),
+            reason,
+            extra={"event": "certificate_revoked", "device_id": device_id, "reason": str(reason)},
+        )
+        if self._audit is not None:
+            try:
+                self._audit.append(
+                    "security",
+                    actor,
+                    "certificate_revoked",
+                    device_id,
+                    {"serials": shown, "reason": str(reason)},
+                )
+            except OpenFeederError:  # the revocation stands; losing the entry is logged loudly
+                _LOG.exception("cannot audit the revocation of %s", device_id)
+        if self._on_revoked is not None:
+            try:
+                self._on_revoked()
+            except (OpenFeederError, OSError):  # the CRL is written; a broker reads it later
+                _LOG.exception("brokers not told about the revocation of %s", device_id)
 
     def request(self, device_id: str, request: EnrolmentRequest) -> EnrolmentInfo:
         """A device's CSR: issued at once with the secret, otherwise pending (checked first)."""

@@ -27,7 +27,7 @@ from openfeeder.errors import ConfigError
 from openfeeder.iot.mqtt import Messenger
 from openfeeder.iot.protection import protection_from_settings
 from openfeeder.security.acl import AccessTable
-from openfeeder.security.mosquitto import DYNSEC_TOPIC
+from openfeeder.security.mosquitto import DYNSEC_TOPIC, reload_mosquitto
 from openfeeder.security.pki import CertificateAuthority
 from openfeeder.security.tls import own_identity, tls_files_from
 from openfeeder.services.access import AccessControl
@@ -54,13 +54,16 @@ async def serve_catalog(
     client_id: str | None = None,
     table_prefix: str = DEFAULT_TABLE_PREFIX,
     on_access_table: Callable[[AccessTable], None] | None = None,
+    on_revoked: Callable[[], object] | None = None,
 ) -> None:
     """Serve the device catalog until ``stop`` is set; ``ready(url)`` once it accepts requests.
 
     With ``[security]``: connections to ``mqtts://`` brokers use the catalog's certificate, HTTPS is
     served when ``[catalog] url`` is ``https://``, devices enrol when ``pki_dir`` names the CA, and
     the broker ACL follows the registry (``acl_backend``, or ``on_access_table`` for a broker in
-    this process: :mod:`~openfeeder.services.catalog.access_sync`).
+    this process: :mod:`~openfeeder.services.catalog.access_sync`). When it revokes certificates
+    (:mod:`~openfeeder.services.catalog.enrolment`) it sends SIGHUP to ``mosquitto_pid_file``
+    (Mosquitto reads its CRL again) and calls ``on_revoked`` (a broker in this process).
     """
     store = await asyncio.to_thread(
         open_store, settings.catalog_storage_url(), table_prefix=table_prefix
@@ -92,6 +95,8 @@ async def serve_catalog(
                 await asyncio.to_thread(CertificateAuthority.open, security.pki_dir),
                 secret=_first_line(secret_file) if secret_file is not None else None,
                 keys=device_keys,
+                audit=access.audit,
+                on_revoked=_crl_readers(security.mosquitto_pid_file, on_revoked),
             )
         https = settings.catalog.url.startswith("https://") and tls is not None
         server = HttpServer(
@@ -129,6 +134,22 @@ async def serve_catalog(
         # both links at once: a link waiting to reconnect takes up to a second to stop
         await asyncio.gather(*(asyncio.to_thread(link.stop) for link in messenger.links.values()))
         store.close()
+
+
+def _crl_readers(
+    pid_file: Path | None, in_process: Callable[[], object] | None
+) -> Callable[[], object] | None:
+    """What tells the brokers that the CRL changed: SIGHUP to Mosquitto, the broker here."""
+    if pid_file is None and in_process is None:
+        return None
+
+    def announce() -> None:
+        if pid_file is not None:
+            reload_mosquitto(pid_file)
+        if in_process is not None:
+            in_process()
+
+    return announce
 
 
 def _first_line(path: Path) -> str:
@@ -188,8 +209,10 @@ class CatalogThread:
         table_prefix: str = DEFAULT_TABLE_PREFIX,
         startup_timeout_s: float = 30.0,
         on_access_table: Callable[[AccessTable], None] | None = None,
+        on_revoked: Callable[[], object] | None = None,
     ) -> None:
         self._on_access_table = on_access_table
+        self._on_revoked = on_revoked
         self._settings = settings
         self._client_id = client_id
         self._table_prefix = table_prefix
@@ -270,6 +293,7 @@ class CatalogThread:
             client_id=self._client_id,
             table_prefix=self._table_prefix,
             on_access_table=self._on_access_table,
+            on_revoked=self._on_revoked,
         )
 
     def __enter__(self) -> Self:

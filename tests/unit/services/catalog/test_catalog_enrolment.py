@@ -39,7 +39,7 @@ from openfeeder.iot.catalog_client import (
 )
 from openfeeder.iot.device_settings import BootRequest
 from openfeeder.security.audit import verify_audit_log
-from openfeeder.security.pki import CertificateAuthority, make_csr
+from openfeeder.security.pki import CertificateAuthority, RevocationList, RevocationReason, make_csr
 from openfeeder.security.signing import generate_key_file
 from openfeeder.security.tls import TlsFiles, issued_files
 from openfeeder.security.tokens import issue_token
@@ -77,7 +77,10 @@ def _running(tmp_path: Path, access: AccessSettings | None = None) -> Iterator[P
     secret.write_text("s3cret-enrolment\n")
     table = build_access_table(devices={}, services=SERVICES)
     broker = BrokerThread(
-        port=0, ssl_context=issued_files(ca, "broker").server_context(), access=table
+        port=0,
+        ssl_context=issued_files(ca, "broker").server_context(),
+        access=table,
+        revocations=RevocationList.of(ca.crl_file, ca.cert_file),
     )
     broker.start()
     mine = issued_files(ca, "catalog")
@@ -97,7 +100,9 @@ def _running(tmp_path: Path, access: AccessSettings | None = None) -> Iterator[P
         ),
         access=access or AccessSettings(),
     )
-    catalog = CatalogThread(settings, on_access_table=broker.set_access)
+    catalog = CatalogThread(
+        settings, on_access_table=broker.set_access, on_revoked=broker.drop_revoked
+    )
     try:
         catalog_url = catalog.start()
         yield Platform(ca, broker, catalog_url, tmp_path)
@@ -168,6 +173,61 @@ def test_enrolment_with_the_secret_issues_a_certificate_the_broker_accepts(
 
         client.delete_device("meter-x")
         _connects_until(platform.broker.port, "meter-x", files, allowed=False)
+
+
+def test_replaced_and_deleted_devices_certificates_are_revoked(tmp_path: Path) -> None:
+    """A device that enrols again with a new key (after a leak) makes its old certificate
+    useless at once, also for a session open with it; deleting the device revokes the rest, so
+    adding it back does not bring its certificates back."""
+    audit_log = tmp_path / "audit.log"
+    with (
+        _running(tmp_path, AccessSettings(audit_log=audit_log)) as platform,
+        platform.client() as client,
+    ):
+        port = platform.broker.port
+        csr, old_key = make_csr("meter-r", role="device")
+        first = client.enrol("meter-r", csr, secret="s3cret-enrolment")
+        assert first.certificate_pem is not None
+        leaked = _device_files(platform, "meter-r", first.certificate_pem, old_key)
+        client.boot(BootRequest(device_id="meter-r", device_type="meter", firmware="1"))
+        _connects_until(port, "meter-r", leaked, allowed=True)
+        live, code, _ = _connect(port, "meter-r", leaked)
+        dropped: queue.Queue[Any] = queue.Queue()
+        live.on_disconnect = lambda _c, _u, _f, rc, _p: dropped.put(rc)
+        assert not code.is_failure
+
+        csr, new_key = make_csr("meter-r", role="device")
+        second = client.enrol("meter-r", csr, secret="s3cret-enrolment")
+        assert second.certificate_pem is not None
+        renewed = _device_files(platform, "meter-r-new", second.certificate_pem, new_key)
+        try:
+            assert dropped.get(timeout=TIMEOUT_S).value == 0x87
+        finally:
+            live.loop_stop()
+        refused, code, _ = _connect(port, "meter-r", leaked)
+        refused.loop_stop()
+        assert code.value == 0x87
+        _connects_until(port, "meter-r", renewed, allowed=True)
+
+        client.delete_device("meter-r")
+        client.boot(BootRequest(device_id="meter-r", device_type="meter", firmware="1"))
+        refused, code, _ = _connect(port, "meter-r", renewed)
+        refused.loop_stop()
+        assert code.value == 0x87  # back in the registry and the ACL, but not with that certificate
+
+    reasons = [(r.name, r.reason) for r in platform.ca.revoked()]
+    assert reasons == [
+        ("meter-r", RevocationReason.SUPERSEDED),
+        ("meter-r", RevocationReason.CESSATION_OF_OPERATION),
+    ]
+    entries = [json.loads(line) for line in audit_log.read_text(encoding="utf-8").splitlines()]
+    revoked = [
+        (e["actor"], e["details"]["reason"])
+        for e in entries
+        if e["action"] == "certificate_revoked"
+    ]
+    assert revoked == [("catalog", "superseded"), ("anonymous", "cessation_of_operation")]
+    assert verify_audit_log(audit_log).ok
 
 
 def test_enrolment_without_the_secret_waits_for_an_operator(platform: Platform) -> None:
