@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -28,9 +31,34 @@ from openfeeder.security.audit import (
     verify_audit_log,
 )
 
-__all__ = ["audit_group"]
+__all__ = ["audit_group", "audit_options", "login_name"]
 
 _LOG_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def audit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--audit-log``, ``--audit-key`` and ``--actor`` of a command whose actions are audited."""
+    for option in reversed(
+        (
+            click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path)),
+            click.option(
+                "--audit-key",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="Ed25519 key that signs audit checkpoints.",
+            ),
+            click.option("--actor", help="Who acts, for the audit log (default: the login name)."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def login_name() -> str:
+    """Who runs the command (for the audit log), ``operator`` if the system cannot tell."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
 
 
 @click.group("audit")

@@ -20,7 +20,6 @@ checkpoints when ``--audit-key`` names an Ed25519 key (``openfeeder audit keygen
 from __future__ import annotations
 
 import base64
-import getpass
 import json
 import os
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from openfeeder.cli.audit_cmd import audit_options, login_name
 from openfeeder.cli.render import console
 from openfeeder.config import load_settings
 from openfeeder.errors import ConfigError
@@ -42,7 +42,7 @@ from openfeeder.security.keys import (
     load_master_key,
 )
 
-__all__ = ["keys_group", "login_name"]
+__all__ = ["keys_group"]
 
 _ALGORITHMS = ("aes-256-gcm", "sm4-gcm")
 
@@ -56,13 +56,7 @@ _ALGORITHMS = ("aes-256-gcm", "sm4-gcm")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Master key file (base64, 32 bytes); default: settings, then OPENFEEDER_MASTER_KEY.",
 )
-@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--audit-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Ed25519 key that signs audit checkpoints.",
-)
-@click.option("--actor", help="Who acts, for the audit log (default: the login name).")
+@audit_options
 @click.pass_context
 def keys_group(  # noqa: PLR0917  (one option each)
     ctx: click.Context,
@@ -82,14 +76,6 @@ def keys_group(  # noqa: PLR0917  (one option each)
         "audit_key": audit_key,
         "actor": actor or login_name(),
     }
-
-
-def login_name() -> str:
-    """Who runs the command (for the audit log), ``operator`` if the system cannot tell."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "operator"
 
 
 @contextmanager

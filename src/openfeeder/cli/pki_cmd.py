@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from openfeeder.cli.keys_cmd import login_name
+from openfeeder.cli.audit_cmd import audit_options, login_name
 from openfeeder.iot.access import DEVICE_ROLE, ServiceRole, build_access_table
 from openfeeder.security.audit import AuditKind, AuditLog, load_signing_key
 from openfeeder.security.mosquitto import (
@@ -194,13 +194,7 @@ def mosquitto_command(  # noqa: PLR0917  (one option each)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Mosquitto's pid file: SIGHUP it so that it reads the new CRL.",
 )
-@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--audit-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Ed25519 key that signs audit checkpoints.",
-)
-@click.option("--actor", help="Who acts, for the audit log (default: the login name).")
+@audit_options
 def revoke_command(  # noqa: PLR0917  (one option each)
     name: str,
     ca_dir: Path,

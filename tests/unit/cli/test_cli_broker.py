@@ -50,9 +50,22 @@ def _close(client: mqtt.Client) -> None:
     client.loop_stop()
 
 
+def _tls_args(ca: CertificateAuthority) -> list[str]:
+    """``--cert``, ``--key`` and ``--ca`` of a broker issued ``broker`` by ``ca``."""
+    broker = issued_files(ca, "broker")
+    return [
+        "--cert",
+        str(broker.cert_file),
+        "--key",
+        str(broker.key_file),
+        "--ca",
+        str(ca.cert_file),
+    ]
+
+
 def test_the_broker_process_takes_the_catalogs_acl_file_on_sighup(tmp_path: Path) -> None:
     ca = CertificateAuthority.init(tmp_path / "pki")
-    broker = issued_files(ca, ca.issue("broker", role="broker", hosts=["127.0.0.1"]).name)
+    ca.issue("broker", role="broker", hosts=["127.0.0.1"])
     ca.issue("meter-9", role="device")
     acl_file, pid_file = tmp_path / "broker.acl", tmp_path / "broker.pid"
     port = free_port()
@@ -64,12 +77,7 @@ def test_the_broker_process_takes_the_catalogs_acl_file_on_sighup(tmp_path: Path
             "broker",
             "--port",
             str(port),
-            "--cert",
-            str(broker.cert_file),
-            "--key",
-            str(broker.key_file),
-            "--ca",
-            str(ca.cert_file),
+            *_tls_args(ca),
             "--acl-file",
             str(acl_file),
             "--crl",
@@ -151,17 +159,9 @@ def test_the_broker_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
 
 def test_the_broker_refuses_a_crl_it_cannot_trust(tmp_path: Path) -> None:
     ca = CertificateAuthority.init(tmp_path / "pki")
-    broker = issued_files(ca, ca.issue("broker", role="broker", hosts=["127.0.0.1"]).name)
+    ca.issue("broker", role="broker", hosts=["127.0.0.1"])
     rogue = CertificateAuthority.init(tmp_path / "rogue")
-    tls = [
-        "--cert",
-        str(broker.cert_file),
-        "--key",
-        str(broker.key_file),
-        "--ca",
-        str(ca.cert_file),
-    ]
-    result = CliRunner().invoke(cli, ["broker", *tls, "--crl", str(rogue.crl_file)])
+    result = CliRunner().invoke(cli, ["broker", *_tls_args(ca), "--crl", str(rogue.crl_file)])
     assert result.exit_code == 1
     assert f"{rogue.crl_file}: the CRL's signature is not the CA's" in result.output
 

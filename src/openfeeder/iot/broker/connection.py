@@ -448,6 +448,11 @@ class Connection(asyncio.Protocol):
             if not revoked:
                 return False
             reason = "certificate revoked"
+        self._denied(client_id, reason, serial=format(serial, "x"))
+        return True
+
+    def _denied(self, client_id: str, reason: str, **details: object) -> None:
+        """Count and log a refused CONNECT (``details``: the identity or the serial)."""
         self.counters.denied_connects += 1
         logger.warning(
             "connect refused: %s",
@@ -455,11 +460,10 @@ class Connection(asyncio.Protocol):
             extra={
                 "event": "mqtt_connect_denied",
                 "client_id": client_id,
-                "serial": format(serial, "x"),
                 "peer": self.peer,
+                **details,
             },
         )
-        return True
 
     def _authorize(self, client_id: str, assigned: bool, username: str | None) -> bool:
         """Look up the connecting identity's grants; False (and counted) when it is refused."""
@@ -474,17 +478,7 @@ class Connection(asyncio.Protocol):
         elif not assigned and not client_id_allowed(grants.identity, client_id):
             reason = "client id is not the identity's"
         if reason:
-            self.counters.denied_connects += 1
-            logger.warning(
-                "connect refused: %s",
-                reason,
-                extra={
-                    "event": "mqtt_connect_denied",
-                    "client_id": client_id,
-                    "identity": identity,
-                    "peer": self.peer,
-                },
-            )
+            self._denied(client_id, reason, identity=identity)
             return False
         self.grants = grants
         return True
