@@ -11,9 +11,14 @@ A device makes its own key (it never leaves the device) and POSTs a CSR whose CN
   it; the device polls ``GET /v1/enrolments/{id}``.
 
 A CSR whose CN is not the device id in the path, whose signature is wrong, or whose key is not
-ECDSA P-256 is refused (422, field ``csr_pem``). Pending requests live in memory: a catalog restart
-forgets them and the devices ask again. What the CA issued is in its index
+ECDSA P-256 is refused (422, field ``csr_pem``). What the CA issued is in its index
 (``pki_dir/index.json``).
+
+The desk keeps every enrolment it holds (pending requests, and the answers devices have not
+fetched yet) in ``pki_dir/enrolments.sqlite`` as well as in memory, so a catalog restart loses
+neither an operator's queue nor a certificate issued while the device was away. Requests are
+unauthenticated, so the desk holds at most ``max_pending`` pending ones (503 beyond that, naming
+the limit) and at most ``max_held`` in all (the oldest decided ones are forgotten first).
 
 A device that enrols again (a renewal, a new key after a compromise) gets a new certificate and
 its earlier ones are **revoked** as superseded; a device deleted from the catalog has all of its
@@ -35,12 +40,15 @@ POST   /v1/enrolments/{id}/reject       refuse a pending request
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Annotated
+from pathlib import Path as FilePath
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Path, Request, Response
 
@@ -54,9 +62,18 @@ from openfeeder.services.access import AccessControl, AuditSink, Caller, Reader
 from openfeeder.services.catalog.payload_keys import DeviceKeys
 from openfeeder.services.catalog.problems import ProblemError, ProblemKind, not_found
 
-__all__ = ["Enrolments", "enrolment_router"]
+__all__ = [
+    "DEFAULT_MAX_HELD",
+    "DEFAULT_MAX_PENDING",
+    "ENROLMENTS_FILE",
+    "Enrolments",
+    "enrolment_router",
+]
 
 _LOG = logging.getLogger(__name__)
+ENROLMENTS_FILE: Final = "enrolments.sqlite"
+DEFAULT_MAX_PENDING: Final = 1000
+DEFAULT_MAX_HELD: Final = 20_000
 DeviceIdPath = Annotated[
     str, Path(pattern=f"^{ID_PATTERN.pattern}$", description="device id ([A-Za-z0-9_.-]{1,64})")
 ]
@@ -85,6 +102,8 @@ class Enrolments:
         clock_ns: Callable[[], int] = time.time_ns,
         audit: AuditSink | None = None,
         on_revoked: Callable[[], object] | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_held: int = DEFAULT_MAX_HELD,
     ) -> None:
         """``keys``: the payload key desk; with it an issued certificate comes with the device's
         key-encryption key, sealed to the CSR's key (:mod:`~openfeeder.services.catalog.payload_keys`).
@@ -95,8 +114,30 @@ class Enrolments:
         self._on_revoked = on_revoked
         self._secret = secret.encode("utf-8") if secret else None
         self._clock_ns = clock_ns
-        self._held: dict[str, _Enrolment] = {}
+        self._max_pending = max_pending
+        self._max_held = max_held
         self._lock = threading.Lock()
+        self._file = _EnrolmentFile(ca.directory / ENROLMENTS_FILE)
+        self._held: dict[str, _Enrolment] = self._file.load()
+
+    def close(self) -> None:
+        """Close the enrolment file (what it holds is written already)."""
+        with self._lock:
+            self._file.close()
+
+    def _hold(self, enrolment: _Enrolment) -> None:
+        """Keep ``enrolment`` (in memory and in the file), making room if the desk is full."""
+        self._file.put(enrolment)  # first: a failed write leaves memory as the file is
+        self._held[enrolment.device_id] = enrolment
+        excess = len(self._held) - self._max_held
+        if excess > 0:
+            decided = sorted(
+                (e for e in self._held.values() if e.status is not EnrolmentStatus.PENDING),
+                key=lambda e: e.requested_ns,
+            )
+            for old in decided[:excess]:
+                del self._held[old.device_id]
+                self._file.delete(old.device_id)
 
     def _info(self, enrolment: _Enrolment) -> EnrolmentInfo:
         issued = enrolment.status is EnrolmentStatus.ISSUED
@@ -197,13 +238,29 @@ class Enrolments:
                 enrolment = self._sign(enrolment)
             else:
                 self._check_csr(enrolment)
+                self._check_room(device_id)
                 _LOG.info(
                     "enrolment waits for approval device_id=%s",
                     device_id,
                     extra={"event": "enrolment_pending", "device_id": device_id},
                 )
-            self._held[device_id] = enrolment
+            self._hold(enrolment)
             return self._info(enrolment)
+
+    def _check_room(self, device_id: str) -> None:
+        """503 when ``max_pending`` requests wait already (a device asking again takes none)."""
+        held = self._held.get(device_id)
+        if held is not None and held.status is EnrolmentStatus.PENDING:
+            return
+        waiting = sum(e.status is EnrolmentStatus.PENDING for e in self._held.values())
+        if waiting >= self._max_pending:
+            raise ProblemError(
+                ProblemKind.UNAVAILABLE,
+                503,
+                f"{waiting} enrolments wait for an operator already (the limit is "
+                f"{self._max_pending}): approve or reject some, then ask again",
+                field="device_id",
+            )
 
     def _check_csr(self, enrolment: _Enrolment) -> None:
         """Refuse a malformed CSR now rather than at approval (nothing is issued here)."""
@@ -247,8 +304,75 @@ class Enrolments:
                 enrolment = replace(
                     enrolment, status=EnrolmentStatus.REJECTED, detail="rejected by an operator"
                 )
-            self._held[device_id] = enrolment
+            self._hold(enrolment)
             return self._info(enrolment)
+
+
+class _EnrolmentFile:
+    """The enrolments held, one row each, in an SQLite file (written on every change, under the
+    desk's lock)."""
+
+    def __init__(self, path: FilePath) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute(
+                """CREATE TABLE IF NOT EXISTS enrolments (
+                    device_id TEXT PRIMARY KEY, status TEXT NOT NULL,
+                    requested_ns INTEGER NOT NULL, csr_pem BLOB NOT NULL,
+                    certificate_pem TEXT, detail TEXT NOT NULL, kek TEXT)"""
+            )
+        except sqlite3.Error as err:
+            raise PkiError(f"{path}: cannot open the enrolments: {err}", path=path) from err
+
+    def load(self) -> dict[str, _Enrolment]:
+        out: dict[str, _Enrolment] = {}
+        try:
+            rows = self._db.execute(
+                "SELECT device_id, status, requested_ns, csr_pem, certificate_pem, detail, kek "
+                "FROM enrolments"
+            ).fetchall()
+            for device_id, status, requested_ns, csr, certificate, detail, kek in rows:
+                out[device_id] = _Enrolment(
+                    device_id=device_id,
+                    status=EnrolmentStatus(status),
+                    requested_ns=int(requested_ns),
+                    csr_pem=bytes(csr),
+                    certificate_pem=certificate,
+                    detail=detail,
+                    kek=json.loads(kek) if kek is not None else None,
+                )
+        except (sqlite3.Error, ValueError, TypeError) as err:
+            raise PkiError(f"{self.path}: unreadable enrolments: {err}", path=self.path) from err
+        return out
+
+    def put(self, enrolment: _Enrolment) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO enrolments VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                enrolment.device_id,
+                str(enrolment.status),
+                enrolment.requested_ns,
+                enrolment.csr_pem,
+                enrolment.certificate_pem,
+                enrolment.detail,
+                json.dumps(enrolment.kek) if enrolment.kek is not None else None,
+            ),
+        )
+
+    def delete(self, device_id: str) -> None:
+        self._write("DELETE FROM enrolments WHERE device_id = ?", (device_id,))
+
+    def _write(self, statement: str, values: tuple[object, ...]) -> None:
+        try:
+            self._db.execute(statement, values)
+        except sqlite3.Error as err:
+            raise ProblemError(
+                ProblemKind.UNAVAILABLE, 503, f"{self.path}: enrolment not stored: {err}"
+            ) from err
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter:

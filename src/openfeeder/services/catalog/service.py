@@ -129,6 +129,8 @@ async def serve_catalog(
                 group.create_task(_announce_ready(server, stop, ready))
         finally:
             await catalog.close()
+            if enrolments is not None:
+                enrolments.close()
     finally:
         await asyncio.to_thread(publisher.drain, _DRAIN_TIMEOUT_S)
         # both links at once: a link waiting to reconnect takes up to a second to stop
