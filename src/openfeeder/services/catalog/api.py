@@ -545,7 +545,7 @@ def create_app(
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _is_number(declared) and int(declared) > limit:
         raise ProblemError(
             ProblemKind.TOO_LARGE,
             413,
@@ -579,9 +579,15 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     if not dash:
         return None
     if not first:  # a suffix: the last N bytes
-        if not last.isdigit() or int(last) == 0:
+        if not _is_number(last) or int(last) == 0:
             return None
         return max(0, size - int(last)), size - 1
-    if not first.isdigit() or (last and not last.isdigit()):
+    if not _is_number(first) or (last and not _is_number(last)):
         return None
     return int(first), int(last) if last else size - 1
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` (latin-1, so valid in a header),
+    which ``int`` refuses."""
+    return text.isascii() and text.isdigit()

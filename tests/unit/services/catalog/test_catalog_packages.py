@@ -122,6 +122,11 @@ def test_range_requests(tmp_path: Path) -> None:
         beyond = httpx.get(info.url, headers={"Range": f"bytes={len(data)}-"})
         assert beyond.status_code == 416
         assert beyond.headers["content-range"] == f"bytes */{len(data)}"
+        # superscript digits: latin-1 (so valid in a header) and str.isdigit(), not int()
+        for odd in ("bytes=\u00b2-", "bytes=0-\u00b9", "bytes=-\u00b3"):
+            ignored = httpx.get(info.url, headers={"Range": odd.encode("latin-1")})
+            assert ignored.status_code == 200, odd  # not a range we know: the whole package
+            assert ignored.content == data
 
 
 def test_uploads_are_signed_or_carry_a_trusted_signature(tmp_path: Path) -> None:
