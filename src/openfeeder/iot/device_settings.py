@@ -32,6 +32,7 @@ Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Token = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 _MQTT_URL: Final = re.compile(r"^mqtts?://[^/\s]+$")
+_ID_MAX: Final = 2**63 - 1  # component ids are looked up as 64-bit integers (model.grid.lookup)
 
 
 class _Model(BaseModel):
@@ -42,8 +43,8 @@ class Location(_Model):
     """Where a device sits on the grid model: the bus it measures and the element it watches."""
 
     case: str | None = None
-    bus_id: int | None = Field(default=None, ge=0)
-    element_id: int | None = Field(default=None, ge=0)
+    bus_id: int | None = Field(default=None, ge=0, le=_ID_MAX)
+    element_id: int | None = Field(default=None, ge=0, le=_ID_MAX)
 
 
 class BootRequest(_Model):

@@ -247,6 +247,8 @@ BAD_REQUESTS = [
     BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "algorithms": [{"name": "missing", "version": "1"}]}, 422, "algorithms[0].name"),
     BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "location": {"element_id": 424242}}, 422, "location.element_id"),
     BadRequest("PUT", "/v1/devices/{new}", {"device_id": "x", "device_type": "meter"}, 422, "device_id"),
+    BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "location": {"bus_id": 2**70}}, 422, "location.bus_id"),
+    BadRequest("PATCH", "/v1/devices/{new}", {"location": {"element_id": 2**64}}, 422, "location.element_id"),
     BadRequest("PUT", "/v1/devices/bad%20id", {"device_type": "meter"}, 422, "device_id"),
     BadRequest("PATCH", "/v1/devices/{new}", {"device_type": "meter"}, 404, "device_id"),
     BadRequest("PATCH", "/v1/devices/{new}", {"device_type": None}, 422, "device_type"),
