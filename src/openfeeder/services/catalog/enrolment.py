@@ -377,11 +377,13 @@ class _EnrolmentFile:
 
 def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter:
     """The REST endpoints of :class:`Enrolments` (included by the catalog's app). Approving and
-    rejecting are operator actions (operation ``catalog.enrolment.decide`` of ``[access]``)."""
+    rejecting are operator actions (operation ``catalog.enrolment.decide`` of ``[access]``). The
+    endpoints are plain functions: FastAPI runs them on its worker threads, so signing, the CRL
+    and the enrolment file never hold up the catalog's event loop."""
     router = APIRouter(prefix="/v1/enrolments", tags=["enrolment"])
 
     @router.post("/{device_id}", status_code=201)
-    async def enrol(
+    def enrol(
         device_id: DeviceIdPath, request: EnrolmentRequest, response: Response
     ) -> EnrolmentInfo:
         """A device's CSR (+ secret): 201 with the certificate, or 202 pending approval."""
@@ -390,11 +392,11 @@ def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter
         return info
 
     @router.get("")
-    async def list_enrolments(_reader: Reader) -> list[EnrolmentInfo]:
+    def list_enrolments(_reader: Reader) -> list[EnrolmentInfo]:
         return enrolments.all()
 
     @router.get("/{device_id}")
-    async def get_enrolment(device_id: DeviceIdPath) -> EnrolmentInfo:
+    def get_enrolment(device_id: DeviceIdPath) -> EnrolmentInfo:
         return enrolments.get(device_id)
 
     def decide(device_id: str, request: Request, caller: Caller, *, approve: bool) -> EnrolmentInfo:
@@ -406,11 +408,11 @@ def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter
         return enrolments.decide(device_id, approve=approve)
 
     @router.post("/{device_id}/approve")
-    async def approve(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
+    def approve(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
         return decide(device_id, request, caller, approve=True)
 
     @router.post("/{device_id}/reject")
-    async def reject(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
+    def reject(device_id: DeviceIdPath, request: Request, caller: Caller) -> EnrolmentInfo:
         return decide(device_id, request, caller, approve=False)
 
     return router
