@@ -32,6 +32,7 @@ Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Token = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 _MQTT_URL: Final = re.compile(r"^mqtts?://[^/\s]+$")
+_PRINTABLE: Final = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL text refuses NUL)
 _ID_MAX: Final = 2**63 - 1  # component ids are looked up as 64-bit integers (model.grid.lookup)
 
 
@@ -52,7 +53,7 @@ class BootRequest(_Model):
 
     device_id: DeviceId
     device_type: Token
-    firmware: Annotated[str, StringConstraints(max_length=64)] = ""
+    firmware: Annotated[str, StringConstraints(max_length=64, pattern=_PRINTABLE)] = ""
     capabilities: Annotated[tuple[Token, ...], Field(max_length=256)] = ()
     location: Location | None = None
 

@@ -241,6 +241,7 @@ BAD_REQUESTS = [
     BadRequest("POST", "/v1/devices/boot", {"device_id": "bad id", "device_type": "meter"}, 422, "device_id"),
     BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "Meter!"}, 422, "device_type"),
     BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "meter", "colour": "red"}, 422, "colour"),
+    BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "meter", "firmware": "1.0\x00"}, 422, "firmware"),
     BadRequest("POST", "/v1/devices/boot", {"device_id": NEW, "device_type": "meter", "location": {"bus_id": 999}}, 422, "location.bus_id"),
     BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "sampling_rate_hz": "fast"}, 422, "sampling_rate_hz"),
     BadRequest("PUT", "/v1/devices/{new}", {"device_type": "meter", "sampling_rate_hz": -1}, 422, "sampling_rate_hz"),
