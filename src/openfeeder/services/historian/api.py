@@ -112,7 +112,13 @@ _TITLES: Final = {
 
 
 def _problem(
-    request: Request, status: int, kind: str, detail: str, *, field: str | None = None
+    request: Request,
+    status: int,
+    kind: str,
+    detail: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     document: dict[str, Any] = {
         "type": f"urn:openfeeder:problem:{kind}",
@@ -123,7 +129,9 @@ def _problem(
     }
     if field is not None:
         document["field"] = field
-    return JSONResponse(document, status_code=status, media_type=PROBLEM_CONTENT_TYPE)
+    return JSONResponse(
+        document, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -142,7 +150,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not-found" if exc.status_code == 404 else "http"
-        return _problem(request, exc.status_code, kind, str(exc.detail))
+        # exc.headers carries what the status needs, e.g. the Allow of a 405
+        return _problem(request, exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(StorageError)
     async def _on_storage(request: Request, exc: StorageError) -> JSONResponse:

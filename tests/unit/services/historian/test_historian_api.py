@@ -135,6 +135,14 @@ def test_unknown_device_is_a_404_problem(api: httpx.Client) -> None:
         assert "nobody" in response.json()["detail"]
 
 
+def test_a_wrong_method_is_a_405_problem_with_allow(api: httpx.Client, device: str) -> None:
+    for path in ("/health", f"/v1/devices/{device}/readings"):
+        response = api.delete(path)
+        assert response.status_code == 405
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["allow"] == "GET"  # RFC 9110: a 405 names what is allowed
+
+
 def test_openapi_lists_the_endpoints(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
     assert {
