@@ -22,6 +22,7 @@ Queries run on FastAPI's thread pool (plain ``def`` endpoints), never on the eve
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Annotated, Any, Final
 
@@ -118,7 +119,7 @@ def _problem(
     detail: str,
     *,
     field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     document: dict[str, Any] = {
         "type": f"urn:openfeeder:problem:{kind}",
