@@ -263,4 +263,6 @@ def create_app(historian: Historian) -> FastAPI:
 
 def _existing(historian: Historian, device_id: str) -> None:
     if historian.store.device(device_id) is None:
-        raise _ProblemError(404, "not-found", f"no device {device_id!r} in the historian")
+        raise _ProblemError(
+            404, "not-found", f"no device {device_id!r} in the historian", field="device_id"
+        )

@@ -133,6 +133,7 @@ def test_unknown_device_is_a_404_problem(api: httpx.Client) -> None:
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/problem+json"
         assert "nobody" in response.json()["detail"]
+        assert response.json()["field"] == "device_id"
 
 
 def test_a_wrong_method_is_a_405_problem_with_allow(api: httpx.Client, device: str) -> None:
