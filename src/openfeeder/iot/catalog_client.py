@@ -44,6 +44,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from openfeeder.errors import OpenFeederError
 from openfeeder.iot.device_settings import (
@@ -155,9 +156,10 @@ class DevicePatch(_Model):
     ``null`` clears ``location`` and resets a rate to the catalog's default.
     """
 
-    device_type: Token | None = None
+    # leaving them out keeps them; null is refused, so the schema does not offer it
+    device_type: Token | SkipJsonSchema[None] = None
     location: Location | None = None
-    algorithms: Assignments | None = None
+    algorithms: Assignments | SkipJsonSchema[None] = None
     sampling_rate_hz: SamplingRate | None = None
     reporting_interval_s: ReportingInterval | None = None
 

@@ -101,6 +101,13 @@ _PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "content": {PROBLEM_CONTENT_TYPE: {}},
     },
 }
+
+
+def _created(model: type[Any], what: str) -> dict[int | str, dict[str, Any]]:
+    """The responses of a PUT that answers 201 when it creates and 200 when it replaces."""
+    return {201: {"model": model, "description": f"{what} created"}, **_PROBLEM_RESPONSES}
+
+
 _SETTINGS_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     200: {"model": DeviceSettings, "description": "the settings, with ETag"},
     **_PROBLEM_RESPONSES,
@@ -288,9 +295,9 @@ def create_app(
     _install_error_handlers(app)
     install_access(app, access)
     if enrolments is not None:
-        app.include_router(enrolment_router(enrolments, access))
+        app.include_router(enrolment_router(enrolments, access), responses=_PROBLEM_RESPONSES)
     if device_keys is not None:
-        app.include_router(device_keys_router(device_keys, catalog))
+        app.include_router(device_keys_router(device_keys, catalog), responses=_PROBLEM_RESPONSES)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, Any]:
@@ -344,7 +351,7 @@ def create_app(
     async def get_device(device_id: DeviceIdPath, _reader: Reader) -> DeviceInfo:
         return catalog.device(device_id)
 
-    @app.put("/v1/devices/{device_id}", tags=["devices"], responses=_PROBLEM_RESPONSES)
+    @app.put("/v1/devices/{device_id}", tags=["devices"], responses=_created(DeviceInfo, "device"))
     async def put_device(
         device_id: DeviceIdPath,
         spec: DeviceSpec,
@@ -414,7 +421,7 @@ def create_app(
     async def list_services(_reader: Reader) -> list[ServiceInfo]:
         return catalog.services.infos()
 
-    @app.put("/v1/services/{name}", tags=["services"], responses=_PROBLEM_RESPONSES)
+    @app.put("/v1/services/{name}", tags=["services"], responses=_created(ServiceInfo, "service"))
     async def put_service(
         name: NamePath, spec: ServiceSpec, request: Request, response: Response, caller: Caller
     ) -> ServiceInfo:
@@ -451,7 +458,7 @@ def create_app(
     @app.put(
         "/v1/algorithms/{name}/{version}",
         tags=["algorithms"],
-        responses={413: {"description": "package too large"}, **_PROBLEM_RESPONSES},
+        responses={413: {"description": "package too large"}, **_created(AlgorithmInfo, "package")},
         openapi_extra={
             "requestBody": {
                 "required": True,

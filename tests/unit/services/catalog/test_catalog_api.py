@@ -12,6 +12,7 @@ import httpx
 import pytest
 from catalog_helpers import catalog_settings, running_catalog, unique
 
+from openfeeder.config import SecuritySettings
 from openfeeder.iot.agent.packages import builtin_algorithms
 from openfeeder.iot.catalog_client import (
     AlgorithmAssignment,
@@ -23,6 +24,7 @@ from openfeeder.iot.catalog_client import (
 )
 from openfeeder.iot.device_settings import BootRequest, DeviceSettings, Location
 from openfeeder.iot.topics import BrokerContext
+from openfeeder.security.pki import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -371,6 +373,37 @@ def test_health_and_openapi(tmp_path: Path, mqtt_url: str) -> None:
         docs = http.get("/docs")
         assert docs.status_code == 200
         assert "swagger" in docs.text.lower()
+
+
+def test_openapi_documents_what_the_endpoints_answer(tmp_path: Path, mqtt_url: str) -> None:
+    """201 of a PUT that creates, problem+json (not FastAPI's validation error) of the enrolment
+    endpoints, and no ``null`` offered where a PATCH refuses it."""
+    CertificateAuthority.init(tmp_path / "pki")
+    settings = catalog_settings(tmp_path, mqtt_url=mqtt_url).model_copy(
+        update={"security": SecuritySettings(pki_dir=tmp_path / "pki")}
+    )
+    with running_catalog(settings) as catalog, httpx.Client(base_url=catalog.url) as http:
+        spec = http.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, model in (
+        ("/v1/devices/{device_id}", "DeviceInfo"),
+        ("/v1/services/{name}", "ServiceInfo"),
+        ("/v1/algorithms/{name}/{version}", "AlgorithmInfo"),
+    ):
+        created = paths[path]["put"]["responses"]["201"]
+        assert created["content"]["application/json"]["schema"]["$ref"].endswith(model), path
+    for method, path in (
+        ("post", "/v1/enrolments/{device_id}"),
+        ("get", "/v1/enrolments/{device_id}"),
+        ("post", "/v1/enrolments/{device_id}/approve"),
+    ):
+        responses = paths[path][method]["responses"]
+        assert "422" not in responses, path  # it is a problem document, not HTTPValidationError
+        assert PROBLEM in responses["4XX"]["content"], path
+    patch = spec["components"]["schemas"]["DevicePatch"]["properties"]
+    for field in ("device_type", "algorithms"):
+        assert "anyOf" not in patch[field], field  # no {"type": "null"} alternative
+    assert {"type": "null"} in patch["location"]["anyOf"]  # null clears a location
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
