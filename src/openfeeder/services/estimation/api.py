@@ -10,17 +10,19 @@
 =======================================  ==========================================================
 
 Reads need a token only with ``[access]`` ``protect_reads`` (:mod:`openfeeder.services.access`).
+Errors are ``application/problem+json`` naming the field at fault (:mod:`openfeeder.services.problems`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from openfeeder.services.access import AccessControl, Reader, install_access
 from openfeeder.services.estimation.coordinator import EstimationCoordinator
+from openfeeder.services.problems import PROBLEM_RESPONSES, ServiceProblemError, install_problems
 
 __all__ = ["create_app"]
 
@@ -34,9 +36,10 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title="OpenFeeder estimation service", version="1")
     access = access if access is not None else AccessControl.disabled()
+    install_problems(app)
     install_access(app, access)
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], responses={503: {"description": "degraded"}})
     async def health() -> JSONResponse:
         healthy = coordinator.healthy
         results = list(coordinator.results)
@@ -54,19 +57,19 @@ def create_app(
     async def estimates(_reader: Reader) -> list[dict[str, Any]]:
         return [_summary(r) for r in reversed(list(coordinator.results))]
 
-    @app.get("/v1/estimates/latest", tags=["estimates"])
+    @app.get("/v1/estimates/latest", tags=["estimates"], responses=PROBLEM_RESPONSES)
     async def latest(_reader: Reader) -> dict[str, Any]:
         results = list(coordinator.results)
         if not results:
-            raise HTTPException(404, "no estimate yet")
+            raise ServiceProblemError(404, "no estimate yet")
         return results[-1]
 
-    @app.get("/v1/estimates/{cycle}", tags=["estimates"])
+    @app.get("/v1/estimates/{cycle}", tags=["estimates"], responses=PROBLEM_RESPONSES)
     async def one(cycle: int, _reader: Reader) -> dict[str, Any]:
         for result in coordinator.results:
             if result["cycle"] == cycle:
                 return result
-        raise HTTPException(404, f"no estimate of cycle {cycle} is kept")
+        raise ServiceProblemError(404, f"no estimate of cycle {cycle} is kept", field="cycle")
 
     @app.post("/v1/estimates", tags=["estimates"], status_code=202)
     async def run(_reader: Reader) -> dict[str, str]:
