@@ -96,10 +96,17 @@ class KeyStoreError(SecurityError):
 
 
 class KeyState(StrEnum):
+    NEXT = "next"
+    """Made and handed to devices ahead of use: it opens traffic, seals nothing until a
+    rotation makes it active (so devices hold it before anyone seals with it)."""
     ACTIVE = "active"
     OVERLAP = "overlap"
     ARCHIVED = "archived"
     DESTROYED = "destroyed"
+
+
+OPENING_STATES: Final = (KeyState.ACTIVE, KeyState.OVERLAP, KeyState.NEXT)
+"""The states whose keys open traffic (what a bundle holds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +367,8 @@ class KeyStore:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def create(self, name: str, algorithm: Algorithm | str) -> KeyInfo:
-        """Generate version 1 of a new key (active)."""
+        """Generate version 1 of a new key (active) and version 2 (next: handed out now, active
+        at the first rotation)."""
         if not _NAME_PATTERN.match(name):
             raise KeyStoreError(
                 f"key name {name!r} must be '<class>' or '<class>/<device id>' "
@@ -372,7 +380,8 @@ class KeyStore:
             if exists:
                 raise KeyStoreError(f"{self.path}: key {name!r} exists; rotate it instead")
             info = self._insert(db, name, 1, algorithm_name)
-        self._record("create", info.key_id, {"algorithm": algorithm_name})
+            following = self._insert(db, name, 2, algorithm_name, KeyState.NEXT)
+        self._record("create", info.key_id, {"algorithm": algorithm_name, "next": following.key_id})
         return info
 
     def _check_algorithm(self, algorithm: Algorithm | str, name: str) -> str:
@@ -390,7 +399,14 @@ class KeyStore:
             raise KeyStoreError(f"key {name!r}: algorithm 'none' has no key")
         return parsed.value
 
-    def _insert(self, db: sqlite3.Connection, name: str, version: int, algorithm: str) -> KeyInfo:
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        name: str,
+        version: int,
+        algorithm: str,
+        state: KeyState = KeyState.ACTIVE,
+    ) -> KeyInfo:
         key_id = f"{name}@{version}"
         material = secrets.token_bytes(_key_bytes(algorithm))
         now = _now_utc(self._clock)
@@ -401,7 +417,7 @@ class KeyStore:
                 name,
                 version,
                 algorithm,
-                KeyState.ACTIVE.value,
+                state.value,
                 now,
                 now,
                 self._wrap(key_id, algorithm, material),
@@ -411,7 +427,11 @@ class KeyStore:
 
     def rotate(self, name: str, *, overlap_s: float = DEFAULT_OVERLAP_S) -> KeyInfo:
         """A new active version of ``name``; the previous active one opens traffic for
-        ``overlap_s`` more seconds (state overlap), then is archived."""
+        ``overlap_s`` more seconds (state overlap), then is archived.
+
+        The new active version is the one in state next, which devices have held since their
+        last bundle (a key made before next versions existed, or whose next was archived, gets
+        a new one at once); a new next version is made for the rotation after."""
         if overlap_s < 0:
             raise KeyStoreError(f"overlap must be zero or more seconds, not {overlap_s}")
         with self._db() as db:
@@ -423,6 +443,7 @@ class KeyStore:
             if not rows:
                 raise KeyStoreError(f"{self.path}: no key named {name!r}")
             active = [row for row in rows if row[3] == KeyState.ACTIVE.value]
+            staged = [row for row in rows if row[3] == KeyState.NEXT.value]
             algorithm = (active[0] if active else rows[0])[2]
             for row in active:
                 if overlap_s > 0:
@@ -431,11 +452,22 @@ class KeyStore:
                     )
                 else:
                     self._set_state(db, row[0], KeyState.ARCHIVED)
-            info = self._insert(db, name, rows[0][1] + 1, algorithm)
+            version = rows[0][1]
+            if staged and staged[-1][2] == algorithm:  # the oldest next version
+                self._set_state(db, staged[-1][0], KeyState.ACTIVE)
+                info = self._info(self._row(db, staged[-1][0]))
+            else:
+                version += 1
+                info = self._insert(db, name, version, algorithm)
+            following = self._insert(db, name, version + 1, algorithm, KeyState.NEXT)
         self._record(
             "rotate",
             info.key_id,
-            {"previous": [row[0] for row in active], "overlap_s": overlap_s},
+            {
+                "previous": [row[0] for row in active],
+                "overlap_s": overlap_s,
+                "next": following.key_id,
+            },
         )
         return info
 
@@ -691,7 +723,7 @@ class KeyStore:
     def issue(self, device_id: str, *, readable: Iterable[str] = ()) -> dict[str, Any]:
         """The bundle of keys ``device_id`` needs, wrapped under its key-encryption key.
 
-        It holds the usable (active and overlap) versions of the device's own keys
+        It holds the usable (next, active and overlap) versions of the device's own keys
         (``<class>/<device id>``), of the group keys (``<class>``) and of the other devices'
         keys named in ``readable`` (a device whose algorithm reads their sealed traffic, e.g. an
         edge fault locator reading every ``event``).
@@ -702,9 +734,9 @@ class KeyStore:
         entries = []
         with self._db() as db:
             rows = db.execute(
-                f"SELECT {self._COLUMNS}, wrapped FROM keys WHERE state IN (?, ?) "
+                f"SELECT {self._COLUMNS}, wrapped FROM keys WHERE state IN (?, ?, ?) "
                 "AND algorithm != ? ORDER BY key_id",
-                (KeyState.ACTIVE.value, KeyState.OVERLAP.value, _KEK_ALGORITHM),
+                (*(state.value for state in OPENING_STATES), _KEK_ALGORITHM),
             ).fetchall()
         for row in rows:
             info = self._info(row)
@@ -768,7 +800,7 @@ class KeyRing:
     """An in-memory set of keys with their states: what a device holds after issuance.
 
     Sealing picks the active key ``<class>/<device id>`` and falls back to the group key
-    ``<class>``; opening accepts active and overlap keys.
+    ``<class>``; opening accepts next, active and overlap keys.
     """
 
     def __init__(self, keys: Iterable[tuple[SymmetricKey, KeyState]]) -> None:
@@ -779,7 +811,7 @@ class KeyRing:
             self._keys[key.key_id] = (key, state)
             if state is KeyState.ACTIVE:
                 self._active[key.key_id.rsplit("@", 1)[0]] = key
-            if state in (KeyState.ACTIVE, KeyState.OVERLAP):
+            if state in OPENING_STATES:
                 self._opening[key.key_id] = key
             else:
                 self._opening.pop(key.key_id, None)
@@ -860,9 +892,7 @@ class StoreResolver:
         cached = self._opening.get(key_id)
         if cached is None or now - cached[0] >= self._ttl_s:
             try:
-                found: SymmetricKey | KeyStoreError = self._store.key(
-                    key_id, states=(KeyState.ACTIVE, KeyState.OVERLAP)
-                )
+                found: SymmetricKey | KeyStoreError = self._store.key(key_id, states=OPENING_STATES)
             except KeyStoreError as err:
                 found = err
             cached = self._opening[key_id] = (now, found)

@@ -73,7 +73,8 @@ def test_a_rotated_key_is_fetched_when_a_message_names_it(tmp_path: Path) -> Non
     cache = tmp_path / "m-1" / "keys.json"
     keys = CatalogKeys("m-1", kek=kek, fetch=fetch, cache=cache, clock=lambda: now[0])
     assert keys.refresh()
-    assert keys.key_ids == ["control/m-1@1", "control@1"]  # not m-2's
+    # its own and the group key, each with its next version; not m-2's
+    assert keys.key_ids == ["control/m-1@1", "control/m-1@2", "control@1", "control@2"]
     assert cache.stat().st_mode & 0o777 == 0o600
     service = PayloadProtector(StoreResolver(store, ttl_s=0), sender_id="svc")
     device = PayloadProtector(keys, sender_id="m-1")
@@ -85,9 +86,12 @@ def test_a_rotated_key_is_fetched_when_a_message_names_it(tmp_path: Path) -> Non
 
     assert deliver() == b'{"x": 1}'
     store.rotate("control/m-1", overlap_s=60)
-    assert deliver() == b'{"x": 1}'  # control/m-1@2: not held, fetched on the miss
+    assert deliver() == b'{"x": 1}'  # control/m-1@2, held since the bundle as next: no fetch
+    assert len(fetched) == 1
+    store.rotate("control/m-1", overlap_s=60)  # @3 was made by the rotation before
+    assert deliver() == b'{"x": 1}'  # control/m-1@3: not held, fetched on the miss
     assert len(fetched) == 2
-    assert "control/m-1@2" in keys.key_ids
+    assert {"control/m-1@3", "control/m-1@4"} <= set(keys.key_ids)
     # a made-up key id fetches at most once per interval, however many messages name it
     store.rotate("control/m-1", overlap_s=60)
     store.rotate("control/m-1", overlap_s=60)
@@ -103,9 +107,9 @@ def test_a_rotated_key_is_fetched_when_a_message_names_it(tmp_path: Path) -> Non
     assert len(fetched) == 3
     # a restart without the catalog opens the cached bundle with the KEK
     offline = CatalogKeys("m-1", kek=kek, fetch=_unreachable, cache=cache)
-    assert "control/m-1@4" in offline.key_ids
+    assert {"control/m-1@5", "control/m-1@6"} <= set(offline.key_ids)
     assert not offline.refresh()  # logged, the cached ring kept
-    assert "control/m-1@4" in offline.key_ids
+    assert "control/m-1@6" in offline.key_ids
     # another device's bundle is refused
     with pytest.raises(KeyStoreError, match="is for 'm-2'"):
         CatalogKeys("m-1", kek=kek, fetch=lambda: store.issue("m-2"))._open(store.issue("m-2"))
@@ -114,12 +118,20 @@ def test_a_rotated_key_is_fetched_when_a_message_names_it(tmp_path: Path) -> Non
 def test_a_bundle_holds_other_devices_keys_only_when_named(tmp_path: Path) -> None:
     store = _store(tmp_path)
     own = store.issue("m-1")
-    assert [entry["key_id"] for entry in own["keys"]] == ["control/m-1@1", "control@1"]
+    assert [(entry["key_id"], entry["state"]) for entry in own["keys"]] == [
+        ("control/m-1@1", "active"),
+        ("control/m-1@2", "next"),
+        ("control@1", "active"),
+        ("control@2", "next"),
+    ]
     reader = store.issue("m-1", readable={"control/m-2"})
     assert [entry["key_id"] for entry in reader["keys"]] == [
         "control/m-1@1",
+        "control/m-1@2",
         "control/m-2@1",
+        "control/m-2@2",
         "control@1",
+        "control@2",
     ]
 
 

@@ -26,6 +26,7 @@ from openfeeder.security.payload import (
     PayloadRejectedError,
     RejectKind,
     TrafficClass,
+    parse_header,
 )
 
 TOPIC = "openfeeder/v1/cmd/fsw-1"
@@ -105,7 +106,11 @@ def test_rotation_keeps_the_old_key_for_the_overlap(store: KeyStore, clock: _Clo
 
     clock.now_s += 601
     states = {info.key_id: info.state for info in store.list_keys()}
-    assert states == {first.key_id: KeyState.ARCHIVED, second.key_id: KeyState.ACTIVE}
+    assert states == {
+        first.key_id: KeyState.ARCHIVED,
+        second.key_id: KeyState.ACTIVE,
+        "control/fsw-1@3": KeyState.NEXT,
+    }
     late = PayloadProtector(StoreResolver(store), sender_id="fsw-1")
     with pytest.raises(PayloadRejectedError) as caught:
         late.open(in_flight, topic=TOPIC, message_class="cmd", device_id="fsw-1")
@@ -142,14 +147,20 @@ def test_backup_and_recovery_restore_an_archived_key(
     store.rotate("control", overlap_s=0)
     assert store.info(info.key_id).state is KeyState.ARCHIVED
     doomed = store.create("protection", Algorithm.SM4_GCM)
-    assert store.backup(tmp_path / "keys.backup") == 3
+    assert store.backup(tmp_path / "keys.backup") == 5  # control@1-3, protection@1-2
 
     # the disk with the store is lost: a new store with the same master key, then recovery
     fresh = KeyStore.init(tmp_path / "replacement", master_key=master, clock=clock)
     with pytest.raises(KeyStoreError, match="no key"):
         fresh.decrypt(stored)
     restored = fresh.recover(tmp_path / "keys.backup")
-    assert sorted(restored) == ["control@1", "control@2", "protection@1"]
+    assert sorted(restored) == [
+        "control@1",
+        "control@2",
+        "control@3",
+        "protection@1",
+        "protection@2",
+    ]
     assert fresh.info(info.key_id).state is KeyState.ARCHIVED
     assert fresh.decrypt(stored) == b"switching plan"
 
@@ -178,9 +189,10 @@ def test_issued_bundle_opens_only_on_its_device(store: KeyStore) -> None:
     store.create("control/fsw-2", Algorithm.AES_256_GCM)
     store.create("protection", Algorithm.SM4_GCM)
     bundle = store.issue("fsw-1")
-    assert [entry["key_id"] for entry in bundle["keys"]] == ["control/fsw-1@1", "protection@1"]
+    held = ["control/fsw-1@1", "control/fsw-1@2", "protection@1", "protection@2"]
+    assert [entry["key_id"] for entry in bundle["keys"]] == held
     ring = open_issued_bundle(bundle, kek=store.device_kek("fsw-1"))
-    assert ring.key_ids() == ["control/fsw-1@1", "protection@1"]
+    assert ring.key_ids() == held
     with pytest.raises(KeyStoreError, match="does not open"):
         open_issued_bundle(bundle, kek=store.device_kek("fsw-2"))
 
@@ -232,3 +244,44 @@ def test_every_transition_is_audited(tmp_path: Path, store: KeyStore) -> None:
         "recover",
     ]
     assert verify_audit_log(tmp_path / "audit.log").ok
+
+
+def test_the_next_version_is_handed_out_before_it_seals(store: KeyStore) -> None:
+    """A key's next version is in the bundles from the start and becomes active at the
+    rotation: a device that fetched its bundle before opens what is sealed after, unfetched."""
+    store.create("control/fsw-1", Algorithm.AES_256_GCM)
+    assert [(i.key_id, i.state) for i in store.list_keys()] == [
+        ("control/fsw-1@1", KeyState.ACTIVE),
+        ("control/fsw-1@2", KeyState.NEXT),
+    ]
+    ring = open_issued_bundle(store.issue("fsw-1"), kek=store.device_kek("fsw-1"))
+    assert ring.sealing_key(TrafficClass.CONTROL, "fsw-1").key_id == "control/fsw-1@1"
+    resolver = StoreResolver(store, ttl_s=0)
+    assert resolver.sealing_key(TrafficClass.CONTROL, "fsw-1").key_id == "control/fsw-1@1"
+
+    assert store.rotate("control/fsw-1", overlap_s=600).key_id == "control/fsw-1@2"
+    states = {i.key_id: i.state for i in store.list_keys(name="control/fsw-1")}
+    assert states == {
+        "control/fsw-1@1": KeyState.OVERLAP,
+        "control/fsw-1@2": KeyState.ACTIVE,
+        "control/fsw-1@3": KeyState.NEXT,
+    }
+    service = PayloadProtector(resolver, sender_id="flisr")
+    sealed = service.seal(b"{}", topic=TOPIC, message_class="cmd", device_id="fsw-1")
+    device = PayloadProtector(ring, sender_id="fsw-1")
+    opened = device.open(sealed, topic=TOPIC, message_class="cmd", device_id="fsw-1")
+    assert opened.plaintext == b"{}"
+    # the device still seals under its own view of active (@1, in overlap): the service opens it
+    reply = device.seal(b"{}", topic=TOPIC, message_class="cmd", device_id="fsw-1")
+    assert parse_header(reply).key_id == "control/fsw-1@1"
+    assert (
+        PayloadProtector(resolver, sender_id="x")
+        .open(reply, topic=TOPIC, message_class="cmd", device_id="fsw-1")
+        .plaintext
+        == b"{}"
+    )
+
+    # a next version taken out of use is not activated: the rotation makes a new one
+    store.archive("control/fsw-1@3")
+    assert store.rotate("control/fsw-1", overlap_s=0).key_id == "control/fsw-1@4"
+    assert store.info("control/fsw-1@5").state is KeyState.NEXT

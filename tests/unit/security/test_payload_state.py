@@ -267,14 +267,14 @@ def test_routes_seal_and_open_as_the_named_calls_do() -> None:
     assert receiver.rejected == {RejectKind.DUPLICATE: 1, RejectKind.AUTHENTICATION: 1}
 
 
-def test_ring_opens_with_active_and_overlap_keys_only() -> None:
+def test_ring_opens_with_next_active_and_overlap_keys_only() -> None:
     keys = {
         state: SymmetricKey(f"control@{n}", Algorithm.AES_256_GCM, secrets.token_bytes(32))
         for n, state in enumerate(KeyState)
     }
     ring = KeyRing((key, state) for state, key in keys.items())
     for state, key in keys.items():
-        if state in (KeyState.ACTIVE, KeyState.OVERLAP):
+        if state in (KeyState.NEXT, KeyState.ACTIVE, KeyState.OVERLAP):
             assert ring.opening_key(key.key_id) is key
         else:
             with pytest.raises(SecurityError, match=f"is {state}"):

@@ -51,10 +51,12 @@ def test_key_lifecycle_through_the_cli_is_audited_and_verifiable(
     assert states == {
         "control/fsw-1@1": "archived",
         "control/fsw-1@2": "active",
+        "control/fsw-1@3": "next",
         "protection@1": "active",
+        "protection@2": "next",
     }
     backup = tmp_path / "keys.backup"
-    assert run(capsys, *keys_args, "backup", str(backup))[1].startswith(f"{backup}: 3 keys")
+    assert run(capsys, *keys_args, "backup", str(backup))[1].startswith(f"{backup}: 5 keys")
     code, _, err = run(capsys, *keys_args, "destroy", "control/fsw-1@1")
     assert code == 2
     assert "--yes" in err
@@ -68,7 +70,7 @@ def test_key_lifecycle_through_the_cli_is_audited_and_verifiable(
     )
     assert code == 0
     ring = open_issued_bundle(json.loads(bundle.read_text()), kek=load_master_key(kek))
-    assert ring.key_ids() == ["control/fsw-1@2", "protection@1"]
+    assert ring.key_ids() == ["control/fsw-1@2", "control/fsw-1@3", "protection@1", "protection@2"]
     code, out, _ = run(capsys, *keys_args, "export", "protection@1", "--wrapping-key", str(kek))
     assert json.loads(out)["wrap"] == "aes-kwp"
 

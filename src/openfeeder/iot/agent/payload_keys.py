@@ -10,9 +10,11 @@ its keys from the catalog (``docs/security-payload.md``, *Key distribution*):
   ``GET /v1/devices/{id}/keys`` (:meth:`~openfeeder.iot.catalog_client.CatalogClient.device_keys`)
   at every start, and is kept in ``keys.json`` (it opens only with the KEK) so that a device
   starting while the catalog is away still seals and opens with the keys it had;
-- a message under a key id the device does not hold (the platform rotated a key) makes it fetch
-  the bundle again, at most once every ``refresh_interval_s``; the agent also fetches it every
-  ``periodic_refresh_s`` so that its own sealing follows a rotation within the overlap.
+- the bundle holds each key's next version (:class:`~openfeeder.security.keys.KeyState`), so a
+  rotation activates a key the device holds already; a message under a key id the device does
+  not hold (its bundle predates the rotation before) makes it fetch the bundle again, at most
+  once every ``refresh_interval_s``; the agent also fetches it every ``periodic_refresh_s`` so
+  that its own sealing follows a rotation within the overlap and it holds the new next versions.
 
 :class:`CatalogKeys` is the :class:`~openfeeder.security.payload.KeyResolver` the device's
 protection uses; a refresh swaps the whole key ring at once.
