@@ -382,7 +382,14 @@ def enrolment_router(enrolments: Enrolments, access: AccessControl) -> APIRouter
     and the enrolment file never hold up the catalog's event loop."""
     router = APIRouter(prefix="/v1/enrolments", tags=["enrolment"])
 
-    @router.post("/{device_id}", status_code=201)
+    @router.post(
+        "/{device_id}",
+        status_code=201,
+        responses={
+            202: {"model": EnrolmentInfo, "description": "pending an operator's approval"},
+            503: {"description": "too many enrolments wait for an operator"},
+        },
+    )
     def enrol(
         device_id: DeviceIdPath, request: EnrolmentRequest, response: Response
     ) -> EnrolmentInfo:

@@ -400,6 +400,9 @@ def test_openapi_documents_what_the_endpoints_answer(tmp_path: Path, mqtt_url: s
         responses = paths[path][method]["responses"]
         assert "422" not in responses, path  # it is a problem document, not HTTPValidationError
         assert PROBLEM in responses["4XX"]["content"], path
+    enrol = paths["/v1/enrolments/{device_id}"]["post"]["responses"]
+    assert enrol["202"]["content"]["application/json"]["schema"]["$ref"].endswith("EnrolmentInfo")
+    assert "503" in enrol  # too many pending requests
     patch = spec["components"]["schemas"]["DevicePatch"]["properties"]
     for field in ("device_type", "algorithms"):
         assert "anyOf" not in patch[field], field  # no {"type": "null"} alternative
