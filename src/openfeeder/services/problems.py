@@ -23,7 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from openfeeder.errors import OpenFeederError
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "PROBLEM_RESPONSES", "ServiceProblemError", "install_problems"]
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "PROBLEM_RESPONSES",
+    "ServiceProblemError",
+    "install_problems",
+    "problem_response",
+]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 PROBLEM_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
@@ -58,6 +64,20 @@ def _problem(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     kind, title = _KINDS.get(status, ("http", "Request refused"))
+    return problem_response(request, status, kind, title, detail, field=field, headers=headers)
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The ``application/problem+json`` answer (``kind`` makes its ``type``)."""
     document: dict[str, Any] = {
         "type": f"urn:openfeeder:problem:{kind}",
         "title": title,

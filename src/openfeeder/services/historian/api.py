@@ -37,10 +37,10 @@ from openfeeder.errors import StorageError
 from openfeeder.iot.topics import ID_PATTERN
 from openfeeder.services.historian.core import HealthReport, Historian
 from openfeeder.services.historian.store import MAX_T_NS
+from openfeeder.services.problems import PROBLEM_CONTENT_TYPE, problem_response
 
 __all__ = ["PROBLEM_CONTENT_TYPE", "create_app"]
 
-PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 MAX_POINTS: Final = 100_000
 _CHANNEL_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
 _DEVICE_PATTERN: Final = f"^{ID_PATTERN.pattern}$"
@@ -121,18 +121,8 @@ def _problem(
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    document: dict[str, Any] = {
-        "type": f"urn:openfeeder:problem:{kind}",
-        "title": _TITLES.get(kind, "Request refused"),
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    if field is not None:
-        document["field"] = field
-    return JSONResponse(
-        document, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers
-    )
+    title = _TITLES.get(kind, "Request refused")
+    return problem_response(request, status, kind, title, detail, field=field, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -3,40 +3,18 @@ process, over a real coordinator for turin that is not connected)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
+from asgi_api import PROBLEM, Api
 from openfeeder.config import EstimationSettings, Settings
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.model.cases import resolve_case
 from openfeeder.services.estimation.api import create_app
 from openfeeder.services.estimation.coordinator import EstimationCoordinator
 from openfeeder.sim.clock import RealClock
-
-PROBLEM = "application/problem+json"
-
-
-class Api:
-    """Requests to the app in process, through httpx's ASGI transport."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-
-    def request(self, method: str, path: str) -> httpx.Response:
-        async def call() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-                return await client.request(method, path)
-
-        return asyncio.run(call())
-
-    def get(self, path: str) -> httpx.Response:
-        return self.request("GET", path)
 
 
 @pytest.fixture

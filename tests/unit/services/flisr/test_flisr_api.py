@@ -3,14 +3,12 @@ coordinator for turin that is not connected)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
+from asgi_api import PROBLEM, Api
 from openfeeder.config import FlisrSettings, Settings
 from openfeeder.iot.catalog_client import CatalogClient
 from openfeeder.model.cases import resolve_case
@@ -18,26 +16,6 @@ from openfeeder.services.flisr.api import create_app
 from openfeeder.services.flisr.coordinator import FlisrCoordinator
 from openfeeder.services.flisr.incident import Incident
 from openfeeder.sim.clock import RealClock
-
-PROBLEM = "application/problem+json"
-
-
-class Api:
-    """Requests to the app in process, through httpx's ASGI transport."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-
-    def request(self, method: str, path: str) -> httpx.Response:
-        async def call() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-                return await client.request(method, path)
-
-        return asyncio.run(call())
-
-    def get(self, path: str) -> httpx.Response:
-        return self.request("GET", path)
 
 
 @pytest.fixture
