@@ -32,12 +32,21 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from openfeeder.errors import ConfigError
+
+MIN_SAMPLING_RATE_HZ: Final = 1.0
+MIN_REPORTING_INTERVAL_S: Final = 0.01
+"""Below 10 ms a meter would report in a busy loop (every tick of its clock): a typo, not a
+setting."""
+SamplingRate = Annotated[float, Field(ge=MIN_SAMPLING_RATE_HZ, le=1_000_000)]
+"""A meter's waveform sampling rate (Hz)."""
+ReportingInterval = Annotated[float, Field(ge=MIN_REPORTING_INTERVAL_S, le=86_400)]
+"""Seconds between a meter's measurement messages."""
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -161,9 +170,9 @@ class CatalogSettings(_Section):
     request_timeout_s: float = Field(default=10.0, gt=0, le=600)
     case: str = "turin"
     """The grid model (built-in case name or case file) device locations refer to; empty: none."""
-    sampling_rate_hz: float = Field(default=6400.0, gt=0, le=1_000_000)
+    sampling_rate_hz: SamplingRate = 6400.0
     """Default waveform sampling rate handed to meters (a device record may override it)."""
-    reporting_interval_s: float = Field(default=1.0, gt=0, le=86_400)
+    reporting_interval_s: ReportingInterval = 1.0
     """Default interval between a meter's measurement messages (a device record may override it)."""
 
     @field_validator("url")

@@ -46,6 +46,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from openfeeder.config import ReportingInterval, SamplingRate
 from openfeeder.errors import OpenFeederError
 from openfeeder.iot.device_settings import (
     AlgorithmRef,
@@ -121,8 +122,6 @@ class AlgorithmAssignment(_Model):
 Assignments = Annotated[
     tuple[AlgorithmAssignment, ...], Field(max_length=MAX_ALGORITHMS_PER_DEVICE)
 ]
-SamplingRate = Annotated[float, Field(gt=0, le=1_000_000)]
-ReportingInterval = Annotated[float, Field(gt=0, le=86_400)]
 
 
 def _unique_names(algorithms: tuple[AlgorithmAssignment, ...]) -> tuple[AlgorithmAssignment, ...]:

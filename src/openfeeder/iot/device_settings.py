@@ -16,6 +16,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, field_validator
 
+from openfeeder.config import ReportingInterval, SamplingRate
 from openfeeder.iot.topics import ID_PATTERN, BrokerContext
 
 __all__ = [
@@ -109,8 +110,8 @@ class DeviceSettings(_Model):
     """Topics the device publishes on (measurements, events, status, algorithm outputs)."""
     subscribe: tuple[str, ...]
     """Filters the device subscribes to (its config, commands, committed marks, topology)."""
-    sampling_rate_hz: float = Field(gt=0, le=1_000_000)
-    reporting_interval_s: float = Field(gt=0, le=86_400)
+    sampling_rate_hz: SamplingRate
+    reporting_interval_s: ReportingInterval
     poll_interval_s: float = Field(gt=0, le=86_400)
     disconnect_timeout_s: float = Field(gt=0, le=86_400)
     algorithms: tuple[AlgorithmRef, ...] = ()
