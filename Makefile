@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench lock clean
 
-$(STAMP): requirements.lock pyproject.toml setup.py src/openfeeder/security/_sm4gcm.c
+$(STAMP): requirements.lock pyproject.toml setup.py src/openfeeder/security/_sm4gcm.c src/openfeeder/security/_aesgcm.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "OpenFeeder needs Python >= 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock

@@ -10,6 +10,12 @@ setup(
             "openfeeder.security._sm4gcm",
             sources=["src/openfeeder/security/_sm4gcm.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "openfeeder.security._aesgcm",
+            sources=["src/openfeeder/security/_aesgcm.c"],
+            libraries=["crypto"],
+            optional=True,
+        ),
     ]
 )

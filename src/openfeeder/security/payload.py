@@ -51,9 +51,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from openfeeder.errors import SecurityError
 
 if TYPE_CHECKING:
+    from openfeeder.security import _aesgcm
     from openfeeder.security._sm4gcm import SM4GCM
 
 __all__ = [
+    "AES_BACKEND",
     "DEFAULT_ALGORITHMS",
     "DEFAULT_REPLAY_WINDOW",
     "DEFAULT_TRAFFIC",
@@ -338,6 +340,26 @@ def _aad(header: bytes, topic: str, device_id: str) -> bytes:
 Aead = Callable[[bytes, bytes, bytes], bytes]
 
 
+def _compiled_aes() -> type[_aesgcm.AESGCM] | None:
+    """The compiled AES-GCM (``_aesgcm.c``, over the system libcrypto that ``ssl`` uses), unless
+    it was not built or the environment asks for ``cryptography``
+    (``OPENFEEDER_AES_BACKEND=cryptography``)."""
+    if os.environ.get("OPENFEEDER_AES_BACKEND", "").strip().lower() == "cryptography":
+        return None
+    try:
+        from openfeeder.security import _aesgcm
+    except ImportError:
+        return None
+    return _aesgcm.AESGCM
+
+
+_AESGCM: Final = _compiled_aes()
+AES_BACKEND: Final = "compiled" if _AESGCM is not None else "cryptography"
+"""Which AES-GCM seals and opens: ``compiled`` (the package's C module over the libcrypto of the
+``ssl`` module, the key set once per key) or ``cryptography`` (its own OpenSSL, the key set per
+message). Both are AES-GCM with 96-bit nonces and 128-bit tags and interoperate (tested)."""
+
+
 def _compiled_sm4() -> type[SM4GCM] | None:
     """The compiled SM4-GCM (``_sm4gcm.c``), unless it was not built or the environment asks for
     ``cryptography`` (``OPENFEEDER_SM4_BACKEND=cryptography``)."""
@@ -417,7 +439,8 @@ def _sm4_gcm_openssl(material: bytes) -> tuple[Aead, Aead]:
 class AeadCipher:
     """One key's AEAD: ``encrypt(nonce, plaintext, aad)`` and ``decrypt(nonce, sealed, aad)``
     (the latter raises ``InvalidTag``). The cipher objects are made once per key; for AES the two
-    are the bound methods of one ``AESGCM``, so a call goes straight to OpenSSL."""
+    are the bound methods of one AES-GCM object (:data:`AES_BACKEND`'s), so a call goes straight
+    to OpenSSL."""
 
     __slots__ = ("decrypt", "encrypt", "key")
 
@@ -426,7 +449,7 @@ class AeadCipher:
         self.encrypt: Aead
         self.decrypt: Aead
         if key.algorithm is Algorithm.AES_256_GCM:
-            aes = AESGCM(key.material)
+            aes = AESGCM(key.material) if _AESGCM is None else _AESGCM(key.material)
             self.encrypt, self.decrypt = aes.encrypt, aes.decrypt
         else:
             self.encrypt, self.decrypt = _sm4_gcm(key.material)
